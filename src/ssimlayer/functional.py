@@ -1,0 +1,399 @@
+"""SSIM convolution: the structural similarity between every input patch and every filter.
+
+This module holds all the maths of the SSIMLayer (Abobakr et al., "SSIMLayer: Towards Robust Deep
+Representation Learning via Nonlinear Structural Similarity", §2). :class:`ssimlayer.SSIMConv2d`
+only stores parameters and calls :func:`ssim_conv2d`.
+
+How it is computed without unfolding. For filter ``k`` of group ``g`` and output position ``p`` let
+``x`` be the receptive field (exactly the ``N = C_in/groups * kh * kw`` values that
+``torch.nn.functional.conv2d`` would multiply, zero padding included) and ``y`` the filter. Every
+statistic of Eqs. 3, 5 and 7 follows from five sums::
+
+    Sx  = sum_i x_i        Sxx = sum_i x_i^2     (one box filter over the channel sum: cheap)
+    Sy  = sum_i y_i        Syy = sum_i y_i^2     (per filter: tiny)
+    Sxy = sum_i x_i y_i    (exactly conv2d(x, y))
+
+so the forward costs one convolution plus elementwise work, and the analytic backward
+(§2.2, Eq. 18 generalised to the unbiased N - 1 statistics) costs the two convolutions of an ordinary
+conv backward plus elementwise work. Nothing of size ``N x positions`` is ever materialised.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.nn.modules.utils import _pair
+
+__all__ = ["ssim_conv2d", "DEFAULT_C1", "DEFAULT_C2"]
+
+# C1 = (K1 L)^2 and C2 = (K2 L)^2 with Wang et al.'s K1 = 0.01, K2 = 0.03 and dynamic range L = 1.
+# Inside a network the inputs of the layer are not [0, 1] images: they are normalised images or hidden
+# activations of order one, and the filters start N(0, 1) (§3.1). L = 1 matches that unit scale: the
+# constants only act when both means (C1) or both variances (C2) are within ~0.01 of zero, where they
+# keep Eq. 8 finite and its gradient bounded, and they leave the ratio untouched elsewhere.
+DEFAULT_C1 = 1e-4
+DEFAULT_C2 = 9e-4
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def ssim_conv2d(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: int | Sequence[int] = 1,
+    padding: int | Sequence[int] | str = 0,
+    dilation: int | Sequence[int] = 1,
+    groups: int = 1,
+    c1: float = DEFAULT_C1,
+    c2: float = DEFAULT_C2,
+    alpha: float = 1.0,
+    beta: float = 1.0,
+    gamma: float = 1.0,
+    c3: float | None = None,
+) -> Tensor:
+    r"""Structural similarity between each receptive field of ``input`` and each filter of ``weight``.
+
+    Same arguments, same meaning and same output shape as :func:`torch.nn.functional.conv2d`; the
+    output at each position is SSIM instead of a dot product. With the defaults it is Eq. 8 of the
+    paper (:math:`\alpha = \beta = \gamma = 1`, :math:`C_3 = C_2 / 2`):
+
+    .. math::
+        \mathrm{SSIM}(x, y) = \frac{(2\mu_x\mu_y + C_1)(2\sigma_{xy} + C_2)}
+                                   {(\mu_x^2 + \mu_y^2 + C_1)(\sigma_x^2 + \sigma_y^2 + C_2)}
+
+    with means over the :math:`N = C_{in}/\text{groups} \cdot k_h k_w` values of the patch (Eq. 3) and
+    unbiased variances and covariance, divided by :math:`N - 1` (Eqs. 5, 7). Eq. 8 lies in
+    :math:`[-1, 1]` and equals 1 exactly when the patch equals the filter.
+
+    Any other ``alpha``, ``beta``, ``gamma`` or ``c3`` selects the general Eq. 1,
+    :math:`l^\alpha c^\beta s^\gamma` with Eqs. 2, 4 and the structure term of Wang et al.,
+    :math:`s = (\sigma_{xy} + C_3) / (\sigma_x \sigma_y + C_3)`. (Eq. 6 as printed has
+    :math:`2\sigma_{xy}` in its numerator; that is a typo, since only Wang et al.'s form reduces to
+    Eq. 8 at :math:`C_3 = C_2/2`.) The luminance term :math:`l` is negative when the two means have
+    opposite signs and :math:`s` is negative for anti-correlated patches; a negative number has no real
+    non-integer power, so each term is raised with its sign kept,
+    :math:`\operatorname{sign}(t)\,|t|^p`. This is continuous, odd, agrees with :math:`t^p` for
+    :math:`t \ge 0` and for odd integer powers, and keeps the output in :math:`[-1, 1]`.
+
+    The default path (Eq. 8) has an analytic backward (§2.2) in a custom autograd Function that saves
+    only the input, the filters and one output-sized tensor. The general path uses autograd through the
+    same sums. Statistics are always computed in float32 or wider: float16/bfloat16 inputs, or autocast,
+    give a float32 computation whose result is returned in float32 under autocast and cast back to the
+    input dtype otherwise.
+
+    Args:
+        input: :math:`(B, C_{in}, H, W)` or unbatched :math:`(C_{in}, H, W)`.
+        weight: filters :math:`(C_{out}, C_{in}/\text{groups}, k_h, k_w)`.
+        bias: optional :math:`(C_{out},)` added to the similarity.
+        stride, padding, dilation, groups: as in :func:`torch.nn.functional.conv2d` (zero padding;
+            ``padding`` may also be ``"valid"`` or ``"same"``).
+        c1: luminance stabiliser :math:`C_1 > 0`. Default ``1e-4``: :math:`(0.01 L)^2` with
+            :math:`L = 1`, the unit scale of normalised inputs, hidden activations and N(0, 1) filters
+            (the layer rarely sees [0, 1] images, so L is not an image's dynamic range).
+        c2: contrast stabiliser :math:`C_2 > 0`. Default ``9e-4``: :math:`(0.03 L)^2`, likewise.
+        alpha, beta, gamma: exponents of Eq. 1, each > 0.
+        c3: structure stabiliser of Eq. 6; ``None`` means :math:`C_2 / 2`.
+
+    Shape:
+        - Input: :math:`(B, C_{in}, H, W)`
+        - Output: :math:`(B, C_{out}, H_{out}, W_{out})`, :math:`H_{out}` and :math:`W_{out}` as conv2d.
+
+    Examples:
+        >>> x = torch.randn(2, 3, 8, 8)
+        >>> w = torch.randn(4, 3, 3, 3)
+        >>> ssim_conv2d(x, w, padding=1).shape
+        torch.Size([2, 4, 8, 8])
+        >>> patch = x[:1, :, :3, :3]
+        >>> ssim_conv2d(patch, patch).item()
+        1.0
+    """
+    c3 = c2 / 2 if c3 is None else c3
+    _check_scalars(c1, c2, c3, alpha, beta, gamma)
+    unbatched = input.dim() == 3
+    if unbatched:
+        input = input.unsqueeze(0)
+    input, padding = _resolve_padding(input, weight, padding, stride, dilation)
+    stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
+    _check_shapes(input, weight, bias, stride, padding, dilation, groups)
+
+    out_dtype = input.dtype
+    if torch.is_autocast_enabled(input.device.type):
+        out_dtype = torch.float32
+    compute_dtype = torch.float32 if input.dtype in _LOW_PRECISION else input.dtype
+    with torch.autocast(input.device.type, enabled=False):
+        x = input.to(compute_dtype)
+        w = weight.to(compute_dtype)
+        geometry = (stride, padding, dilation, groups)
+        if alpha == beta == gamma == 1.0 and c3 == c2 / 2:
+            needs_grad = torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)
+            if needs_grad:
+                out = _SSIMConv2dEq8.apply(x, w, c1, c2, geometry)
+            else:
+                out = _eq8_forward(x, w, c1, c2, geometry)[0]
+        else:
+            out = _general_forward(x, w, c1, c2, c3, alpha, beta, gamma, geometry)
+        if bias is not None:
+            out = out + bias.to(compute_dtype).view(1, -1, 1, 1)
+    out = out.to(out_dtype)
+    return out.squeeze(0) if unbatched else out
+
+
+# ---------------------------------------------------------------------------------------------
+# The five sums and the statistics
+
+
+def _patch_sums(x: Tensor, kernel_size: tuple[int, int], geometry) -> tuple[Tensor, Tensor]:
+    """Sx and Sxx over every receptive field, per group: two ``(B, groups, H_out, W_out)`` maps.
+
+    The ones-kernel commutes with the sum over channels, so the box filter runs on the per-group
+    channel sums of x and x^2 (2 * groups channels) instead of on all C_in channels.
+    """
+    stride, padding, dilation, groups = geometry
+    b, c_in, h, w = x.shape
+    x_g = x.view(b, groups, c_in // groups, h, w)
+    sums = torch.cat([x_g.sum(2), x_g.square().sum(2)], dim=1)  # (B, 2g, H, W)
+    ones = x.new_ones(2 * groups, 1, *kernel_size)
+    box = F.conv2d(sums, ones, None, stride, padding, dilation, 2 * groups)  # (B, 2g, Ho, Wo)
+    return box[:, :groups], box[:, groups:]
+
+
+def _filter_stats(w: Tensor, groups: int) -> tuple[Tensor, Tensor, int]:
+    """Mean and unbiased variance of each filter as ``(1, groups, C_out/groups, 1, 1)``, and N."""
+    n = w[0].numel()
+    flat = w.reshape(w.shape[0], -1)
+    mu_y = flat.mean(1)
+    var_y = (flat.square().sum(1) - n * mu_y.square()).clamp_min(0) / (n - 1)
+    shape = (1, groups, w.shape[0] // groups, 1, 1)
+    return mu_y.view(shape), var_y.view(shape), n
+
+
+def _statistics(x: Tensor, w: Tensor, geometry):
+    """Means, unbiased variances and covariance of every (patch, filter) pair (Eqs. 3, 5, 7).
+
+    Returns ``mu_x, var_x`` as ``(B, g, 1, Ho, Wo)``, ``mu_y, var_y`` as ``(1, g, K, 1, 1)`` and
+    ``cov`` as ``(B, g, K, Ho, Wo)`` where ``K = C_out / groups``, plus N.
+    """
+    stride, padding, dilation, groups = geometry
+    mu_y, var_y, n = _filter_stats(w, groups)
+    s_x, s_xx = _patch_sums(x, w.shape[2:], geometry)
+    s_xy = F.conv2d(x, w, None, stride, padding, dilation, groups)  # (B, C_out, Ho, Wo)
+    b, _, h_out, w_out = s_xy.shape
+    mu_x = (s_x / n).unsqueeze(2)  # (B, g, 1, Ho, Wo)
+    var_x = ((s_xx.unsqueeze(2) - n * mu_x.square()) / (n - 1)).clamp_min_(0)
+    s_xy = s_xy.view(b, groups, -1, h_out, w_out)  # (B, g, K, Ho, Wo)
+    cov = s_xy.sub_(mu_x * (n * mu_y)).div_(n - 1)
+    return mu_x, var_x, mu_y, var_y, cov, n
+
+
+def _eq8_terms(mu_x, var_x, mu_y, var_y, cov, c1, c2):
+    """A1, B1 (luminance) and A2, B2 (contrast-structure) of Eq. 17."""
+    a1 = (2 * mu_x) * mu_y + c1  # (B, g, K, Ho, Wo)
+    b1 = mu_x.square() + mu_y.square() + c1
+    a2 = 2 * cov + c2
+    b2 = var_x + var_y + c2
+    return a1, b1, a2, b2
+
+
+def _eq8_forward(x: Tensor, w: Tensor, c1: float, c2: float, geometry):
+    mu_x, var_x, mu_y, var_y, cov, n = _statistics(x, w, geometry)
+    a1, b1, a2, b2 = _eq8_terms(mu_x, var_x, mu_y, var_y, cov, c1, c2)
+    out = (a1 * a2).div_(b1 * b2)
+    b, g, k, h_out, w_out = out.shape
+    return out.view(b, g * k, h_out, w_out), (mu_x, var_x, cov, n)
+
+
+def _signed_pow(t: Tensor, p: float) -> Tensor:
+    if p == 1.0:
+        return t
+    return t.sign() * t.abs().clamp_min(torch.finfo(t.dtype).tiny).pow(p)
+
+
+def _general_forward(x, w, c1, c2, c3, alpha, beta, gamma, geometry) -> Tensor:
+    """Eq. 1: l^alpha * c^beta * s^gamma, with autograd through the same sums."""
+    mu_x, var_x, mu_y, var_y, cov, _ = _statistics(x, w, geometry)
+    eps = torch.finfo(x.dtype).tiny
+    sd_x, sd_y = (var_x + eps).sqrt(), (var_y + eps).sqrt()
+    lum = (2 * mu_x * mu_y + c1) / (mu_x.square() + mu_y.square() + c1)  # Eq. 2
+    con = (2 * sd_x * sd_y + c2) / (var_x + var_y + c2)  # Eq. 4
+    struct = (cov + c3) / (sd_x * sd_y + c3)  # Eq. 6 (Wang et al.)
+    out = _signed_pow(lum, alpha) * _signed_pow(con, beta) * _signed_pow(struct, gamma)
+    b, g, k, h_out, w_out = out.shape
+    return out.reshape(b, g * k, h_out, w_out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Eq. 8 with its analytic backward (§2.2)
+
+
+class _SSIMConv2dEq8(torch.autograd.Function):
+    """Eq. 8 forward; backward from the closed-form partial derivatives of §2.2.
+
+    With S = A1 A2 / (B1 B2) (Eq. 17), the derivatives with respect to the statistics are
+    dS/dmu_x = 2 (A2/(B1 B2) mu_y - S/B1 mu_x), dS/dcov = 2 A1/(B1 B2) and
+    dS/dvar_x = dS/dvar_y = -S/B2. Because dmu/dx_i = 1/N, dvar_x/dx_i = 2 (x_i - mu_x)/(N-1) and
+    dcov/dx_i = (y_i - mu_y)/(N-1), the gradient with respect to every patch value is
+    ``P + Q x_i + R y_i`` with per-(position, filter) scalars P, Q, R; the same holds for the filter
+    with x and y swapped. Summed over positions these are one transposed convolution of R with the
+    filters, one of R with the input (the two convs of an ordinary conv backward), and box filters
+    of P and Q. For a single window this is Eq. 18 (Wang and Simoncelli) with N - 1 in place of N.
+    """
+
+    @staticmethod
+    def forward(ctx, x, w, c1, c2, geometry):
+        out, (mu_x, var_x, cov, n) = _eq8_forward(x, w, c1, c2, geometry)
+        ctx.save_for_backward(x, w, mu_x, var_x, cov)
+        ctx.constants = (c1, c2, geometry)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        x, w, mu_x, var_x, cov = ctx.saved_tensors
+        c1, c2, geometry = ctx.constants
+        stride, padding, dilation, groups = geometry
+        mu_y, var_y, n = _filter_stats(w, groups)
+        a1, b1, a2, b2 = _eq8_terms(mu_x, var_x, mu_y, var_y, cov, c1, c2)
+        g = grad_out.to(cov.dtype).reshape(cov.shape)  # (B, g, K, Ho, Wo)
+
+        inv = g / (b1 * b2)
+        d_a1 = inv * a2  # g * dS/dA1
+        g_s = d_a1 * a1  # g * S
+        d_b1 = g_s / b1  # -g * dS/dB1
+        d_var = g_s.div_(b2).neg_()  # g * dS/dvar_x = g * dS/dvar_y
+        r = inv.mul_(a1).mul_(2 / (n - 1))  # g * dS/dcov / (N - 1)
+        d_mu_x = 2 * (d_a1 * mu_y - d_b1 * mu_x)
+        d_mu_y = 2 * (d_a1 * mu_x - d_b1 * mu_y)
+        del d_a1, d_b1, a1, b1, a2, b2
+
+        # Input: grad_x_i = sum over (position, filter) of P + Q x_i + R y_i.
+        p_x = (d_mu_x / n - (2 / (n - 1)) * d_var * mu_x - r * mu_y).sum(2)  # (B, g, Ho, Wo)
+        q_x = (2 / (n - 1)) * d_var.sum(2)
+        r_flat = r.view(grad_out.shape)  # (B, C_out, Ho, Wo)
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            kernel = tuple(w.shape[2:])
+            grad_x = torch.nn.grad.conv2d_input(
+                x.shape, w, r_flat, stride, padding, dilation, groups
+            )
+            pq = torch.cat([p_x, q_x], dim=1)  # (B, 2g, Ho, Wo)
+            ones = x.new_ones(2 * groups, 1, *kernel)
+            box_t = torch.nn.grad.conv2d_input(
+                (x.shape[0], 2 * groups, *x.shape[2:]), ones, pq, stride, padding, dilation, 2 * groups
+            )  # (B, 2g, H, W): sum over every position whose window covers the pixel
+            b, c_in, h, wd = x.shape
+            p_pix = box_t[:, :groups].unsqueeze(2)  # (B, g, 1, H, W)
+            q_pix = box_t[:, groups:].unsqueeze(2)
+            x_g = x.view(b, groups, c_in // groups, h, wd)
+            grad_x.view(b, groups, c_in // groups, h, wd).add_(p_pix).addcmul_(q_pix, x_g)
+        if ctx.needs_input_grad[1]:
+            # Filter: grad_y_i = sum over (batch, position) of P' + Q' y_i + R x_i.
+            p_y = (d_mu_y / n - (2 / (n - 1)) * d_var * mu_y - r * mu_x).sum((0, 3, 4))  # (g, K)
+            q_y = (2 / (n - 1)) * d_var.sum((0, 3, 4))
+            grad_w = torch.nn.grad.conv2d_weight(x, w.shape, r_flat, stride, padding, dilation, groups)
+            shape = (w.shape[0], 1, 1, 1)
+            grad_w.add_(p_y.reshape(shape)).addcmul_(q_y.reshape(shape), w)
+        return grad_x, grad_w, None, None, None
+
+
+# ---------------------------------------------------------------------------------------------
+# Argument checks: every message says what was received and what would work
+
+
+def _check_scalars(c1, c2, c3, alpha, beta, gamma) -> None:
+    for name, value in (("c1", c1), ("c2", c2), ("c3", c3)):
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise ValueError(
+                f"ssim_conv2d: {name} must be a finite number > 0 (it keeps the ratio finite), "
+                f"got {value!r}"
+            )
+    for name, value in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise ValueError(f"ssim_conv2d: {name} must be a finite number > 0 (Eq. 1), got {value!r}")
+
+
+def _resolve_padding(input: Tensor, weight: Tensor, padding, stride, dilation):
+    """Turn ``"valid"``/``"same"`` into numbers, zero-padding by hand when 'same' is asymmetric."""
+    if not isinstance(padding, str):
+        return input, padding
+    if padding == "valid":
+        return input, 0
+    if padding != "same":
+        raise ValueError(f"ssim_conv2d: padding must be an int, a pair, 'valid' or 'same', got {padding!r}")
+    if _pair(stride) != (1, 1):
+        raise ValueError(f"ssim_conv2d: padding='same' needs stride 1 (as conv2d), got stride={stride!r}")
+    if weight.dim() != 4:
+        return input, 0  # _check_shapes reports the weight
+    totals = [d * (k - 1) for d, k in zip(_pair(dilation), weight.shape[2:])]
+    if all(t % 2 == 0 for t in totals):
+        return input, (totals[0] // 2, totals[1] // 2)
+    (th, tw) = totals
+    return F.pad(input, (tw // 2, tw - tw // 2, th // 2, th - th // 2)), 0
+
+
+def _check_shapes(input, weight, bias, stride, padding, dilation, groups) -> None:
+    if not isinstance(input, Tensor) or not isinstance(weight, Tensor):
+        raise TypeError(
+            f"ssim_conv2d: input and weight must be tensors, got {type(input).__name__} "
+            f"and {type(weight).__name__}"
+        )
+    if input.dim() != 4:
+        raise ValueError(
+            f"ssim_conv2d: expected input of shape (B, C_in, H, W) or (C_in, H, W), "
+            f"got {tuple(input.shape)}"
+        )
+    if weight.dim() != 4:
+        raise ValueError(
+            f"ssim_conv2d: expected weight of shape (C_out, C_in/groups, kh, kw), "
+            f"got {tuple(weight.shape)}"
+        )
+    if not input.is_floating_point() or not weight.is_floating_point():
+        raise TypeError(
+            f"ssim_conv2d: input and weight must be floating point, got {input.dtype} and "
+            f"{weight.dtype}; convert images with .float() (and scale to [0, 1])"
+        )
+    if not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"ssim_conv2d: groups must be a positive int, got {groups!r}")
+    c_in, c_out = input.shape[1], weight.shape[0]
+    if c_in % groups != 0:
+        raise ValueError(
+            f"ssim_conv2d: in_channels={c_in} is not divisible by groups={groups}; "
+            f"choose groups that divide the input channels"
+        )
+    if c_out % groups != 0:
+        raise ValueError(
+            f"ssim_conv2d: out_channels={c_out} is not divisible by groups={groups}; "
+            f"choose groups that divide the output channels"
+        )
+    if weight.shape[1] * groups != c_in:
+        raise ValueError(
+            f"ssim_conv2d: weight of shape {tuple(weight.shape)} expects "
+            f"{weight.shape[1] * groups} input channels with groups={groups}, but the input has "
+            f"{c_in} (input shape {tuple(input.shape)})"
+        )
+    if any(s < 1 for s in stride) or any(d < 1 for d in dilation) or any(p < 0 for p in padding):
+        raise ValueError(
+            f"ssim_conv2d: need stride >= 1, dilation >= 1 and padding >= 0, got stride={stride}, "
+            f"padding={padding}, dilation={dilation}"
+        )
+    n = weight[0].numel()
+    if n < 2:
+        raise ValueError(
+            f"ssim_conv2d: each patch has N = C_in/groups * kh * kw = {n} value; the unbiased "
+            f"variances of Eqs. 5 and 7 need N >= 2 (use a larger kernel or fewer groups)"
+        )
+    for dim, (size, k, p, d) in enumerate(zip(input.shape[2:], weight.shape[2:], padding, dilation)):
+        if size + 2 * p < d * (k - 1) + 1:
+            raise ValueError(
+                f"ssim_conv2d: kernel of extent {d * (k - 1) + 1} (size {k}, dilation {d}) is larger "
+                f"than the padded input ({size} + 2*{p} = {size + 2 * p}) along "
+                f"{'height' if dim == 0 else 'width'}; use a smaller kernel or more padding"
+            )
+    if bias is not None and (bias.dim() != 1 or bias.shape[0] != c_out):
+        raise ValueError(
+            f"ssim_conv2d: bias must have shape ({c_out},), got {tuple(bias.shape)}"
+        )
