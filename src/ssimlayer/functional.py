@@ -108,8 +108,8 @@ def ssim_conv2d(
         >>> w = torch.randn(4, 3, 3, 3)
         >>> ssim_conv2d(x, w, padding=1).shape
         torch.Size([2, 4, 8, 8])
-        >>> patch = x[:1, :, :3, :3]
-        >>> ssim_conv2d(patch, patch).item()
+        >>> patch = x[:1, :, :3, :3]  # a patch against itself: SSIM = 1
+        >>> round(ssim_conv2d(patch, patch).item(), 5)
         1.0
     """
     c3 = c2 / 2 if c3 is None else c3
@@ -185,7 +185,7 @@ def _statistics(x: Tensor, w: Tensor, geometry):
     b, _, h_out, w_out = s_xy.shape
     mu_x = (s_x / n).unsqueeze(2)  # (B, g, 1, Ho, Wo)
     var_x = ((s_xx.unsqueeze(2) - n * mu_x.square()) / (n - 1)).clamp_min_(0)
-    s_xy = s_xy.view(b, groups, -1, h_out, w_out)  # (B, g, K, Ho, Wo)
+    s_xy = s_xy.view(b, groups, w.shape[0] // groups, h_out, w_out)  # (B, g, K, Ho, Wo)
     cov = s_xy.sub_(mu_x * (n * mu_y)).div_(n - 1)
     return mu_x, var_x, mu_y, var_y, cov, n
 
