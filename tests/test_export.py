@@ -1,0 +1,43 @@
+"""torch.compile and ONNX: the layer survives the two ways researchers ship models."""
+
+import pytest
+import torch
+from torch import nn
+
+from ssimlayer import SSIMConv2d
+
+
+def _small_model():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), SSIMConv2d(8, 8, 3, padding=1, groups=2),
+        nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10),
+    )
+
+
+def test_torch_compile_equals_eager_forward_and_backward():
+    model = _small_model()
+    x = torch.rand(4, 3, 12, 12)
+    compiled = torch.compile(model)
+    eager_out, comp_out = model(x), compiled(x)
+    torch.testing.assert_close(comp_out, eager_out, rtol=1e-4, atol=1e-5)
+    eager_out.sum().backward()
+    eager_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    compiled(x).sum().backward()
+    for p, g in zip(model.parameters(), eager_grads):
+        torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-5)
+
+
+def test_onnx_export_matches_pytorch(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    model = _small_model().eval()
+    x = torch.rand(2, 3, 12, 12)
+    path = tmp_path / "ssim.onnx"
+    torch.onnx.export(model, (x,), str(path), input_names=["x"], output_names=["y"], dynamo=True)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (onnx_out,) = session.run(None, {"x": x.numpy()})
+    with torch.no_grad():
+        expected = model(x).numpy()
+    assert abs(onnx_out - expected).max() < 1e-4
