@@ -2,7 +2,7 @@
 PY ?= .venv/bin/python
 ARGS ?=
 
-.PHONY: install test test-all lint bench
+.PHONY: install test test-all lint bench train reproduce-table1 reproduce-shallow reproduce-nonlinearity reproduce-table2
 
 install:  ## create .venv and install the package with every dependency
 	python3.11 -m venv .venv
@@ -21,3 +21,21 @@ lint:
 
 bench:  ## layer speed/memory vs nn.Conv2d -> outputs/bench/layer.json
 	$(PY) -m ssimlayer.bench $(ARGS)
+
+# Reproduction pipeline (conf/, src/ssimlayer/train.py). Each reproduce-* target trains both models of
+# its pair in one Hydra multirun, then runs the FGSM sweep; runs land in outputs/<experiment>/multirun/.
+# ARGS takes Hydra overrides, e.g. ARGS="debug=smoke" or ARGS="seed=0,1,2 trainer.max_epochs=100".
+train:  ## one training run: make train ARGS="experiment=table1 model=fig4_plain"
+	$(PY) -m ssimlayer.train $(ARGS)
+
+reproduce-table1:  ## Table 1 / Fig. 5 / Fig. 9: Fig. 4 plain vs SSIM on CIFAR-10, FGSM sweep
+	$(PY) -m ssimlayer.train -m experiment=table1 $(ARGS)
+
+reproduce-shallow:  ## §3.2 / Fig. 6: shallow 7x7 SSIM vs 7x7 Conv, first-layer filters
+	$(PY) -m ssimlayer.train -m experiment=shallow $(ARGS)
+
+reproduce-nonlinearity:  ## Fig. 7 / Fig. 8: SSIM network with vs without ReLU after the SSIMLayer
+	$(PY) -m ssimlayer.train -m experiment=nonlinearity $(ARGS)
+
+reproduce-table2:  ## Table 2 / Fig. 10: Fig. 4 pair on ImageNet images of CIFAR-10 classes
+	$(PY) -m ssimlayer.train -m experiment=table2 $(ARGS)

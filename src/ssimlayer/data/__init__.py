@@ -1,0 +1,28 @@
+"""LightningDataModules and dataset readers. Images come out as float tensors in [0, 1]."""
+
+from ssimlayer.data.base import ArrayDataset, ImageClassificationDataModule
+from ssimlayer.data.cifar10 import CIFAR10DataModule
+from ssimlayer.data.cifar10_files import (
+    DatasetNotFoundError,
+    find_cifar10,
+    load_cifar10,
+    read_cifar_binary,
+    read_cifar_pickle,
+    verify_cifar10,
+)
+from ssimlayer.data.imagefolder import ImageFolderDataModule
+from ssimlayer.data.synthetic import SyntheticDataModule
+
+__all__ = [
+    "ArrayDataset",
+    "ImageClassificationDataModule",
+    "CIFAR10DataModule",
+    "ImageFolderDataModule",
+    "SyntheticDataModule",
+    "DatasetNotFoundError",
+    "find_cifar10",
+    "load_cifar10",
+    "read_cifar_binary",
+    "read_cifar_pickle",
+    "verify_cifar10",
+]

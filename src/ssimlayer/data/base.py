@@ -1,0 +1,84 @@
+"""What every datamodule here shares: [0, 1] float images, and loaders for the FGSM sweep."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+__all__ = ["ArrayDataset", "ImageClassificationDataModule"]
+
+
+class ArrayDataset(Dataset):
+    """Images held in memory as ``uint8 (N, C, H, W)``; served as float ``(C, H, W)`` in [0, 1].
+
+    Examples:
+        >>> ds = ArrayDataset(torch.full((2, 3, 4, 4), 255, dtype=torch.uint8), torch.tensor([0, 1]))
+        >>> x, y = ds[1]
+        >>> x.shape, x.max().item(), y.item()
+        (torch.Size([3, 4, 4]), 1.0, 1)
+    """
+
+    def __init__(self, images: Tensor, labels: Tensor,
+                 transform: Callable[[Tensor], Tensor] | None = None) -> None:
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise ValueError(
+                f"ArrayDataset: expected uint8 images (N, C, H, W), got {images.dtype} "
+                f"{tuple(images.shape)}"
+            )
+        if len(images) != len(labels):
+            raise ValueError(f"ArrayDataset: {len(images)} images but {len(labels)} labels")
+        self.images, self.labels, self.transform = images, labels.long(), transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        x = self.images[i].float().div_(255.0)
+        if self.transform is not None:
+            x = self.transform(x)
+        return x, self.labels[i]
+
+
+class ImageClassificationDataModule(pl.LightningDataModule):
+    """Base class: subclasses fill ``train_set``, ``val_set`` and ``train_eval_set`` in ``setup``.
+
+    ``train_eval_set`` is the training split without augmentation: the FGSM sweep (Fig. 9) attacks
+    both splits, and flips would only add noise to that measurement.
+    """
+
+    def __init__(self, batch_size: int = 32, num_workers: int = 0, num_classes: int = 10,
+                 pin_memory: bool | None = None) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
+        self.batch_size, self.num_workers, self.num_classes = batch_size, num_workers, num_classes
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self.train_eval_set: Dataset | None = None
+
+    def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError(f"{type(self).__name__}: call setup() before asking for a loader")
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle,
+                          num_workers=self.num_workers, pin_memory=self.pin_memory,
+                          persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+    def eval_dataloader(self, split: str) -> DataLoader:
+        """Un-augmented, unshuffled loader of ``split`` (``"train"`` or ``"val"``) for evaluation."""
+        if self.val_set is None:
+            self.setup("fit")
+        sets = {"train": self.train_eval_set, "val": self.val_set}
+        if split not in sets:
+            raise ValueError(f"eval_dataloader: unknown split {split!r}; choose one of {list(sets)}")
+        return self._loader(sets[split], shuffle=False)

@@ -1,0 +1,154 @@
+"""Readers for the two official CIFAR-10 formats, with location and integrity checks.
+
+- Binary version (``cifar-10-batches-bin``): ``data_batch_{1..5}.bin``, ``test_batch.bin``; each record is
+  1 label byte then 3072 pixel bytes (R, G, B planes of 32x32, row-major).
+- Python version (``cifar-10-batches-py``): pickles ``data_batch_{1..5}``, ``test_batch`` holding
+  ``data`` (N x 3072 uint8, same plane order) and ``labels``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = [
+    "DatasetNotFoundError",
+    "find_cifar10",
+    "read_cifar_binary",
+    "read_cifar_pickle",
+    "load_cifar10",
+    "verify_cifar10",
+    "EXPECTED_LAYOUT",
+]
+
+RECORD_BYTES = 1 + 3 * 32 * 32
+RECORDS_PER_FILE = 10_000
+TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
+TEST_FILES = ["test_batch"]
+SUBFOLDERS = {"binary": "cifar-10-batches-bin", "pickle": "cifar-10-batches-py"}
+
+EXPECTED_LAYOUT = (
+    "either the binary version (data_batch_1.bin ... data_batch_5.bin and test_batch.bin) or the "
+    "python version (pickles data_batch_1 ... data_batch_5 and test_batch), directly in the folder "
+    "or in its cifar-10-batches-bin/ or cifar-10-batches-py/ subfolder"
+)
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset folder is missing or incomplete; the message says where and how to fix it."""
+
+
+def _files(fmt: str) -> list[str]:
+    suffix = ".bin" if fmt == "binary" else ""
+    return [name + suffix for name in TRAIN_FILES + TEST_FILES]
+
+
+def find_cifar10(root: str | Path) -> tuple[Path, str]:
+    """Return ``(folder, format)`` of a complete CIFAR-10 copy under ``root``.
+
+    ``format`` is ``"binary"`` or ``"pickle"``. Raises :class:`DatasetNotFoundError` naming the
+    folders searched, the config key and the expected layout.
+    """
+    root = Path(root).expanduser().resolve()
+    searched = [root, root / SUBFOLDERS["binary"], root / SUBFOLDERS["pickle"]]
+    for folder in searched:
+        for fmt in ("binary", "pickle"):
+            if all((folder / f).is_file() for f in _files(fmt)):
+                return folder, fmt
+    raise DatasetNotFoundError(
+        f"CIFAR-10 not found: searched {', '.join(str(s) for s in searched)}. "
+        f"Set data.root=/path/to/cifar10 (or the SSIMLAYER_DATA environment variable), or "
+        f"data.download=true to let torchvision fetch it. Expected layout: {EXPECTED_LAYOUT}."
+    )
+
+
+def read_cifar_binary(path: str | Path) -> tuple[Tensor, Tensor]:
+    """Read one binary batch: ``(images uint8 (N, 3, 32, 32), labels int64 (N,))``."""
+    raw = np.fromfile(path, dtype=np.uint8)
+    if raw.size == 0 or raw.size % RECORD_BYTES:
+        raise ValueError(
+            f"{path}: {raw.size} bytes is not a whole number of {RECORD_BYTES}-byte CIFAR-10 records"
+        )
+    raw = raw.reshape(-1, RECORD_BYTES)
+    labels = torch.from_numpy(raw[:, 0].astype(np.int64))
+    images = torch.from_numpy(raw[:, 1:].reshape(-1, 3, 32, 32).copy())
+    return images, labels
+
+
+def read_cifar_pickle(path: str | Path) -> tuple[Tensor, Tensor]:
+    """Read one python-version batch: ``(images uint8 (N, 3, 32, 32), labels int64 (N,))``."""
+    with open(path, "rb") as f:
+        entry = pickle.load(f, encoding="latin1")
+    data = np.asarray(entry["data"], dtype=np.uint8)
+    labels = entry.get("labels", entry.get("fine_labels"))
+    if labels is None or data.ndim != 2 or data.shape[1] != RECORD_BYTES - 1:
+        raise ValueError(f"{path}: not a CIFAR-10 python batch (need 'data' N x 3072 and 'labels')")
+    return torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()), torch.tensor(labels)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify_cifar10(folder: str | Path, fmt: str) -> None:
+    """Check sizes and checksums; ``ValueError`` naming the first bad file.
+
+    Binary: every file holds exactly 10,000 records, and matches ``SHA256SUMS`` when the folder has
+    one. Python version: torchvision's published MD5 sums of the official pickles.
+    """
+    folder = Path(folder)
+    if fmt == "binary":
+        for name in _files(fmt):
+            size = (folder / name).stat().st_size
+            if size != RECORD_BYTES * RECORDS_PER_FILE:
+                raise ValueError(
+                    f"{folder / name}: {size} bytes, expected {RECORD_BYTES * RECORDS_PER_FILE} "
+                    f"(10,000 records); the copy is truncated or not CIFAR-10 (data.verify=false "
+                    f"skips this check)"
+                )
+        sums = folder / "SHA256SUMS"
+        if sums.is_file():
+            for line in sums.read_text().splitlines():
+                if not line.strip():
+                    continue
+                digest, name = line.split(maxsplit=1)
+                name = name.lstrip("*")
+                if name in _files(fmt) and _sha256(folder / name) != digest:
+                    raise ValueError(
+                        f"{folder / name}: SHA-256 does not match {sums}; re-copy the file "
+                        f"(data.verify=false skips this check)"
+                    )
+    elif fmt == "pickle":
+        from torchvision.datasets import CIFAR10
+        from torchvision.datasets.utils import check_integrity
+
+        for name, md5 in CIFAR10.train_list + CIFAR10.test_list:
+            if not check_integrity(str(folder / name), md5):
+                raise ValueError(
+                    f"{folder / name}: MD5 differs from the official CIFAR-10 python version; "
+                    f"re-download it (data.verify=false skips this check)"
+                )
+    else:
+        raise ValueError(f"unknown CIFAR-10 format {fmt!r}; expected 'binary' or 'pickle'")
+
+
+def load_cifar10(folder: str | Path, fmt: str) -> dict[str, tuple[Tensor, Tensor]]:
+    """``{"train": (images, labels), "test": (images, labels)}`` from a folder found by
+    :func:`find_cifar10`."""
+    folder = Path(folder)
+    read = read_cifar_binary if fmt == "binary" else read_cifar_pickle
+    suffix = ".bin" if fmt == "binary" else ""
+    out = {}
+    for split, names in (("train", TRAIN_FILES), ("test", TEST_FILES)):
+        parts = [read(folder / (n + suffix)) for n in names]
+        out[split] = (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
+    return out

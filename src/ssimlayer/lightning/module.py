@@ -1,0 +1,69 @@
+"""One LightningModule for every network of the paper: cross-entropy, top-1/top-5 accuracy."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+
+__all__ = ["ClassifierModule"]
+
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+
+
+class ClassifierModule(pl.LightningModule):
+    """Trains ``net`` (any [0, 1]-image classifier) with cross-entropy; logs ``{train,val}/{loss,
+    top1,top5}`` per epoch.
+
+    Args:
+        net: the network (``ssimlayer.models.ConvNet`` in every config here).
+        optimizer: a partial optimiser taking the parameters (``torch.optim.SGD`` with the §3.1
+            settings in ``conf/model/*.yaml``).
+        scheduler: optional partial LR scheduler taking the optimiser (the paper uses none).
+        num_classes: for the accuracy metrics.
+        name: the model's name in run names and ``metrics.json``.
+    """
+
+    def __init__(self, net: nn.Module, optimizer: OptimizerFactory,
+                 scheduler: Callable | None = None, num_classes: int = 10,
+                 name: str = "model") -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"], logger=False)
+        self.net, self.optimizer_factory, self.scheduler_factory = net, optimizer, scheduler
+        self.name = name
+        ks = [k for k in (1, 5) if k <= num_classes]
+        metrics = MetricCollection(
+            {f"top{k}": MulticlassAccuracy(num_classes, top_k=k, average="micro") for k in ks}
+        )
+        self.train_metrics = metrics.clone(prefix="train/")
+        self.val_metrics = metrics.clone(prefix="val/")
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def _step(self, batch: tuple[Tensor, Tensor], split: str, metrics: MetricCollection) -> Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        metrics.update(logits, y)
+        self.log(f"{split}/loss", loss, on_step=False, on_epoch=True, prog_bar=True,
+                 batch_size=len(y))
+        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self._step(batch, "train", self.train_metrics)
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._step(batch, "val", self.val_metrics)
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}

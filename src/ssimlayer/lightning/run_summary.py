@@ -1,0 +1,86 @@
+"""Per-epoch metrics (``epochs.csv``) and the run summary (``metrics.json``), written as the run goes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+
+__all__ = ["RunSummary"]
+
+KEYS = ("train/loss", "train/top1", "train/top5", "val/loss", "val/top1", "val/top5")
+
+
+class RunSummary(pl.Callback):
+    """After every training epoch (validation has run by then) append a row to ``epochs.csv`` and rewrite ``metrics.json``.
+
+    ``metrics.json`` holds the final and best (max over epochs) train/val top-1 and top-5, the
+    epoch of the best val top-1, epochs run, wall time, device and the model's parameter count;
+    ``extra`` (e.g. the seed and model name, set from config) is copied in.
+
+    Args:
+        output_dir: the run dir.
+        extra: constant fields to add to ``metrics.json``.
+    """
+
+    def __init__(self, output_dir: str, extra: dict[str, Any] | None = None) -> None:
+        self.output_dir = Path(output_dir)
+        self.extra = dict(extra or {})
+        self.history: list[dict[str, float]] = []
+        self._start = time.perf_counter()
+        self._fit_wall: float | None = None
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self._start = time.perf_counter()
+        self._fit_wall = None
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        row: dict[str, float] = {"epoch": trainer.current_epoch, "step": trainer.global_step}
+        for k in KEYS:
+            if k in trainer.callback_metrics:
+                row[k] = float(trainer.callback_metrics[k])
+        self.history.append(row)
+        self._write_csv()
+        self.write_json(trainer, pl_module)
+
+    def _write_csv(self) -> None:
+        path = self.output_dir / "epochs.csv"
+        cols = ["epoch", "step", *KEYS]
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=cols)
+            w.writeheader()
+            for row in self.history:
+                w.writerow({c: row.get(c, "") for c in cols})
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._fit_wall = time.perf_counter() - self._start  # training only, not the later sweep
+        self.write_json(trainer, pl_module, finished=True)
+
+    def write_json(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                   finished: bool = False) -> dict[str, Any]:
+        last = self.history[-1] if self.history else {}
+        summary: dict[str, Any] = {**self.extra, "finished": finished}
+        for k in KEYS:
+            if k.endswith("loss"):
+                continue
+            vals = [r[k] for r in self.history if k in r and not math.isnan(r[k])]
+            split, metric = k.split("/")
+            summary[f"final_{split}_{metric}"] = last.get(k)
+            summary[f"best_{split}_{metric}"] = max(vals) if vals else None
+        val = [(r["val/top1"], r["epoch"]) for r in self.history if "val/top1" in r]
+        summary["best_val_top1_epoch"] = max(val)[1] if val else None
+        summary["epochs"] = len(self.history)
+        summary["global_step"] = trainer.global_step
+        wall = self._fit_wall if self._fit_wall is not None else time.perf_counter() - self._start
+        summary["wall_time_s"] = round(wall, 3)  # fit (train + val), without the FGSM sweep
+        summary["device"] = str(pl_module.device)
+        summary["accelerator"] = type(trainer.accelerator).__name__
+        summary["num_parameters"] = sum(p.numel() for p in pl_module.parameters())
+        (self.output_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return summary
