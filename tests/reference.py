@@ -71,3 +71,30 @@ def eq18_filter_gradient(x_patch, y, c1, c2):
         a1 * b1 * b2 * (x - mu_x) - a1 * a2 * b1 * (y - mu_y)
     ) / (n - 1)
     return (2 / (b1**2 * b2**2) * grad).reshape(x_patch.shape)
+
+
+def ssim_conv2d_unfold(x, w, stride=1, padding=0, dilation=1, groups=1, c1=1e-4, c2=9e-4):
+    """Eq. 8 the plain way a user would write it: unfold, centre, one einsum; autograd backward.
+
+    Memory ``O(B * N * L)`` instead of the literal reference's ``O(B * C_out * N * L)``, so it can
+    be timed at benchmark sizes.
+    """
+    stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
+    b, _, h, wd = x.shape
+    c_out, _, kh, kw = w.shape
+    patches = unfold_patches(x, (kh, kw), stride, padding, dilation, groups)  # (B, g, N, L)
+    n = patches.shape[2]
+    ys = w.reshape(groups, c_out // groups, n)  # (g, K, N)
+    mu_x = patches.mean(2)  # (B, g, L)
+    mu_y = ys.mean(2)  # (g, K)
+    xc = patches - mu_x.unsqueeze(2)
+    yc = ys - mu_y.unsqueeze(2)
+    var_x = xc.square().sum(2) / (n - 1)  # (B, g, L)
+    var_y = yc.square().sum(2) / (n - 1)  # (g, K)
+    cov = torch.einsum("bgnl,gkn->bgkl", xc, yc) / (n - 1)  # (B, g, K, L)
+    mx, vx = mu_x.unsqueeze(2), var_x.unsqueeze(2)
+    my, vy = mu_y[None, :, :, None], var_y[None, :, :, None]
+    out = ((2 * mx * my + c1) * (2 * cov + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
+    h_out = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    w_out = (wd + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    return out.reshape(b, c_out, h_out, w_out)

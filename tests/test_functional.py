@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from ssimlayer.functional import DEFAULT_C1, DEFAULT_C2, _general_forward, ssim_conv2d
-from tests.reference import eq18_filter_gradient, ssim_conv2d_reference
+from tests.reference import eq18_filter_gradient, ssim_conv2d_reference, ssim_conv2d_unfold
 
 torch.manual_seed(0)
 
@@ -42,6 +42,12 @@ def test_matches_reference(case):
     out = ssim_conv2d(x, w, **geom)
     assert out.shape == F.conv2d(x, w, **geom).shape
     torch.testing.assert_close(out, expected, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("case", GRID, ids=lambda c: "-".join(map(str, c)))
+def test_benchmark_unfold_reference_matches_literal_reference(case):
+    x, w, geom = _case(*case)
+    torch.testing.assert_close(ssim_conv2d_unfold(x, w, **geom), ssim_conv2d_reference(x, w, **geom))
 
 
 @pytest.mark.parametrize("case", GRID[1:], ids=lambda c: "-".join(map(str, c[1:])))

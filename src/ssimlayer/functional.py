@@ -28,6 +28,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.modules.utils import _pair
 
+from ssimlayer._fusion import fused
+
 __all__ = ["ssim_conv2d", "DEFAULT_C1", "DEFAULT_C2"]
 
 # C1 = (K1 L)^2 and C2 = (K2 L)^2 with Wang et al.'s K1 = 0.01, K2 = 0.03 and dynamic range L = 1.
@@ -147,19 +149,23 @@ def ssim_conv2d(
 # The five sums and the statistics
 
 
-def _patch_sums(x: Tensor, kernel_size: tuple[int, int], geometry) -> tuple[Tensor, Tensor]:
-    """Sx and Sxx over every receptive field, per group: two ``(B, groups, H_out, W_out)`` maps.
+def _channel_sums(x: Tensor, groups: int) -> Tensor:
+    """Per-group channel sums of x and x^2, ``(B, 2 * groups, H, W)``.
 
-    The ones-kernel commutes with the sum over channels, so the box filter runs on the per-group
-    channel sums of x and x^2 (2 * groups channels) instead of on all C_in channels.
+    The ones-kernel of Sx and Sxx commutes with the sum over channels, so the box filter runs on these
+    2 * groups maps instead of on all C_in channels.
     """
-    stride, padding, dilation, groups = geometry
     b, c_in, h, w = x.shape
-    x_g = x.view(b, groups, c_in // groups, h, w)
-    sums = torch.cat([x_g.sum(2), x_g.square().sum(2)], dim=1)  # (B, 2g, H, W)
+    x_g = x.reshape(b, groups, c_in // groups, h, w)
+    return torch.cat([x_g.sum(2), x_g.square().sum(2)], dim=1)
+
+
+def _patch_sums(x: Tensor, kernel_size, geometry) -> Tensor:
+    """Sx and Sxx over every receptive field, stacked per group: ``(B, 2 * groups, Ho, Wo)``."""
+    stride, padding, dilation, groups = geometry
+    sums = fused(_channel_sums, x, x, groups)
     ones = x.new_ones(2 * groups, 1, *kernel_size)
-    box = F.conv2d(sums, ones, None, stride, padding, dilation, 2 * groups)  # (B, 2g, Ho, Wo)
-    return box[:, :groups], box[:, groups:]
+    return F.conv2d(sums, ones, None, stride, padding, dilation, 2 * groups)
 
 
 def _filter_stats(w: Tensor, groups: int) -> tuple[Tensor, Tensor, int]:
@@ -172,39 +178,47 @@ def _filter_stats(w: Tensor, groups: int) -> tuple[Tensor, Tensor, int]:
     return mu_y.view(shape), var_y.view(shape), n
 
 
-def _statistics(x: Tensor, w: Tensor, geometry):
-    """Means, unbiased variances and covariance of every (patch, filter) pair (Eqs. 3, 5, 7).
-
-    Returns ``mu_x, var_x`` as ``(B, g, 1, Ho, Wo)``, ``mu_y, var_y`` as ``(1, g, K, 1, 1)`` and
-    ``cov`` as ``(B, g, K, Ho, Wo)`` where ``K = C_out / groups``, plus N.
-    """
-    stride, padding, dilation, groups = geometry
-    mu_y, var_y, n = _filter_stats(w, groups)
-    s_x, s_xx = _patch_sums(x, w.shape[2:], geometry)
-    s_xy = F.conv2d(x, w, None, stride, padding, dilation, groups)  # (B, C_out, Ho, Wo)
-    b, _, h_out, w_out = s_xy.shape
-    mu_x = (s_x / n).unsqueeze(2)  # (B, g, 1, Ho, Wo)
-    var_x = ((s_xx.unsqueeze(2) - n * mu_x.square()) / (n - 1)).clamp_min_(0)
-    s_xy = s_xy.view(b, groups, w.shape[0] // groups, h_out, w_out)  # (B, g, K, Ho, Wo)
-    cov = s_xy.sub_(mu_x * (n * mu_y)).div_(n - 1)
-    return mu_x, var_x, mu_y, var_y, cov, n
+def _patch_stats(box: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    """Mean (Eq. 3) and unbiased variance (Eq. 5 squared) of every patch, ``(B, g, 1, Ho, Wo)``."""
+    groups = box.shape[1] // 2
+    mu_x = (box[:, :groups] / n).unsqueeze(2)
+    var_x = ((box[:, groups:].unsqueeze(2) - n * mu_x.square()) / (n - 1)).clamp_min(0)
+    return mu_x, var_x
 
 
 def _eq8_terms(mu_x, var_x, mu_y, var_y, cov, c1, c2):
-    """A1, B1 (luminance) and A2, B2 (contrast-structure) of Eq. 17."""
-    a1 = (2 * mu_x) * mu_y + c1  # (B, g, K, Ho, Wo)
+    """A1, B1 (luminance) and A2, B2 (contrast-structure) of Eq. 17, broadcast to (B, g, K, Ho, Wo)."""
+    a1 = (2 * mu_x) * mu_y + c1
     b1 = mu_x.square() + mu_y.square() + c1
     a2 = 2 * cov + c2
     b2 = var_x + var_y + c2
     return a1, b1, a2, b2
 
 
-def _eq8_forward(x: Tensor, w: Tensor, c1: float, c2: float, geometry):
-    mu_x, var_x, mu_y, var_y, cov, n = _statistics(x, w, geometry)
+def _eq8_epilogue(s_xy, box, mu_y, var_y, n: int, c1: float, c2: float):
+    """Eq. 8 from the sums: returns SSIM and the covariance (Eq. 7), both ``(B, g, K, Ho, Wo)``."""
+    mu_x, var_x = _patch_stats(box, n)
+    cov = (s_xy - mu_x * (n * mu_y)) / (n - 1)
     a1, b1, a2, b2 = _eq8_terms(mu_x, var_x, mu_y, var_y, cov, c1, c2)
-    out = (a1 * a2).div_(b1 * b2)
+    return (a1 * a2) / (b1 * b2), cov
+
+
+def _sums(x: Tensor, w: Tensor, geometry):
+    stride, padding, dilation, groups = geometry
+    box = _patch_sums(x, w.shape[2:], geometry)  # (B, 2g, Ho, Wo)
+    s_xy = F.conv2d(x, w, None, stride, padding, dilation, groups)  # (B, C_out, Ho, Wo)
+    b, c_out, h_out, w_out = s_xy.shape
+    return box, s_xy.view(b, groups, c_out // groups, h_out, w_out)  # (B, g, K, Ho, Wo)
+
+
+def _eq8_forward(x: Tensor, w: Tensor, c1: float, c2: float, geometry):
+    """Eq. 8 as ``(B, C_out, Ho, Wo)``, plus what the backward needs: the patch sums and cov."""
+    groups = geometry[3]
+    mu_y, var_y, n = _filter_stats(w, groups)
+    box, s_xy = _sums(x, w, geometry)
+    out, cov = fused(_eq8_epilogue, s_xy, s_xy, box, mu_y, var_y, n, c1, c2)
     b, g, k, h_out, w_out = out.shape
-    return out.view(b, g * k, h_out, w_out), (mu_x, var_x, cov, n)
+    return out.view(b, g * k, h_out, w_out), (box, cov)
 
 
 def _signed_pow(t: Tensor, p: float) -> Tensor:
@@ -215,7 +229,10 @@ def _signed_pow(t: Tensor, p: float) -> Tensor:
 
 def _general_forward(x, w, c1, c2, c3, alpha, beta, gamma, geometry) -> Tensor:
     """Eq. 1: l^alpha * c^beta * s^gamma, with autograd through the same sums."""
-    mu_x, var_x, mu_y, var_y, cov, _ = _statistics(x, w, geometry)
+    mu_y, var_y, n = _filter_stats(w, geometry[3])
+    box, s_xy = _sums(x, w, geometry)
+    mu_x, var_x = _patch_stats(box, n)
+    cov = (s_xy - mu_x * (n * mu_y)) / (n - 1)
     eps = torch.finfo(x.dtype).tiny
     sd_x, sd_y = (var_x + eps).sqrt(), (var_y + eps).sqrt()
     lum = (2 * mu_x * mu_y + c1) / (mu_x.square() + mu_y.square() + c1)  # Eq. 2
@@ -230,6 +247,39 @@ def _general_forward(x, w, c1, c2, c3, alpha, beta, gamma, geometry) -> Tensor:
 # Eq. 8 with its analytic backward (§2.2)
 
 
+def _eq8_grad_terms(grad, cov, box, mu_y, var_y, n: int, c1: float, c2: float):
+    """The per-(position, filter) coefficients of the gradient, see :class:`_SSIMConv2dEq8`.
+
+    Returns ``r`` (B, g, K, Ho, Wo), the input's box terms ``[P | Q]`` (B, 2g, Ho, Wo) and the
+    filter's per-filter terms ``P', Q'`` (g, K).
+    """
+    mu_x, var_x = _patch_stats(box, n)
+    a1, b1, a2, b2 = _eq8_terms(mu_x, var_x, mu_y, var_y, cov, c1, c2)
+    inv = grad / (b1 * b2)
+    d_a1 = inv * a2  # g dS/dA1
+    g_s = d_a1 * a1  # g S
+    d_b1 = g_s / b1  # -g dS/dB1
+    d_var = -g_s / b2  # g dS/dvar_x = g dS/dvar_y
+    r = inv * a1 * (2 / (n - 1))  # g dS/dcov / (N - 1)
+    d_mu_x = 2 * (d_a1 * mu_y - d_b1 * mu_x)
+    d_mu_y = 2 * (d_a1 * mu_x - d_b1 * mu_y)
+    two = 2 / (n - 1)
+    p_x = (d_mu_x / n - two * d_var * mu_x - r * mu_y).sum(2)  # (B, g, Ho, Wo)
+    q_x = two * d_var.sum(2)
+    p_y = (d_mu_y / n - two * d_var * mu_y - r * mu_x).sum((0, 3, 4))  # (g, K)
+    q_y = two * d_var.sum((0, 3, 4))
+    return r, torch.cat([p_x, q_x], dim=1), p_y, q_y
+
+
+def _add_box_terms(grad_x: Tensor, box_t: Tensor, x: Tensor) -> Tensor:
+    """grad_x + P + Q * x, with P and Q ``(B, 2g, H, W)`` broadcast over each group's channels."""
+    b, c_in, h, w = x.shape
+    groups = box_t.shape[1] // 2
+    shape = (b, groups, c_in // groups, h, w)
+    p_pix, q_pix = box_t[:, :groups].unsqueeze(2), box_t[:, groups:].unsqueeze(2)
+    return (grad_x.reshape(shape) + p_pix + q_pix * x.reshape(shape)).reshape(b, c_in, h, w)
+
+
 class _SSIMConv2dEq8(torch.autograd.Function):
     """Eq. 8 forward; backward from the closed-form partial derivatives of §2.2.
 
@@ -241,60 +291,39 @@ class _SSIMConv2dEq8(torch.autograd.Function):
     with x and y swapped. Summed over positions these are one transposed convolution of R with the
     filters, one of R with the input (the two convs of an ordinary conv backward), and box filters
     of P and Q. For a single window this is Eq. 18 (Wang and Simoncelli) with N - 1 in place of N.
+    Saved for backward: the input, the filters, cov (output-sized) and the patch sums (small).
     """
 
     @staticmethod
     def forward(ctx, x, w, c1, c2, geometry):
-        out, (mu_x, var_x, cov, n) = _eq8_forward(x, w, c1, c2, geometry)
-        ctx.save_for_backward(x, w, mu_x, var_x, cov)
+        out, (box, cov) = _eq8_forward(x, w, c1, c2, geometry)
+        ctx.save_for_backward(x, w, box, cov)
         ctx.constants = (c1, c2, geometry)
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        x, w, mu_x, var_x, cov = ctx.saved_tensors
+        x, w, box, cov = ctx.saved_tensors
         c1, c2, geometry = ctx.constants
         stride, padding, dilation, groups = geometry
         mu_y, var_y, n = _filter_stats(w, groups)
-        a1, b1, a2, b2 = _eq8_terms(mu_x, var_x, mu_y, var_y, cov, c1, c2)
-        g = grad_out.to(cov.dtype).reshape(cov.shape)  # (B, g, K, Ho, Wo)
-
-        inv = g / (b1 * b2)
-        d_a1 = inv * a2  # g * dS/dA1
-        g_s = d_a1 * a1  # g * S
-        d_b1 = g_s / b1  # -g * dS/dB1
-        d_var = g_s.div_(b2).neg_()  # g * dS/dvar_x = g * dS/dvar_y
-        r = inv.mul_(a1).mul_(2 / (n - 1))  # g * dS/dcov / (N - 1)
-        d_mu_x = 2 * (d_a1 * mu_y - d_b1 * mu_x)
-        d_mu_y = 2 * (d_a1 * mu_x - d_b1 * mu_y)
-        del d_a1, d_b1, a1, b1, a2, b2
-
-        # Input: grad_x_i = sum over (position, filter) of P + Q x_i + R y_i.
-        p_x = (d_mu_x / n - (2 / (n - 1)) * d_var * mu_x - r * mu_y).sum(2)  # (B, g, Ho, Wo)
-        q_x = (2 / (n - 1)) * d_var.sum(2)
-        r_flat = r.view(grad_out.shape)  # (B, C_out, Ho, Wo)
+        grad = grad_out.to(cov.dtype).reshape(cov.shape)  # (B, g, K, Ho, Wo)
+        r, pq, p_y, q_y = fused(_eq8_grad_terms, cov, grad, cov, box, mu_y, var_y, n, c1, c2)
+        r = r.view(grad_out.shape)  # (B, C_out, Ho, Wo)
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
-            kernel = tuple(w.shape[2:])
-            grad_x = torch.nn.grad.conv2d_input(
-                x.shape, w, r_flat, stride, padding, dilation, groups
-            )
-            pq = torch.cat([p_x, q_x], dim=1)  # (B, 2g, Ho, Wo)
-            ones = x.new_ones(2 * groups, 1, *kernel)
+            # Input: sum over (position, filter) of P + Q x_i + R y_i.
+            grad_x = torch.nn.grad.conv2d_input(x.shape, w, r, stride, padding, dilation, groups)
+            ones = x.new_ones(2 * groups, 1, *w.shape[2:])
+            box_shape = (x.shape[0], 2 * groups, *x.shape[2:])
             box_t = torch.nn.grad.conv2d_input(
-                (x.shape[0], 2 * groups, *x.shape[2:]), ones, pq, stride, padding, dilation, 2 * groups
-            )  # (B, 2g, H, W): sum over every position whose window covers the pixel
-            b, c_in, h, wd = x.shape
-            p_pix = box_t[:, :groups].unsqueeze(2)  # (B, g, 1, H, W)
-            q_pix = box_t[:, groups:].unsqueeze(2)
-            x_g = x.view(b, groups, c_in // groups, h, wd)
-            grad_x.view(b, groups, c_in // groups, h, wd).add_(p_pix).addcmul_(q_pix, x_g)
+                box_shape, ones, pq, stride, padding, dilation, 2 * groups
+            )  # (B, 2g, H, W): P and Q summed over every window that covers the pixel
+            grad_x = fused(_add_box_terms, x, grad_x, box_t, x)
         if ctx.needs_input_grad[1]:
-            # Filter: grad_y_i = sum over (batch, position) of P' + Q' y_i + R x_i.
-            p_y = (d_mu_y / n - (2 / (n - 1)) * d_var * mu_y - r * mu_x).sum((0, 3, 4))  # (g, K)
-            q_y = (2 / (n - 1)) * d_var.sum((0, 3, 4))
-            grad_w = torch.nn.grad.conv2d_weight(x, w.shape, r_flat, stride, padding, dilation, groups)
+            # Filter: sum over (batch, position) of P' + Q' y_i + R x_i.
+            grad_w = torch.nn.grad.conv2d_weight(x, w.shape, r, stride, padding, dilation, groups)
             shape = (w.shape[0], 1, 1, 1)
             grad_w.add_(p_y.reshape(shape)).addcmul_(q_y.reshape(shape), w)
         return grad_x, grad_w, None, None, None

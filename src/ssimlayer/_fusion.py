@@ -1,0 +1,70 @@
+"""Run an elementwise helper through ``torch.compile`` when that pays, and eagerly otherwise.
+
+The SSIM layer's cost beyond its one convolution is elementwise work on output-sized tensors. Run
+eagerly that is a dozen passes over memory; compiled, Inductor fuses it into a few loops (C++/OpenMP on
+the CPU, Triton on CUDA). The eager function is always the definition: the compiled one is the same
+Python code, and tests compare the two.
+
+Set ``SSIMLAYER_FUSE=0`` (or call :func:`set_fusion`) to stay eager everywhere.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable
+
+import torch
+
+__all__ = ["fused", "set_fusion", "fusion_enabled"]
+
+# Below this many output elements the eager passes cost less than a compiled call's guards.
+MIN_NUMEL = 1 << 16
+_enabled = os.environ.get("SSIMLAYER_FUSE", "1") != "0"
+_compiled: dict[Callable, Callable] = {}
+
+
+def set_fusion(enabled: bool) -> None:
+    """Turn the compiled elementwise path on or off for the whole process."""
+    global _enabled
+    _enabled = bool(enabled)
+
+
+def fusion_enabled() -> bool:
+    return _enabled
+
+
+def _worthwhile(t: torch.Tensor) -> bool:
+    return (
+        _enabled
+        and t.dtype == torch.float32
+        and t.device.type in ("cpu", "cuda")
+        and t.numel() >= MIN_NUMEL
+        and not torch.compiler.is_compiling()  # an outer compile fuses the eager code itself
+    )
+
+
+def fused(fn: Callable, size_hint: torch.Tensor, *args):
+    """``fn(*args)``, compiled when ``size_hint`` is large float32 work on CPU or CUDA."""
+    global _enabled
+    if not _worthwhile(size_hint):
+        return fn(*args)
+    compiled = _compiled.get(fn)
+    if compiled is None:
+        # Static shapes vectorise best; only the batch dimension may vary without a recompile.
+        compiled = _compiled[fn] = torch.compile(fn, dynamic=False, fullgraph=True)
+    for arg in args:
+        if isinstance(arg, torch.Tensor) and arg.dim() > 0 and arg.shape[0] == size_hint.shape[0]:
+            torch._dynamo.maybe_mark_dynamic(arg, 0)
+    try:
+        return compiled(*args)
+    except Exception as err:  # no C++ compiler, no Triton, ...: the eager code is always correct
+        _enabled = False
+        warnings.warn(
+            f"ssimlayer: torch.compile of the SSIM elementwise work failed ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}); using eager PyTorch from now on "
+            f"(slower, same results). Set SSIMLAYER_FUSE=0 to skip the attempt.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return fn(*args)
