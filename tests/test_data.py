@@ -1,0 +1,184 @@
+"""CIFAR-10 readers (binary and pickle) on small files written here, the datamodules, and errors."""
+
+import hashlib
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ssimlayer.data import (
+    CIFAR10DataModule,
+    DatasetNotFoundError,
+    ImageFolderDataModule,
+    SyntheticDataModule,
+    find_cifar10,
+    load_cifar10,
+    read_cifar_binary,
+    read_cifar_pickle,
+    verify_cifar10,
+)
+from ssimlayer.data.cifar10_files import TEST_FILES, TRAIN_FILES
+from ssimlayer.data.imagefolder import stratified_split
+
+REAL_CIFAR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar10"
+
+
+def fake_records(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, n)
+
+
+def write_binary(folder: Path, n: int = 6) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    folder.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for i, name in enumerate(TRAIN_FILES + TEST_FILES):
+        images, labels = fake_records(n, i)
+        rec = np.concatenate([labels[:, None].astype(np.uint8), images.reshape(n, -1)], axis=1)
+        rec.tofile(folder / f"{name}.bin")
+        written[name] = (images, labels)
+    return written
+
+
+def write_pickle(folder: Path, n: int = 6) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    folder.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for i, name in enumerate(TRAIN_FILES + TEST_FILES):
+        images, labels = fake_records(n, 100 + i)
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": images.reshape(n, -1), "labels": labels.tolist()}, f)
+        written[name] = (images, labels)
+    return written
+
+
+def test_binary_reader_round_trips_records(tmp_path):
+    written = write_binary(tmp_path)
+    images, labels = read_cifar_binary(tmp_path / "data_batch_3.bin")
+    assert images.dtype == torch.uint8 and images.shape == (6, 3, 32, 32)
+    np.testing.assert_array_equal(images.numpy(), written["data_batch_3"][0])
+    np.testing.assert_array_equal(labels.numpy(), written["data_batch_3"][1])
+
+
+def test_pickle_reader_round_trips_records(tmp_path):
+    written = write_pickle(tmp_path)
+    images, labels = read_cifar_pickle(tmp_path / "test_batch")
+    np.testing.assert_array_equal(images.numpy(), written["test_batch"][0])
+    np.testing.assert_array_equal(labels.numpy(), written["test_batch"][1])
+
+
+def test_binary_reader_rejects_a_truncated_file(tmp_path):
+    (tmp_path / "bad.bin").write_bytes(b"\x00" * 3000)
+    with pytest.raises(ValueError, match="3073-byte CIFAR-10 records"):
+        read_cifar_binary(tmp_path / "bad.bin")
+
+
+@pytest.mark.parametrize("fmt, sub, writer", [
+    ("binary", "", write_binary),
+    ("binary", "cifar-10-batches-bin", write_binary),
+    ("pickle", "cifar-10-batches-py", write_pickle),
+])
+def test_find_and_load_both_formats(tmp_path, fmt, sub, writer):
+    writer(tmp_path / sub if sub else tmp_path)
+    folder, found = find_cifar10(tmp_path)
+    assert found == fmt and folder == (tmp_path / sub if sub else tmp_path).resolve()
+    data = load_cifar10(folder, found)
+    assert data["train"][0].shape == (30, 3, 32, 32) and data["test"][0].shape == (6, 3, 32, 32)
+
+
+def test_missing_dataset_error_names_folder_key_and_layout(tmp_path):
+    with pytest.raises(DatasetNotFoundError) as info:
+        find_cifar10(tmp_path / "nowhere")
+    msg = str(info.value)
+    assert str(tmp_path / "nowhere") in msg
+    assert "data.root" in msg
+    assert "data_batch_1.bin" in msg and "test_batch" in msg
+
+
+def test_verify_checks_sizes_and_sha256sums(tmp_path):
+    write_binary(tmp_path)
+    with pytest.raises(ValueError, match="10,000 records"):
+        verify_cifar10(tmp_path, "binary")
+
+
+def test_verify_catches_a_checksum_mismatch(tmp_path, monkeypatch):
+    write_binary(tmp_path)
+    monkeypatch.setattr("ssimlayer.data.cifar10_files.RECORDS_PER_FILE", 6)
+    good = hashlib.sha256((tmp_path / "test_batch.bin").read_bytes()).hexdigest()
+    (tmp_path / "SHA256SUMS").write_text(f"{good}  test_batch.bin\n{'0' * 64}  data_batch_2.bin\n")
+    with pytest.raises(ValueError, match="data_batch_2.bin: SHA-256 does not match"):
+        verify_cifar10(tmp_path, "binary")
+
+
+def test_cifar10_datamodule_on_small_binary_files(tmp_path):
+    written = write_binary(tmp_path)
+    dm = CIFAR10DataModule(tmp_path, verify=False, batch_size=4)
+    dm.prepare_data()
+    dm.setup("fit")
+    assert len(dm.train_set) == 30 and len(dm.val_set) == 6
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (4, 3, 32, 32) and x.dtype == torch.float32
+    assert x.min() >= 0 and x.max() <= 1
+    # the un-augmented train view serves exactly the stored pixels
+    x0, y0 = dm.train_eval_set[0]
+    np.testing.assert_allclose(x0.numpy(), written["data_batch_1"][0][0] / 255.0, atol=1e-6)
+    assert y0.item() == written["data_batch_1"][1][0]
+    # validation is the test split, permuted once (the shared copy is sorted by class)
+    assert sorted(dm.val_set.labels.tolist()) == sorted(written["test_batch"][1].tolist())
+
+
+def test_cifar10_datamodule_missing_root_raises_clear_error(tmp_path):
+    with pytest.raises(DatasetNotFoundError, match="data.root"):
+        CIFAR10DataModule(tmp_path / "absent").prepare_data()
+
+
+def test_synthetic_datamodule_shapes_and_determinism():
+    a, b = SyntheticDataModule(num_train=20, num_val=10), SyntheticDataModule(num_train=20,
+                                                                             num_val=10)
+    a.setup(), b.setup()
+    assert torch.equal(a.val_set.images, b.val_set.images)
+    x, y = a.eval_dataloader("val").dataset[0]
+    assert x.shape == (3, 32, 32) and 0 <= y.item() < 10
+
+
+def test_stratified_split_is_fixed_and_disjoint():
+    targets = [c for c in range(3) for _ in range(10)]
+    tr, va = stratified_split(targets, 0.2, seed=0)
+    assert (tr, va) == stratified_split(targets, 0.2, seed=0)
+    assert not set(tr) & set(va) and len(va) == 6
+    assert sorted(targets[i] for i in va) == [0, 0, 1, 1, 2, 2]
+
+
+def test_imagefolder_datamodule(tmp_path):
+    rng = np.random.default_rng(0)
+    for c in range(10):
+        (tmp_path / f"class{c}").mkdir()
+        for i in range(5):
+            Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(
+                tmp_path / f"class{c}" / f"{i}.png")
+    dm = ImageFolderDataModule(tmp_path, batch_size=8)
+    dm.setup("fit")
+    assert len(dm.train_set) == 40 and len(dm.val_set) == 10
+    x, _ = next(iter(dm.train_dataloader()))
+    assert x.shape == (8, 3, 32, 32) and x.min() >= 0 and x.max() <= 1
+    assert dm.eval_dataloader("train").dataset[0][0].shape == (3, 32, 32)
+
+
+def test_imagefolder_missing_root_raises_clear_error(tmp_path):
+    with pytest.raises(DatasetNotFoundError, match="data.root"):
+        ImageFolderDataModule(tmp_path / "absent").setup()
+
+
+@pytest.mark.data
+@pytest.mark.skipif(not (REAL_CIFAR / "test_batch.bin").exists(),
+                    reason="real CIFAR-10 not in ../shared/data/cifar10")
+def test_real_cifar10_binary_copy():
+    folder, fmt = find_cifar10(REAL_CIFAR)
+    assert fmt == "binary"
+    verify_cifar10(folder, fmt)
+    images, labels = read_cifar_binary(folder / "data_batch_1.bin")
+    assert images.shape == (10_000, 3, 32, 32)
+    assert labels[:10].tolist() == [6, 9, 9, 4, 1, 1, 2, 7, 8, 3]  # the official order
+    counts = torch.bincount(labels, minlength=10).tolist()
+    assert counts == [1005, 974, 1032, 1016, 999, 937, 1030, 1001, 1025, 981]
