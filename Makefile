@@ -20,7 +20,7 @@ lint:
 	$(PY) -m ruff check src tests
 
 bench:  ## layer speed/memory vs nn.Conv2d -> outputs/bench/layer.json
-	$(PY) -m ssimlayer.bench $(ARGS)
+	$(PY) experiments/bench/layer.py $(ARGS)
 
 # Reproduction pipeline (conf/, src/ssimlayer/train.py). Each reproduce-* target trains both models of
 # its pair in one Hydra multirun, then runs the FGSM sweep; runs land in outputs/<experiment>/multirun/.

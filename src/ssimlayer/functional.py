@@ -136,7 +136,7 @@ def ssim_conv2d(
             if needs_grad:
                 out = _SSIMConv2dEq8.apply(x, w, c1, c2, geometry)
             else:
-                out = _eq8_forward(x, w, c1, c2, geometry)[0]
+                out = fused(_eq8_forward, x, x, w, c1, c2, geometry)[0]
         else:
             out = _general_forward(x, w, c1, c2, c3, alpha, beta, gamma, geometry)
         if bias is not None:
@@ -163,9 +163,8 @@ def _channel_sums(x: Tensor, groups: int) -> Tensor:
 def _patch_sums(x: Tensor, kernel_size, geometry) -> Tensor:
     """Sx and Sxx over every receptive field, stacked per group: ``(B, 2 * groups, Ho, Wo)``."""
     stride, padding, dilation, groups = geometry
-    sums = fused(_channel_sums, x, x, groups)
     ones = x.new_ones(2 * groups, 1, *kernel_size)
-    return F.conv2d(sums, ones, None, stride, padding, dilation, 2 * groups)
+    return F.conv2d(_channel_sums(x, groups), ones, None, stride, padding, dilation, 2 * groups)
 
 
 def _filter_stats(w: Tensor, groups: int) -> tuple[Tensor, Tensor, int]:
@@ -216,7 +215,7 @@ def _eq8_forward(x: Tensor, w: Tensor, c1: float, c2: float, geometry):
     groups = geometry[3]
     mu_y, var_y, n = _filter_stats(w, groups)
     box, s_xy = _sums(x, w, geometry)
-    out, cov = fused(_eq8_epilogue, s_xy, s_xy, box, mu_y, var_y, n, c1, c2)
+    out, cov = _eq8_epilogue(s_xy, box, mu_y, var_y, n, c1, c2)
     b, g, k, h_out, w_out = out.shape
     return out.view(b, g * k, h_out, w_out), (box, cov)
 
@@ -296,7 +295,7 @@ class _SSIMConv2dEq8(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, w, c1, c2, geometry):
-        out, (box, cov) = _eq8_forward(x, w, c1, c2, geometry)
+        out, (box, cov) = fused(_eq8_forward, x, x, w, c1, c2, geometry)
         ctx.save_for_backward(x, w, box, cov)
         ctx.constants = (c1, c2, geometry)
         return out
@@ -306,27 +305,34 @@ class _SSIMConv2dEq8(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, w, box, cov = ctx.saved_tensors
         c1, c2, geometry = ctx.constants
-        stride, padding, dilation, groups = geometry
-        mu_y, var_y, n = _filter_stats(w, groups)
-        grad = grad_out.to(cov.dtype).reshape(cov.shape)  # (B, g, K, Ho, Wo)
-        r, pq, p_y, q_y = fused(_eq8_grad_terms, cov, grad, cov, box, mu_y, var_y, n, c1, c2)
-        r = r.view(grad_out.shape)  # (B, C_out, Ho, Wo)
-        grad_x = grad_w = None
-        if ctx.needs_input_grad[0]:
-            # Input: sum over (position, filter) of P + Q x_i + R y_i.
-            grad_x = torch.nn.grad.conv2d_input(x.shape, w, r, stride, padding, dilation, groups)
-            ones = x.new_ones(2 * groups, 1, *w.shape[2:])
-            box_shape = (x.shape[0], 2 * groups, *x.shape[2:])
-            box_t = torch.nn.grad.conv2d_input(
-                box_shape, ones, pq, stride, padding, dilation, 2 * groups
-            )  # (B, 2g, H, W): P and Q summed over every window that covers the pixel
-            grad_x = fused(_add_box_terms, x, grad_x, box_t, x)
-        if ctx.needs_input_grad[1]:
-            # Filter: sum over (batch, position) of P' + Q' y_i + R x_i.
-            grad_w = torch.nn.grad.conv2d_weight(x, w.shape, r, stride, padding, dilation, groups)
-            shape = (w.shape[0], 1, 1, 1)
-            grad_w.add_(p_y.reshape(shape)).addcmul_(q_y.reshape(shape), w)
+        needs = tuple(ctx.needs_input_grad[:2])
+        grad_x, grad_w = fused(_eq8_backward, x, x, w, box, cov, grad_out, c1, c2, geometry, needs)
         return grad_x, grad_w, None, None, None
+
+
+def _eq8_backward(x, w, box, cov, grad_out, c1: float, c2: float, geometry, needs):
+    """Gradients of Eq. 8 with respect to the input and the filters (None where not needed)."""
+    stride, padding, dilation, groups = geometry
+    mu_y, var_y, n = _filter_stats(w, groups)
+    grad = grad_out.to(cov.dtype).reshape(cov.shape)  # (B, g, K, Ho, Wo)
+    r, pq, p_y, q_y = _eq8_grad_terms(grad, cov, box, mu_y, var_y, n, c1, c2)
+    r = r.reshape(grad_out.shape)  # (B, C_out, Ho, Wo)
+    grad_x = grad_w = None
+    if needs[0]:
+        # Input: sum over (position, filter) of P + Q x_i + R y_i.
+        grad_x = torch.nn.grad.conv2d_input(x.shape, w, r, stride, padding, dilation, groups)
+        ones = x.new_ones(2 * groups, 1, *w.shape[2:])
+        box_shape = (x.shape[0], 2 * groups, *x.shape[2:])
+        box_t = torch.nn.grad.conv2d_input(
+            box_shape, ones, pq, stride, padding, dilation, 2 * groups
+        )  # (B, 2g, H, W): P and Q summed over every window that covers the pixel
+        grad_x = _add_box_terms(grad_x, box_t, x)
+    if needs[1]:
+        # Filter: sum over (batch, position) of P' + Q' y_i + R x_i.
+        grad_w = torch.nn.grad.conv2d_weight(x, w.shape, r, stride, padding, dilation, groups)
+        shape = (w.shape[0], 1, 1, 1)
+        grad_w = grad_w + p_y.reshape(shape) + q_y.reshape(shape) * w
+    return grad_x, grad_w
 
 
 # ---------------------------------------------------------------------------------------------

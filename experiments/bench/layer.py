@@ -1,0 +1,191 @@
+"""Speed and memory of SSIMConv2d against nn.Conv2d (and the plain unfold formulation).
+
+    python experiments/bench/layer.py [--repeats 15] [--device cpu|cuda|all] [--out outputs/bench/layer.json]
+
+For each shape, forward + backward of every implementation is timed alternately in one process (so
+machine load hits all of them alike) and the median of the repeats is kept; the number that matters is
+the ratio to nn.Conv2d on the same shapes. Peak memory: on CUDA the allocator's peak during one
+forward + backward beyond what was allocated before; on the CPU the peak of the profiler's memory
+timeline over one forward + backward (every tensor allocated in that step, compiled kernels' too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.profiler import ProfilerActivity, profile
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from ssimlayer import SSIMConv2d  # noqa: E402
+from tests.reference import ssim_conv2d_unfold  # noqa: E402
+
+# (batch, c_in, c_out, size, kernel, padding); CUDA uses batch 128.
+SHAPES = [(32, 64, 64, 32, 3, 1), (32, 3, 64, 32, 7, 3), (32, 64, 64, 8, 3, 1)]
+TARGETS = {"cpu": {0: 1.3, 1: 2.5}, "cuda": {0: 1.5, 1: 1.5, 2: 1.5}}
+MEMORY_TARGET = 2.0
+
+
+class UnfoldSSIM(nn.Module):
+    """The plain formulation: unfold + einsum, autograd backward (tests/reference.py)."""
+
+    def __init__(self, layer: SSIMConv2d):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x):
+        return ssim_conv2d_unfold(x, self.layer.weight, padding=self.layer.padding)
+
+
+def build(impl: str, c_in: int, c_out: int, k: int, p: int, device: str) -> nn.Module:
+    if impl == "conv":
+        return nn.Conv2d(c_in, c_out, k, padding=p, bias=False, device=device)
+    layer = SSIMConv2d(c_in, c_out, k, padding=p, device=device)
+    return UnfoldSSIM(layer) if impl == "unfold" else layer
+
+
+def step(module: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> None:
+    x.grad = None
+    module.zero_grad(set_to_none=True)
+    module(x).backward(grad)
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_shape(shape, device: str, repeats: int, impls: list[str]) -> dict[str, float]:
+    b, c_in, c_out, size, k, p = shape
+    torch.manual_seed(0)
+    x = torch.randn(b, c_in, size, size, device=device, requires_grad=True)
+    modules = {impl: build(impl, c_in, c_out, k, p, device) for impl in impls}
+    grad = torch.randn_like(modules["conv"](x))
+    for module in modules.values():  # warm up: compile, autotune, allocator
+        for _ in range(3):
+            step(module, x, grad)
+    times: dict[str, list[float]] = {impl: [] for impl in impls}
+    for _ in range(repeats):
+        for impl, module in modules.items():
+            sync(device)
+            start = time.perf_counter()
+            step(module, x, grad)
+            sync(device)
+            times[impl].append(time.perf_counter() - start)
+    return {impl: statistics.median(ts) for impl, ts in times.items()}
+
+
+def cuda_peak(shape, impl: str) -> int:
+    b, c_in, c_out, size, k, p = shape
+    module = build(impl, c_in, c_out, k, p, "cuda")
+    x = torch.randn(b, c_in, size, size, device="cuda", requires_grad=True)
+    grad = torch.randn_like(module(x)).detach()
+    step(module, x, grad)
+    x.grad = None
+    module.zero_grad(set_to_none=True)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    step(module, x, grad)
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base
+
+
+def cpu_peak(shape, impl: str) -> int:
+    """Peak of the profiler's CPU memory timeline over one (warm) forward + backward."""
+    b, c_in, c_out, size, k, p = shape
+    module = build(impl, c_in, c_out, k, p, "cpu")
+    x = torch.randn(b, c_in, size, size, requires_grad=True)
+    grad = torch.randn_like(module(x)).detach()
+    step(module, x, grad)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
+                 with_stack=True) as prof:
+        step(module, x, grad)
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        path = Path(tmp) / "timeline.json"
+        prof.export_memory_timeline(str(path), device="cpu")
+        _, sizes = json.loads(path.read_text())
+    return max(sum(s) for s in sizes)
+
+
+def bench_device(device: str, repeats: int) -> list[dict]:
+    rows = []
+    for index, base_shape in enumerate(SHAPES):
+        shape = (128, *base_shape[1:]) if device == "cuda" else base_shape
+        impls = ["conv", "ssim", "unfold"]
+        times = time_shape(shape, device, repeats, impls)
+        peak = {impl: (cuda_peak if device == "cuda" else cpu_peak)(shape, impl) for impl in impls}
+        target = TARGETS[device].get(index)
+        ratio = times["ssim"] / times["conv"]
+        mem_ratio = peak["ssim"] / max(peak["conv"], 1)
+        rows.append({
+            "device": device,
+            "batch": shape[0], "c_in": shape[1], "c_out": shape[2], "size": shape[3],
+            "kernel": shape[4], "padding": shape[5],
+            "conv_ms": 1e3 * times["conv"], "ssim_ms": 1e3 * times["ssim"],
+            "unfold_ms": 1e3 * times["unfold"],
+            "ssim_over_conv": ratio, "unfold_over_conv": times["unfold"] / times["conv"],
+            "conv_peak_mib": peak["conv"] / 2**20, "ssim_peak_mib": peak["ssim"] / 2**20,
+            "unfold_peak_mib": peak["unfold"] / 2**20,
+            "ssim_peak_over_conv": mem_ratio,
+            "time_target": target,
+            "meets_time_target": None if target is None else ratio <= target,
+            "meets_memory_target": mem_ratio <= MEMORY_TARGET,
+        })
+        print_row(rows[-1])
+    return rows
+
+
+HEADER = (f"{'device':6} {'shape (B, Cin->Cout, HxW, k)':30} {'conv ms':>8} {'ssim ms':>8} "
+          f"{'ssim/conv':>9} {'target':>6} {'unfold/conv':>11} {'mem ssim/conv':>13}")
+
+
+def print_row(r: dict) -> None:
+    shape = f"{r['batch']}, {r['c_in']}->{r['c_out']}, {r['size']}x{r['size']}, k{r['kernel']}"
+    target = "-" if r["time_target"] is None else f"<={r['time_target']}"
+    print(f"{r['device']:6} {shape:30} {r['conv_ms']:8.2f} {r['ssim_ms']:8.2f} "
+          f"{r['ssim_over_conv']:9.2f} {target:>6} {r['unfold_over_conv']:11.2f} "
+          f"{r['ssim_peak_over_conv']:13.2f}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
+    parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench" / "layer.json")
+    args = parser.parse_args(argv)
+    devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
+    if "cuda" in devices and not torch.cuda.is_available():
+        if args.device == "cuda":
+            parser.error("--device cuda: no CUDA device is visible")
+        devices.remove("cuda")
+    print(HEADER)
+    rows = [row for device in devices for row in bench_device(device, args.repeats)]
+    result = {
+        "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_threads": torch.get_num_threads(),
+        "cuda_device": torch.cuda.get_device_name() if "cuda" in devices else None,
+        "repeats": args.repeats,
+        "timing": "forward+backward, median of repeats, implementations alternated in one process",
+        "rows": rows,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
