@@ -1,7 +1,7 @@
 """The LightningModule that trains every paper network, and the callbacks of Figs. 6 and 9."""
 
-from ssimlayer.lightning.filters import FilterVisualisation
 from ssimlayer.lightning.fgsm_sweep import FGSMSweep
+from ssimlayer.lightning.filters import FilterVisualisation
 from ssimlayer.lightning.loggers import build_loggers
 from ssimlayer.lightning.module import ClassifierModule
 from ssimlayer.lightning.run_summary import RunSummary

@@ -7,7 +7,6 @@ import math
 from pathlib import Path
 
 import pytorch_lightning as pl
-import torch
 from matplotlib.figure import Figure
 from pytorch_lightning.loggers import WandbLogger
 from torch import Tensor, nn
