@@ -28,7 +28,7 @@ from torch.profiler import ProfilerActivity, profile
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from ssimlayer import SSIMConv2d  # noqa: E402
+from ssimlayer import SSIMConv2d, _fusion  # noqa: E402
 from tests.reference import ssim_conv2d_unfold  # noqa: E402
 
 # (batch, c_in, c_out, size, kernel, padding); CUDA uses batch 128.
@@ -48,11 +48,27 @@ class UnfoldSSIM(nn.Module):
         return ssim_conv2d_unfold(x, self.layer.weight, padding=self.layer.padding)
 
 
+class EagerSSIM(nn.Module):
+    """SSIMConv2d with the compiled elementwise path switched off: one conv plus eager elementwise."""
+
+    def __init__(self, layer: SSIMConv2d):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x):
+        _fusion.set_fusion(False)
+        try:
+            return self.layer(x)
+        finally:
+            _fusion.set_fusion(True)
+
+
 def build(impl: str, c_in: int, c_out: int, k: int, p: int, device: str) -> nn.Module:
     if impl == "conv":
         return nn.Conv2d(c_in, c_out, k, padding=p, bias=False, device=device)
     layer = SSIMConv2d(c_in, c_out, k, padding=p, device=device)
-    return UnfoldSSIM(layer) if impl == "unfold" else layer
+    wrappers = {"unfold": UnfoldSSIM, "ssim_eager": EagerSSIM}
+    return wrappers[impl](layer) if impl in wrappers else layer
 
 
 def step(module: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> None:
@@ -124,7 +140,7 @@ def bench_device(device: str, repeats: int) -> list[dict]:
     rows = []
     for index, base_shape in enumerate(SHAPES):
         shape = (128, *base_shape[1:]) if device == "cuda" else base_shape
-        impls = ["conv", "ssim", "unfold"]
+        impls = ["conv", "ssim", "ssim_eager", "unfold"]
         times = time_shape(shape, device, repeats, impls)
         peak = {impl: (cuda_peak if device == "cuda" else cpu_peak)(shape, impl) for impl in impls}
         target = TARGETS[device].get(index)
@@ -135,10 +151,11 @@ def bench_device(device: str, repeats: int) -> list[dict]:
             "batch": shape[0], "c_in": shape[1], "c_out": shape[2], "size": shape[3],
             "kernel": shape[4], "padding": shape[5],
             "conv_ms": 1e3 * times["conv"], "ssim_ms": 1e3 * times["ssim"],
-            "unfold_ms": 1e3 * times["unfold"],
+            "unfold_ms": 1e3 * times["unfold"], "ssim_eager_ms": 1e3 * times["ssim_eager"],
+            "ssim_eager_over_conv": times["ssim_eager"] / times["conv"],
             "ssim_over_conv": ratio, "unfold_over_conv": times["unfold"] / times["conv"],
             "conv_peak_mib": peak["conv"] / 2**20, "ssim_peak_mib": peak["ssim"] / 2**20,
-            "unfold_peak_mib": peak["unfold"] / 2**20,
+            "unfold_peak_mib": peak["unfold"] / 2**20, "ssim_eager_peak_mib": peak["ssim_eager"] / 2**20,
             "ssim_peak_over_conv": mem_ratio,
             "time_target": target,
             "meets_time_target": None if target is None else ratio <= target,
@@ -149,14 +166,15 @@ def bench_device(device: str, repeats: int) -> list[dict]:
 
 
 HEADER = (f"{'device':6} {'shape (B, Cin->Cout, HxW, k)':30} {'conv ms':>8} {'ssim ms':>8} "
-          f"{'ssim/conv':>9} {'target':>6} {'unfold/conv':>11} {'mem ssim/conv':>13}")
+          f"{'ssim/conv':>9} {'target':>6} {'eager/conv':>10} {'unfold/conv':>11} {'mem ssim/conv':>13}")
 
 
 def print_row(r: dict) -> None:
     shape = f"{r['batch']}, {r['c_in']}->{r['c_out']}, {r['size']}x{r['size']}, k{r['kernel']}"
     target = "-" if r["time_target"] is None else f"<={r['time_target']}"
     print(f"{r['device']:6} {shape:30} {r['conv_ms']:8.2f} {r['ssim_ms']:8.2f} "
-          f"{r['ssim_over_conv']:9.2f} {target:>6} {r['unfold_over_conv']:11.2f} "
+          f"{r['ssim_over_conv']:9.2f} {target:>6} {r['ssim_eager_over_conv']:10.2f} "
+          f"{r['unfold_over_conv']:11.2f} "
           f"{r['ssim_peak_over_conv']:13.2f}", flush=True)
 
 
@@ -164,8 +182,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench" / "layer.json")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
     if "cuda" in devices and not torch.cuda.is_available():
         if args.device == "cuda":

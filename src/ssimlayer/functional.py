@@ -136,7 +136,7 @@ def ssim_conv2d(
             if needs_grad:
                 out = _SSIMConv2dEq8.apply(x, w, c1, c2, geometry)
             else:
-                out = fused(_eq8_forward, x, x, w, c1, c2, geometry)[0]
+                out = fused(_eq8_forward, x, x, w, c1, c2, geometry)[0]  # no cov: inference
         else:
             out = _general_forward(x, w, c1, c2, c3, alpha, beta, gamma, geometry)
         if bias is not None:
@@ -210,14 +210,30 @@ def _sums(x: Tensor, w: Tensor, geometry):
     return box, s_xy.view(b, groups, c_out // groups, h_out, w_out)  # (B, g, K, Ho, Wo)
 
 
-def _eq8_forward(x: Tensor, w: Tensor, c1: float, c2: float, geometry):
-    """Eq. 8 as ``(B, C_out, Ho, Wo)``, plus what the backward needs: the patch sums and cov."""
+def _eq8_forward(x: Tensor, w: Tensor, c1: float, c2: float, geometry, keep_cov: bool = False):
+    """Eq. 8 as ``(B, C_out, Ho, Wo)``, the patch sums ``(B, 2g, Ho, Wo)`` and, if asked, cov."""
     groups = geometry[3]
     mu_y, var_y, n = _filter_stats(w, groups)
     box, s_xy = _sums(x, w, geometry)
     out, cov = _eq8_epilogue(s_xy, box, mu_y, var_y, n, c1, c2)
     b, g, k, h_out, w_out = out.shape
-    return out.view(b, g * k, h_out, w_out), (box, cov)
+    return out.view(b, g * k, h_out, w_out), box, (cov if keep_cov else None)
+
+
+def _keeps_cov(x: Tensor, w: Tensor, geometry) -> bool:
+    """Save cov for backward unless the output is much larger than the input.
+
+    Saving the output-sized cov spares one convolution in backward. When the layer expands (a
+    3-channel image into 64 maps, say) that tensor dwarfs what nn.Conv2d keeps (its input), so
+    backward recomputes cov with one more convolution instead: cheap exactly there, since the cost
+    of that convolution scales with C_in / groups.
+    """
+    stride, padding, dilation, groups = geometry
+    h_out, w_out = (
+        (size + 2 * p - d * (k - 1) - 1) // s + 1
+        for size, k, p, d, s in zip(x.shape[2:], w.shape[2:], padding, dilation, stride)
+    )
+    return w.shape[0] * h_out * w_out <= 2 * x.shape[1] * x.shape[2] * x.shape[3]
 
 
 def _signed_pow(t: Tensor, p: float) -> Tensor:
@@ -290,12 +306,14 @@ class _SSIMConv2dEq8(torch.autograd.Function):
     with x and y swapped. Summed over positions these are one transposed convolution of R with the
     filters, one of R with the input (the two convs of an ordinary conv backward), and box filters
     of P and Q. For a single window this is Eq. 18 (Wang and Simoncelli) with N - 1 in place of N.
-    Saved for backward: the input, the filters, cov (output-sized) and the patch sums (small).
+    Saved for backward: the input, the filters, the patch sums (small) and cov (output-sized) unless
+    the layer expands its input (see :func:`_keeps_cov`), where backward recomputes it.
     """
 
     @staticmethod
     def forward(ctx, x, w, c1, c2, geometry):
-        out, (box, cov) = fused(_eq8_forward, x, x, w, c1, c2, geometry)
+        keep_cov = _keeps_cov(x, w, geometry)
+        out, box, cov = fused(_eq8_forward, x, x, w, c1, c2, geometry, keep_cov)
         ctx.save_for_backward(x, w, box, cov)
         ctx.constants = (c1, c2, geometry)
         return out
@@ -314,6 +332,12 @@ def _eq8_backward(x, w, box, cov, grad_out, c1: float, c2: float, geometry, need
     """Gradients of Eq. 8 with respect to the input and the filters (None where not needed)."""
     stride, padding, dilation, groups = geometry
     mu_y, var_y, n = _filter_stats(w, groups)
+    if cov is None:  # not saved (see _keeps_cov): one more convolution
+        s_xy = F.conv2d(x, w, None, stride, padding, dilation, groups)
+        b, c_out, h_out, w_out = s_xy.shape
+        mu_x, _ = _patch_stats(box, n)
+        s_xy = s_xy.view(b, groups, c_out // groups, h_out, w_out)
+        cov = (s_xy - mu_x * (n * mu_y)) / (n - 1)
     grad = grad_out.to(cov.dtype).reshape(cov.shape)  # (B, g, K, Ho, Wo)
     r, pq, p_y, q_y = _eq8_grad_terms(grad, cov, box, mu_y, var_y, n, c1, c2)
     r = r.reshape(grad_out.shape)  # (B, C_out, Ho, Wo)

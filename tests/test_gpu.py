@@ -1,0 +1,59 @@
+"""CUDA: the compiled (Triton) path against the float64 reference. Run with ``pytest -m gpu``."""
+
+import pytest
+import torch
+
+from ssimlayer import _fusion, ssim_conv2d
+from tests.reference import ssim_conv2d_reference
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+
+
+@pytest.fixture
+def exact_float32():
+    """Full float32 convolutions (no TF32), so differences are the layer's own."""
+    old = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    _fusion.set_fusion(True)
+    yield
+    torch.backends.cudnn.allow_tf32 = old
+
+
+@pytest.mark.parametrize("geom", [dict(padding=1), dict(stride=2, padding=3, groups=2)])
+def test_cuda_fused_matches_float64_reference(exact_float32, geom):
+    torch.manual_seed(0)
+    groups = geom.get("groups", 1)
+    kernel = 3 if geom["padding"] == 1 else 7
+    x = torch.randn(16, 4, 32, 32) * 2 + 0.5
+    w = torch.randn(16, 4 // groups, kernel, kernel)
+    g = torch.randn_like(ssim_conv2d_reference(x.double(), w.double(), **geom))
+
+    x64, w64 = x.double().requires_grad_(), w.double().requires_grad_()
+    (ssim_conv2d_reference(x64, w64, **geom) * g.double()).sum().backward()
+
+    xc, wc = x.cuda().requires_grad_(), w.cuda().requires_grad_()
+    out = ssim_conv2d(xc, wc, **geom)
+    (out * g.cuda().float()).sum().backward()
+    assert _fusion.fusion_enabled(), "the compiled CUDA path failed and fell back to eager"
+    ref = ssim_conv2d_reference(x.double(), w.double(), **geom)
+    torch.testing.assert_close(out.double().cpu(), ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(xc.grad.double().cpu(), x64.grad, rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(wc.grad.double().cpu(), w64.grad, rtol=1e-3, atol=1e-3)
+
+
+def test_cuda_gradcheck_float64():
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64, device="cuda", requires_grad=True)
+    w = torch.randn(4, 3, 3, 3, dtype=torch.float64, device="cuda", requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: ssim_conv2d(a, b, padding=1), (x, w))
+
+
+def test_cuda_bfloat16_autocast_keeps_float32_statistics():
+    x = torch.randn(32, 16, 16, 16, device="cuda") * 100
+    w = torch.randn(32, 16, 3, 3, device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = ssim_conv2d(x, w, padding=1)
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    torch.testing.assert_close(out, ssim_conv2d(x, w, padding=1))
