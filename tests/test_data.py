@@ -128,6 +128,22 @@ def test_cifar10_datamodule_on_small_binary_files(tmp_path):
     assert sorted(dm.val_set.labels.tolist()) == sorted(written["test_batch"][1].tolist())
 
 
+def test_train_batches_selects_files_and_needs_only_those(tmp_path):
+    written = write_binary(tmp_path)
+    for name in ("data_batch_2", "data_batch_4", "data_batch_5"):
+        (tmp_path / f"{name}.bin").unlink()  # a partial copy: batches 1 and 3 and the test batch
+    with pytest.raises(DatasetNotFoundError):
+        find_cifar10(tmp_path)  # all five are asked for by default
+    dm = CIFAR10DataModule(tmp_path, verify=False, train_batches=[3, 1], batch_size=4)
+    dm.prepare_data()
+    dm.setup("fit")
+    assert len(dm.train_set) == 12 and len(dm.val_set) == 6
+    expected = np.concatenate([written["data_batch_3"][1], written["data_batch_1"][1]])
+    assert dm.train_eval_set.labels.tolist() == expected.tolist()
+    with pytest.raises(ValueError, match=r"from 1 to 5, got \[0, 6\]"):
+        find_cifar10(tmp_path, [0, 6])
+
+
 def test_cifar10_datamodule_missing_root_raises_clear_error(tmp_path):
     with pytest.raises(DatasetNotFoundError, match="data.root"):
         CIFAR10DataModule(tmp_path / "absent").prepare_data()

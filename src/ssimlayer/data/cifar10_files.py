@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "ALL_TRAIN_BATCHES",
     "DatasetNotFoundError",
     "find_cifar10",
     "read_cifar_binary",
@@ -43,13 +45,27 @@ class DatasetNotFoundError(FileNotFoundError):
     """A dataset folder is missing or incomplete; the message says where and how to fix it."""
 
 
-def _files(fmt: str) -> list[str]:
+ALL_TRAIN_BATCHES = (1, 2, 3, 4, 5)
+
+
+def _train_names(train_batches: Sequence[int]) -> list[str]:
+    bad = [b for b in train_batches if b not in ALL_TRAIN_BATCHES]
+    if bad or not train_batches:
+        raise ValueError(
+            f"data.train_batches must list training batch numbers from 1 to 5, got "
+            f"{list(train_batches)}"
+        )
+    return [TRAIN_FILES[b - 1] for b in train_batches]
+
+
+def _files(fmt: str, train_batches: Sequence[int] = ALL_TRAIN_BATCHES) -> list[str]:
     suffix = ".bin" if fmt == "binary" else ""
-    return [name + suffix for name in TRAIN_FILES + TEST_FILES]
+    return [name + suffix for name in _train_names(train_batches) + TEST_FILES]
 
 
-def find_cifar10(root: str | Path) -> tuple[Path, str]:
-    """Return ``(folder, format)`` of a complete CIFAR-10 copy under ``root``.
+def find_cifar10(root: str | Path, train_batches: Sequence[int] = ALL_TRAIN_BATCHES) -> tuple[Path, str]:
+    """Return ``(folder, format)`` of a CIFAR-10 copy under ``root`` holding the test batch and the
+    training batches ``train_batches`` (all five by default).
 
     ``format`` is ``"binary"`` or ``"pickle"``. Raises :class:`DatasetNotFoundError` naming the
     folders searched, the config key and the expected layout.
@@ -58,7 +74,7 @@ def find_cifar10(root: str | Path) -> tuple[Path, str]:
     searched = [root, root / SUBFOLDERS["binary"], root / SUBFOLDERS["pickle"]]
     for folder in searched:
         for fmt in ("binary", "pickle"):
-            if all((folder / f).is_file() for f in _files(fmt)):
+            if all((folder / f).is_file() for f in _files(fmt, train_batches)):
                 return folder, fmt
     raise DatasetNotFoundError(
         f"CIFAR-10 not found: searched {', '.join(str(s) for s in searched)}. "
@@ -99,15 +115,18 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def verify_cifar10(folder: str | Path, fmt: str) -> None:
+def verify_cifar10(
+    folder: str | Path, fmt: str, train_batches: Sequence[int] = ALL_TRAIN_BATCHES
+) -> None:
     """Check sizes and checksums; ``ValueError`` naming the first bad file.
 
     Binary: every file holds exactly 10,000 records, and matches ``SHA256SUMS`` when the folder has
     one. Python version: torchvision's published MD5 sums of the official pickles.
     """
     folder = Path(folder)
+    files = _files(fmt, train_batches)
     if fmt == "binary":
-        for name in _files(fmt):
+        for name in files:
             size = (folder / name).stat().st_size
             if size != RECORD_BYTES * RECORDS_PER_FILE:
                 raise ValueError(
@@ -122,7 +141,7 @@ def verify_cifar10(folder: str | Path, fmt: str) -> None:
                     continue
                 digest, name = line.split(maxsplit=1)
                 name = name.lstrip("*")
-                if name in _files(fmt) and _sha256(folder / name) != digest:
+                if name in files and _sha256(folder / name) != digest:
                     raise ValueError(
                         f"{folder / name}: SHA-256 does not match {sums}; re-copy the file "
                         f"(data.verify=false skips this check)"
@@ -132,6 +151,8 @@ def verify_cifar10(folder: str | Path, fmt: str) -> None:
         from torchvision.datasets.utils import check_integrity
 
         for name, md5 in CIFAR10.train_list + CIFAR10.test_list:
+            if name not in files:
+                continue
             if not check_integrity(str(folder / name), md5):
                 raise ValueError(
                     f"{folder / name}: MD5 differs from the official CIFAR-10 python version; "
@@ -141,14 +162,16 @@ def verify_cifar10(folder: str | Path, fmt: str) -> None:
         raise ValueError(f"unknown CIFAR-10 format {fmt!r}; expected 'binary' or 'pickle'")
 
 
-def load_cifar10(folder: str | Path, fmt: str) -> dict[str, tuple[Tensor, Tensor]]:
+def load_cifar10(
+    folder: str | Path, fmt: str, train_batches: Sequence[int] = ALL_TRAIN_BATCHES
+) -> dict[str, tuple[Tensor, Tensor]]:
     """``{"train": (images, labels), "test": (images, labels)}`` from a folder found by
-    :func:`find_cifar10`."""
+    :func:`find_cifar10`; the training split concatenates ``train_batches`` in that order."""
     folder = Path(folder)
     read = read_cifar_binary if fmt == "binary" else read_cifar_pickle
     suffix = ".bin" if fmt == "binary" else ""
     out = {}
-    for split, names in (("train", TRAIN_FILES), ("test", TEST_FILES)):
+    for split, names in (("train", _train_names(train_batches)), ("test", TEST_FILES)):
         parts = [read(folder / (n + suffix)) for n in names]
         out[split] = (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
     return out
