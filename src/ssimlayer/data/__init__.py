@@ -10,6 +10,7 @@ from ssimlayer.data.cifar10_files import (
     read_cifar_pickle,
     verify_cifar10,
 )
+from ssimlayer.data.device_loader import DeviceLoader, DeviceSampler
 from ssimlayer.data.imagefolder import ImageFolderDataModule
 from ssimlayer.data.synthetic import SyntheticDataModule
 
@@ -17,6 +18,8 @@ __all__ = [
     "ArrayDataset",
     "ImageClassificationDataModule",
     "CIFAR10DataModule",
+    "DeviceLoader",
+    "DeviceSampler",
     "ImageFolderDataModule",
     "SyntheticDataModule",
     "DatasetNotFoundError",

@@ -8,6 +8,9 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from ssimlayer.data.device_loader import DeviceLoader, DeviceSampler
 
 __all__ = ["ArrayDataset", "ImageClassificationDataModule"]
 
@@ -48,15 +51,20 @@ class ImageClassificationDataModule(pl.LightningDataModule):
 
     ``train_eval_set`` is the training split without augmentation: the FGSM sweep (Fig. 9) attacks
     both splits, and flips would only add noise to that measurement.
+
+    With ``device_resident=True`` the train and val loaders are ``DeviceLoader`` objects: the
+    ``uint8`` split on the trainer's device, order and flips drawn there, no worker processes. Only
+    an :class:`ArrayDataset` with no transform or a horizontal flip can be served that way.
     """
 
     def __init__(self, batch_size: int = 32, num_workers: int = 0, num_classes: int = 10,
-                 pin_memory: bool | None = None) -> None:
+                 pin_memory: bool | None = None, device_resident: bool = False) -> None:
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
         self.batch_size, self.num_workers, self.num_classes = batch_size, num_workers, num_classes
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.device_resident = device_resident
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.train_eval_set: Dataset | None = None
@@ -68,10 +76,31 @@ class ImageClassificationDataModule(pl.LightningDataModule):
                           num_workers=self.num_workers, pin_memory=self.pin_memory,
                           persistent_workers=self.num_workers > 0)
 
-    def train_dataloader(self) -> DataLoader:
+    def _device_loader(self, dataset: Dataset | None, shuffle: bool) -> DeviceLoader:
+        if not isinstance(dataset, ArrayDataset):
+            raise ValueError(f"{type(self).__name__}: device_resident needs an ArrayDataset, got "
+                             f"{type(dataset).__name__} (call setup() first)")
+        t = dataset.transform
+        if t is not None and not isinstance(t, v2.RandomHorizontalFlip):
+            raise ValueError(f"{type(self).__name__}: device_resident supports only a random "
+                             f"horizontal flip, not {t}")
+        trainer = getattr(self, "trainer", None)
+        device, rank, world = torch.device("cpu"), 0, 1
+        if trainer is not None:  # the model is already on its device when loaders are built
+            device = trainer.strategy.root_device
+            rank, world = trainer.global_rank, trainer.world_size
+        sampler = DeviceSampler(len(dataset), shuffle=shuffle, rank=rank, world_size=world)
+        return DeviceLoader(dataset.images, dataset.labels, self.batch_size, sampler=sampler,
+                            flip=t.p if t is not None else 0.0, device=device)
+
+    def train_dataloader(self) -> DataLoader | DeviceLoader:
+        if self.device_resident:
+            return self._device_loader(self.train_set, shuffle=True)
         return self._loader(self.train_set, shuffle=True)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader | DeviceLoader:
+        if self.device_resident:
+            return self._device_loader(self.val_set, shuffle=False)
         return self._loader(self.val_set, shuffle=False)
 
     def eval_dataloader(self, split: str) -> DataLoader:

@@ -37,17 +37,17 @@ class CIFAR10DataModule(ImageClassificationDataModule):
         train_batches: which of ``data_batch_1`` ... ``data_batch_5`` form the training split
             (default all five, 50,000 images); e.g. ``[1]`` trains on the first 10,000 only, for
             schedules that must fit a CPU or a small transfer. Only those files need to exist.
-        batch_size, num_workers, num_classes, pin_memory: see the base class.
+        batch_size, num_workers, num_classes, pin_memory, device_resident: see the base class.
     """
 
     def __init__(self, root: str | Path, download: bool = False, verify: bool = True,
                  flip: bool = True, val_shuffle_seed: int = 0,
                  train_batches: Sequence[int] = ALL_TRAIN_BATCHES, batch_size: int = 32,
                  num_workers: int = 0, num_classes: int = 10,
-                 pin_memory: bool | None = None) -> None:
+                 pin_memory: bool | None = None, device_resident: bool = False) -> None:
         if num_classes != 10:
             raise ValueError(f"CIFAR-10 has 10 classes; data.num_classes is {num_classes}")
-        super().__init__(batch_size, num_workers, num_classes, pin_memory)
+        super().__init__(batch_size, num_workers, num_classes, pin_memory, device_resident)
         self.root, self.download, self.verify = Path(root), download, verify
         self.flip, self.val_shuffle_seed = flip, val_shuffle_seed
         self.train_batches = tuple(train_batches)

@@ -20,7 +20,7 @@ class SyntheticDataModule(ImageClassificationDataModule):
         noise: std of the per-pixel Gaussian noise.
         seed: fixes the data (independent of the training seed).
         flip: random horizontal flip on the training split, as CIFAR-10.
-        batch_size, num_workers, num_classes, pin_memory: see the base class.
+        batch_size, num_workers, num_classes, pin_memory, device_resident: see the base class.
 
     Examples:
         >>> dm = SyntheticDataModule(num_train=8, num_val=4, batch_size=4)
@@ -33,8 +33,8 @@ class SyntheticDataModule(ImageClassificationDataModule):
     def __init__(self, num_train: int = 512, num_val: int = 256, image_size: int = 32,
                  channels: int = 3, noise: float = 0.1, seed: int = 0, flip: bool = True,
                  batch_size: int = 32, num_workers: int = 0, num_classes: int = 10,
-                 pin_memory: bool | None = None) -> None:
-        super().__init__(batch_size, num_workers, num_classes, pin_memory)
+                 pin_memory: bool | None = None, device_resident: bool = False) -> None:
+        super().__init__(batch_size, num_workers, num_classes, pin_memory, device_resident)
         self.num_train, self.num_val = num_train, num_val
         self.image_size, self.channels, self.noise, self.seed = image_size, channels, noise, seed
         self.flip = flip
