@@ -2,7 +2,7 @@
 PY ?= .venv/bin/python
 ARGS ?=
 
-.PHONY: install test test-all lint bench train reproduce-table1 reproduce-shallow reproduce-nonlinearity reproduce-table2
+.PHONY: install test test-all lint bench train reproduce-table1 reproduce-shallow reproduce-nonlinearity reproduce-table2 robustness
 
 install:  ## create .venv and install the package with every dependency
 	python3.11 -m venv .venv
@@ -39,3 +39,27 @@ reproduce-nonlinearity:  ## Fig. 7 / Fig. 8: SSIM network with vs without ReLU a
 
 reproduce-table2:  ## Table 2 / Fig. 10: Fig. 4 pair on ImageNet images of CIFAR-10 classes
 	$(PY) -m ssimlayer.train -m experiment=table2 $(ARGS)
+
+# Robustness beyond FGSM (conf/eval.yaml, src/ssimlayer/eval.py): PGD, Square, PGD transfer, Fig. 1
+# corruptions and gradient-masking checks of trained runs; results go into each run dir and
+# outputs/robustness/<timestamp>/. See experiments/robustness/README.md.
+robustness:  ## make robustness ARGS="runs=[outputs/table1/multirun/<ts>]" (or ARGS="debug=smoke")
+	$(PY) -m ssimlayer.eval $(ARGS)
+
+.PHONY: report reproduce-all reproduce-cpu
+report:  ## paper vs measured: outputs/report/report.md (+ PNG, CSV) from the run dirs in outputs/
+	$(PY) -m ssimlayer.report $(ARGS)
+
+# The full protocol (§3.1, 500 epochs, 3 seeds) of every trainable experiment: a GPU job.
+reproduce-all:
+	$(PY) -m ssimlayer.train -m experiment=table1 seed=0,1,2 $(ARGS)
+	$(PY) -m ssimlayer.train -m experiment=shallow seed=0,1,2 $(ARGS)
+	$(PY) -m ssimlayer.train -m experiment=nonlinearity model=fig4_ssim_norelu seed=0,1,2 $(ARGS)
+	$(PY) -m ssimlayer.report
+
+# The schedule that fits a 2-core CPU (conf/schedule/cpu_short.yaml), 3 seeds.
+reproduce-cpu:
+	$(PY) -m ssimlayer.train -m experiment=table1 schedule=cpu_short seed=0,1,2 $(ARGS)
+	$(PY) -m ssimlayer.train -m experiment=shallow schedule=cpu_short seed=0,1,2 $(ARGS)
+	$(PY) -m ssimlayer.train -m experiment=nonlinearity model=fig4_ssim_norelu schedule=cpu_short seed=0,1,2 $(ARGS)
+	$(PY) -m ssimlayer.report

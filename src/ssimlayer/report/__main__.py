@@ -1,0 +1,3 @@
+from ssimlayer.report.build import main
+
+main()

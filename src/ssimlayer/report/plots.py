@@ -1,0 +1,86 @@
+"""The report's figures: convergence (Figs. 5, 8) and accuracy versus FGSM eps (Fig. 9)."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from ssimlayer.report.collect import Run  # noqa: E402
+
+__all__ = ["convergence_plot", "fgsm_plot"]
+
+
+def _mean_band(series: list[list[float]]) -> tuple[list[float], list[float], list[float]]:
+    length = min(len(s) for s in series)
+    cols = [[s[i] for s in series] for i in range(length)]
+    mean = [statistics.fmean(c) for c in cols]
+    std = [statistics.stdev(c) if len(c) > 1 else 0.0 for c in cols]
+    return mean, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)]
+
+
+def convergence_plot(runs_by_model: dict[str, list[Run]], path: Path, title: str) -> Path | None:
+    """Train (dashed) and validation (solid) error per epoch, mean over seeds with a ±1 std band."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    drew = False
+    for color, (model, runs) in zip(plt.cm.tab10.colors, runs_by_model.items()):
+        for split, style in (("train", "--"), ("val", "-")):
+            series = [[100 * (1 - float(row[f"{split}/top1"])) for row in run.epochs
+                       if row.get(f"{split}/top1")] for run in runs]
+            series = [s for s in series if s]
+            if not series:
+                continue
+            mean, low, high = _mean_band(series)
+            epochs = range(1, len(mean) + 1)
+            ax.plot(epochs, mean, style, color=color, label=f"{model} {split} (n={len(series)})")
+            ax.fill_between(epochs, low, high, color=color, alpha=0.15)
+            drew = True
+    if not drew:
+        plt.close(fig)
+        return None
+    ax.set(xlabel="epoch", ylabel="top-1 error (%)", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def fgsm_plot(runs_by_model: dict[str, list[Run]], path: Path, title: str) -> Path | None:
+    """Top-1 and top-5 versus FGSM eps on both splits, mean ± std over seeds."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    drew = False
+    for ax, split in zip(axes, ("train", "val")):
+        for color, (model, runs) in zip(plt.cm.tab10.colors, runs_by_model.items()):
+            for k, style in ((1, "-o"), (5, "--s")):
+                eps_values = sorted({float(r["eps"]) for run in runs for r in run.fgsm
+                                     if r["split"] == split})
+                points = []
+                for eps in eps_values:
+                    vals = [run.fgsm_top(split, eps, k) for run in runs]
+                    vals = [100 * v for v in vals if v is not None]
+                    if vals:
+                        sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+                        points.append((eps, statistics.fmean(vals), sd))
+                if not points:
+                    continue
+                xs, ys, sds = zip(*points)
+                ax.errorbar(xs, ys, yerr=sds, fmt=style, color=color, ms=3, capsize=2,
+                            label=f"{model} top-{k}")
+                drew = True
+        ax.set(xlabel="FGSM eps ([0, 1] pixel units)", title=f"{title}: {split}")
+        ax.grid(alpha=0.3)
+    if not drew:
+        plt.close(fig)
+        return None
+    axes[0].set_ylabel("accuracy (%)")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

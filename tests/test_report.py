@@ -1,0 +1,64 @@
+"""The report reads run dirs and applies its stated verdict rule; it never invents numbers."""
+
+import json
+import math
+
+import pytest
+
+from ssimlayer.report import compare
+from ssimlayer.report.build import build_report
+
+
+def test_verdict_rule_greater():
+    assert compare([80, 81, 82], [70, 71, 72]).verdict == "holds"
+    assert compare([70, 71, 72], [80, 81, 82]).verdict == "does not hold"
+    assert compare([70, 75, 80], [71, 76, 79]).verdict == "inconclusive"
+    assert compare([80, 81], [70, 71, 72]).verdict.startswith("inconclusive (fewer than 3")
+    v = compare([80, 81, 82], [70, 71, 72])
+    assert v.difference == pytest.approx(10.0) and v.standard_error == pytest.approx(math.sqrt(2 / 3))
+
+
+def test_verdict_rule_equal():
+    assert compare([77, 78, 76], [76.5, 77.5, 77], kind="equal").verdict == "holds"
+    assert compare([80, 80.5, 81], [70, 70.5, 71], kind="equal").verdict == "does not hold"
+    with pytest.raises(ValueError, match="kind must be"):
+        compare([1, 2, 3], [1, 2, 3], kind="less")
+
+
+def _write_run(folder, model, seed, val, fgsm_val, schedule="cpu_short", data="CIFAR10DataModule"):
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text(json.dumps({
+        "name": "table1", "model": model, "seed": seed, "schedule": schedule, "finished": True,
+        "data": f"ssimlayer.data.{data}", "final_train_top1": val + 0.05, "final_val_top1": val,
+        "best_val_top1": val + 0.01, "epochs": 4, "wall_time_s": 60.0, "device": "cpu",
+    }))
+    (folder / "epochs.csv").write_text(
+        "epoch,step,train/loss,train/top1,train/top5,val/loss,val/top1,val/top5\n"
+        f"0,10,2.0,0.3,0.8,2.0,{val - 0.1},0.8\n1,20,1.5,0.4,0.9,1.6,{val},0.9\n")
+    (folder / "fgsm_sweep.csv").write_text(
+        f"split,eps,top1,top5\nval,0.0,{val},0.9\nval,0.007,{fgsm_val},0.8\n"
+        f"train,0.0,{val},0.9\ntrain,0.007,{fgsm_val},0.8\n")
+
+
+def test_report_from_run_dirs(tmp_path):
+    outputs = tmp_path / "outputs"
+    for seed, (plain, ssim) in enumerate([(0.60, 0.70), (0.61, 0.72), (0.62, 0.71)]):
+        _write_run(outputs / f"a/{seed}_plain", "fig4_plain", seed, plain, 0.20)
+        _write_run(outputs / f"a/{seed}_ssim", "fig4_ssim", seed, ssim, 0.20 + 0.001 * seed)
+    _write_run(outputs / "smoke/x", "fig4_ssim", 0, 0.99, 0.99, data="SyntheticDataModule")
+    report = build_report(outputs).read_text()
+    assert "CIFAR-10 (JPEG-derived copy)" in report
+    assert "| fig4_ssim | 3 |" in report and "| fig4_plain | 3 |" in report  # smoke run left out
+    assert "71.00 ± 1.00 (n=3)" in report  # SSIM validation mean ± std, in percent
+    assert "| 78 / 73.8 |" in report  # the paper's Table 1 numbers, as a paper column
+    claims = (outputs / "report" / "claims.csv").read_text()
+    assert "table1_val" in claims and ",holds" in claims
+    assert "Not measured: data unavailable" in report
+    assert (outputs / "report" / "fig5_cpu_short.png").stat().st_size > 0
+    assert (outputs / "report" / "fig9_cpu_short.png").stat().st_size > 0
+
+
+def test_report_with_no_runs_says_so(tmp_path):
+    (tmp_path / "outputs").mkdir()
+    report = build_report(tmp_path / "outputs").read_text()
+    assert "No finished real-data runs were found" in report
