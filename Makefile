@@ -2,7 +2,7 @@
 PY ?= .venv/bin/python
 ARGS ?=
 
-.PHONY: install test test-all lint bench train reproduce-table1 reproduce-shallow reproduce-nonlinearity reproduce-table2 robustness
+.PHONY: install test test-all lint bench bench-train train reproduce-table1 reproduce-shallow reproduce-nonlinearity reproduce-table2 robustness
 
 install:  ## create .venv and install the package with every dependency
 	python3.11 -m venv .venv
@@ -63,3 +63,6 @@ reproduce-cpu:
 	$(PY) -m ssimlayer.train -m experiment=shallow schedule=cpu_short seed=0,1,2 $(ARGS)
 	$(PY) -m ssimlayer.train -m experiment=nonlinearity model=fig4_ssim_norelu schedule=cpu_short seed=0,1,2 $(ARGS)
 	$(PY) -m ssimlayer.report
+
+bench-train:  ## training throughput, Lightning vs a bare loop -> outputs/bench/train.json (ARGS="debug=smoke")
+	$(PY) experiments/bench/train.py $(ARGS)

@@ -1,0 +1,209 @@
+"""Training throughput of each paper model: the Lightning pipeline against a bare PyTorch loop.
+
+    python experiments/bench/train.py [--models ...] [--batch-sizes 32 128] [--steps N] [--warmup W]
+        [--repeats R] [--out outputs/bench/train.json] [Hydra overrides: debug=smoke trainer=gpu ...]
+
+The config is composed from conf/ (``train.yaml``) with the overrides, so ``data.root=...``,
+``trainer=gpu_fast``, ``model.compile=true`` work as in ``python -m ssimlayer.train``. For each model
+and batch size, both sides build the same network (same seed), the same optimiser (§3.1 SGD from
+``conf/model``) and the same loader (``data.device_resident``; on by default on a GPU):
+
+- Lightning: ``Trainer.fit`` from the configured trainer, validation, callbacks, logger and
+  checkpoints off (the per-step cost of the training loop, metrics and ``self.log`` stays in).
+- bare: ``for x, y in loader: zero_grad; cross_entropy(model(x), y).backward(); step``; autocast
+  to bf16 when ``trainer.precision=bf16-mixed``. This is our floor.
+
+Timing: ``W`` warm-up steps (compilation, cuDNN autotuning, allocator) are run and not timed, then
+``N`` steps are timed (synchronising the device at both ends; they may cross an epoch boundary)
+and scaled to one epoch, ``ceil(len(train split) / batch)`` steps: ``epoch_s = time / N * steps
+per epoch``. ``N`` defaults to one epoch's steps (``trainer.limit_train_batches`` when set, as in
+``debug=smoke``). With ``--repeats R`` the sides alternate R times and each keeps its fastest run.
+Target: ``lightning_over_bare <= 1.25``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "src"))
+
+import pytorch_lightning as pl  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from hydra.utils import instantiate  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from ssimlayer.data import DeviceLoader  # noqa: E402
+from ssimlayer.utils import CONF_DIR, register_resolvers  # noqa: E402
+
+MODELS = ["fig4_plain", "fig4_ssim", "fig4_ssim_norelu", "shallow_conv", "shallow_ssim"]
+TARGET = 1.25
+
+
+def compose_cfg(overrides: list[str], model: str, batch_size: int, device_resident: bool,
+                out_dir: str) -> DictConfig:
+    register_resolvers()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        return compose(config_name="train", overrides=[
+            f"model={model}", *overrides, f"data.batch_size={batch_size}",
+            f"data.device_resident={str(device_resident).lower()}", "logger=none",
+            f"paths.output_dir={out_dir}"])
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class StepTimer(pl.Callback):
+    """Wall time from the end of step ``warmup`` to the end of step ``warmup + steps``."""
+
+    def __init__(self, warmup: int, steps: int) -> None:
+        self.warmup, self.steps, self.t0, self.t1 = warmup, steps, None, None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step in (self.warmup, self.warmup + self.steps):
+            sync(pl_module.device)
+            t = time.perf_counter()
+            if trainer.global_step == self.warmup:
+                self.t0 = t
+            else:
+                self.t1 = t
+
+
+def time_lightning(cfg: DictConfig, warmup: int, steps: int) -> float:
+    pl.seed_everything(cfg.seed)
+    dm, model = instantiate(cfg.data), instantiate(cfg.model)
+    timer = StepTimer(warmup, steps)
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer, callbacks=[timer], logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, max_steps=warmup + steps,
+        max_epochs=-1, limit_train_batches=None, limit_val_batches=0, num_sanity_val_steps=0,
+        fast_dev_run=False, default_root_dir=cfg.paths.output_dir)
+    trainer.fit(model, datamodule=dm)
+    if timer.t0 is None or timer.t1 is None:
+        raise RuntimeError("bench: Lightning stopped before the timed steps were done")
+    return timer.t1 - timer.t0
+
+
+def time_bare(cfg: DictConfig, warmup: int, steps: int, device: torch.device) -> float:
+    pl.seed_everything(cfg.seed)
+    dm, model = instantiate(cfg.data), instantiate(cfg.model)
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    if isinstance(loader, DeviceLoader):  # without a trainer it is built on the CPU
+        loader = DeviceLoader(loader.images, loader.labels, loader.batch_size,
+                              sampler=loader.sampler, flip=loader.flip, device=device)
+    model.to(device).train()
+    opt = model.configure_optimizers()
+    precision = str(cfg.trainer.precision)
+    if precision not in ("32-true", "32", "bf16-mixed"):
+        raise ValueError(f"bench: the bare loop supports 32-true and bf16-mixed, got {precision}")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16,
+                              enabled=precision == "bf16-mixed")
+    step, epoch, t0 = 0, 0, None
+    while step < warmup + steps:
+        if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(epoch)
+        for x, y in loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            opt.zero_grad(set_to_none=True)
+            with autocast:
+                loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            step += 1
+            if step == warmup:
+                sync(device)
+                t0 = time.perf_counter()
+            if step == warmup + steps:
+                break
+        epoch += 1
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=MODELS)
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[32, 128])
+    parser.add_argument("--steps", type=int, default=0, help="timed steps (0: see the docstring)")
+    parser.add_argument("--warmup", type=int, default=0, help="untimed steps (0: 20, smoke 2)")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                        help="cuda adds trainer=gpu unless a trainer is given")
+    parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench" / "train.json")
+    args, overrides = parser.parse_known_args(argv)
+    bad = [o for o in overrides if o.startswith("-")]
+    if bad:
+        parser.error(f"unknown options {bad}")
+    if args.device == "cuda" and not any(o.startswith("trainer=") for o in overrides):
+        overrides = ["trainer=gpu", *overrides]
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for model_name in args.models:
+            for bs in args.batch_sizes:
+                probe = compose_cfg(overrides, model_name, bs, False, tmp)
+                on_gpu = probe.trainer.accelerator in ("gpu", "cuda")
+                device = torch.device("cuda" if on_gpu else "cpu")
+                resident = any(o.startswith("data.device_resident=") for o in overrides)
+                resident = bool(probe.data.get("device_resident")) if resident else on_gpu
+                cfg = compose_cfg(overrides, model_name, bs, resident, tmp)
+                dm = instantiate(cfg.data)
+                dm.setup("fit")
+                per_epoch = math.ceil(len(dm.train_set) / bs)
+                smoke = cfg.trainer.get("limit_train_batches") is not None
+                steps = args.steps or (int(cfg.trainer.limit_train_batches) if smoke
+                                       else per_epoch)
+                warmup = args.warmup or (2 if smoke else 20)
+                light, bare = math.inf, math.inf
+                for _ in range(args.repeats):
+                    light = min(light, time_lightning(cfg, warmup, steps))
+                    bare = min(bare, time_bare(cfg, warmup, steps, device))
+                row = {
+                    "model": model_name, "batch_size": bs,
+                    "device": (torch.cuda.get_device_name(device) if on_gpu
+                               else f"cpu ({platform.machine()}, {torch.get_num_threads()} "
+                                    "threads)"),
+                    "lightning_epoch_s": round(light / steps * per_epoch, 3),
+                    "bare_epoch_s": round(bare / steps * per_epoch, 3),
+                    "lightning_over_bare": round(light / bare, 3),
+                    "steps_timed": steps, "warmup_steps": warmup, "steps_per_epoch": per_epoch,
+                    "data_loader": ("device_resident" if resident
+                                    else f"DataLoader(num_workers={cfg.data.num_workers})"),
+                    "precision": str(cfg.trainer.precision),
+                    "compile": bool(cfg.model.get("compile", False)),
+                    "channels_last": bool(cfg.model.get("channels_last", False)),
+                }
+                rows.append(row)
+                print(f"{model_name:17s} b{bs:<4d} lightning {row['lightning_epoch_s']:9.2f} s/epoch"
+                      f"  bare {row['bare_epoch_s']:9.2f} s/epoch  ratio "
+                      f"{row['lightning_over_bare']:.2f}", flush=True)
+
+    result = {"overrides": overrides, "torch": torch.__version__, "lightning": pl.__version__,
+              "python": platform.python_version(), "target_ratio": TARGET, "rows": rows}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(f"\n{'model':17s} {'batch':>5s} {'device':24s} {'lightning s/ep':>14s} "
+          f"{'bare s/ep':>10s} {'ratio':>6s}")
+    for r in rows:
+        flag = "" if r["lightning_over_bare"] <= TARGET else f"  > {TARGET}"
+        print(f"{r['model']:17s} {r['batch_size']:5d} {r['device'][:24]:24s} "
+              f"{r['lightning_epoch_s']:14.2f} {r['bare_epoch_s']:10.2f} "
+              f"{r['lightning_over_bare']:6.2f}{flag}")
+    print(f"wrote {args.out}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
