@@ -1,5 +1,33 @@
 """Attacks and robustness sweeps: plain functions on [0, 1] images, no Lightning."""
 
+from ssimlayer.robustness.attacks import (
+    ROBUSTNESS_EPS,
+    AttackSpec,
+    default_specs,
+    pgd,
+    robustness_sweep,
+    run_attack,
+    square,
+)
+from ssimlayer.robustness.corruptions import CORRUPTIONS, SEVERITIES, corrupt, corruption_sweep
 from ssimlayer.robustness.fgsm import PAPER_EPS, fgsm, fgsm_sweep
+from ssimlayer.robustness.masking import CHECKS, masking_checks
 
-__all__ = ["fgsm", "fgsm_sweep", "PAPER_EPS"]
+__all__ = [
+    "fgsm",
+    "fgsm_sweep",
+    "PAPER_EPS",
+    "pgd",
+    "square",
+    "run_attack",
+    "AttackSpec",
+    "default_specs",
+    "robustness_sweep",
+    "ROBUSTNESS_EPS",
+    "corrupt",
+    "corruption_sweep",
+    "CORRUPTIONS",
+    "SEVERITIES",
+    "masking_checks",
+    "CHECKS",
+]

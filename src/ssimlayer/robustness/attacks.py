@@ -1,0 +1,236 @@
+"""White- and black-box L-inf attacks beyond the paper's FGSM, for [0, 1] images.
+
+PGD (Madry et al., random start) and Square (Andriushchenko et al., score-based, no gradients) come
+from torchattacks; FGSM is the paper's (:func:`ssimlayer.robustness.fgsm.fgsm`, Eq. 20). Every
+function leaves the model in the mode it was given in and draws its randomness from its own seed,
+so the global RNG is untouched (torchattacks' Square reseeds it otherwise).
+
+A sweep evaluates a list of :class:`AttackSpec` on a pair of models batch by batch, and feeds the
+white-box PGD examples of each model to the other one (the transfer check of ``masking.py``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from ssimlayer.robustness.fgsm import check_eps, fgsm
+
+__all__ = [
+    "ROBUSTNESS_EPS",
+    "AttackSpec",
+    "default_specs",
+    "pgd",
+    "square",
+    "run_attack",
+    "robustness_sweep",
+    "topk_correct",
+]
+
+#: The issue's L-inf budgets in [0, 1] pixel units: Fig. 9's levels and 8/255.
+ROBUSTNESS_EPS = (0.002, 0.004, 0.007, 0.01, 8 / 255)
+
+ATTACKS = ("clean", "fgsm", "pgd", "square")
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """One row of ``robustness.csv``: ``attack`` at ``eps`` with ``steps``.
+
+    ``steps`` is 1 for FGSM, the iteration count for PGD, the query budget (forward passes per
+    image) for Square, 0 for ``clean``. ``transfer``: also feed the examples crafted on each model
+    to the other model of the pair (reported as ``<attack>_transfer``).
+    """
+
+    attack: str
+    eps: float
+    steps: int
+    transfer: bool = False
+
+    def __post_init__(self) -> None:
+        if self.attack not in ATTACKS:
+            raise ValueError(f"AttackSpec: unknown attack {self.attack!r}; choose from {ATTACKS}")
+        if isinstance(self.eps, bool) or not isinstance(self.eps, (int, float)):
+            raise ValueError(f"AttackSpec: eps must be a number in [0, 1] pixel units, got "
+                             f"{self.eps!r}")
+        check_eps(self.eps)
+        if not isinstance(self.steps, int) or self.steps < 0:
+            raise ValueError(f"AttackSpec: steps must be an int >= 0, got {self.steps!r}")
+
+
+def default_specs(
+    eps: Sequence[float] = ROBUSTNESS_EPS,
+    pgd_steps: Sequence[int] = (10, 50),
+    square_eps: Sequence[float] = (0.007, 8 / 255),
+    square_queries: int = 1000,
+    large_eps: Sequence[float] = (0.05, 0.1),
+    transfer_steps: int | None = 10,
+) -> list[AttackSpec]:
+    """Clean, FGSM and PGD at every ``eps``, Square at ``square_eps``, PGD-``min(pgd_steps)`` at
+    ``large_eps`` (for the "accuracy falls to 0" check); PGD-``transfer_steps`` also transferred."""
+    eps, square_eps, large_eps = check_eps(eps), check_eps(square_eps), check_eps(large_eps)
+    specs = [AttackSpec("clean", 0.0, 0)]
+    specs += [AttackSpec("fgsm", e, 1) for e in eps]
+    specs += [AttackSpec("pgd", e, s, transfer=s == transfer_steps) for s in pgd_steps for e in eps]
+    specs += [AttackSpec("square", e, square_queries) for e in square_eps]
+    if pgd_steps:
+        specs += [AttackSpec("pgd", e, min(pgd_steps)) for e in large_eps if e not in eps]
+    return specs
+
+
+def pgd(model: nn.Module, x: Tensor, y: Tensor, eps: float, steps: int = 10,
+        alpha: float | None = None, random_start: bool = True, seed: int = 0) -> Tensor:
+    r"""PGD-L-inf (torchattacks) on cross-entropy: ``steps`` signed-gradient steps of size ``alpha``
+    (default ``2.5 eps / steps``, Madry et al.), each projected onto the eps-ball and [0, 1].
+
+    Examples:
+        >>> model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+        >>> x, y = torch.rand(2, 3, 2, 2), torch.tensor([0, 2])
+        >>> bool((pgd(model, x, y, 0.01, steps=3) - x).abs().max() <= 0.01 + 1e-6)
+        True
+    """
+    import torchattacks
+
+    (eps,) = check_eps(eps)
+    if steps < 1:
+        raise ValueError(f"pgd: steps must be >= 1, got {steps!r}")
+    alpha = 2.5 * eps / steps if alpha is None else alpha
+    attack = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=random_start)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return attack(x, y).detach()
+
+
+def square(model: nn.Module, x: Tensor, y: Tensor, eps: float, n_queries: int = 1000,
+           p_init: float = 0.8, seed: int = 0) -> Tensor:
+    """Square attack, L-inf, margin loss, one restart (torchattacks): score-based, no gradients.
+
+    ``n_queries`` bounds the forward passes per image (the CPU budget); images already
+    misclassified are returned unchanged.
+    """
+    import torchattacks
+
+    (eps,) = check_eps(eps)
+    if n_queries < 1:
+        raise ValueError(f"square: n_queries must be >= 1, got {n_queries!r}")
+    if eps == 0:
+        return x.detach().clone()
+    attack = torchattacks.Square(model, norm="Linf", eps=eps, n_queries=n_queries, n_restarts=1,
+                                 p_init=p_init, loss="margin", resc_schedule=True, seed=seed,
+                                 verbose=False)
+    with torch.random.fork_rng(devices=[]):  # Square calls torch.manual_seed(seed) itself
+        return attack(x, y).detach()
+
+
+def run_attack(model: nn.Module, spec: AttackSpec, x: Tensor, y: Tensor, seed: int = 0) -> Tensor:
+    """The adversarial images of ``spec`` for ``(x, y)``; ``x`` itself for ``clean``."""
+    if spec.attack == "clean" or (spec.eps == 0 and spec.attack != "pgd"):
+        return x
+    if spec.attack == "fgsm":
+        return fgsm(model, x, y, spec.eps)
+    if spec.attack == "pgd":
+        return pgd(model, x, y, spec.eps, steps=spec.steps, seed=seed)
+    return square(model, x, y, spec.eps, n_queries=spec.steps, seed=seed)
+
+
+@torch.no_grad()
+def topk_correct(logits: Tensor, y: Tensor, ks: Sequence[int] = (1, 5)) -> dict[int, int]:
+    """How many rows of ``logits`` have ``y`` among their top ``k``, per ``k <= num classes``."""
+    out = {}
+    for k in ks:
+        if k <= logits.shape[1]:
+            top = logits.topk(k, dim=1).indices  # (B, k)
+            out[k] = int((top == y[:, None]).any(dim=1).sum())
+    return out
+
+
+@torch.no_grad()
+def _logits(model: nn.Module, x: Tensor) -> Tensor:
+    was_training = model.training
+    model.eval()
+    try:
+        return model(x)
+    finally:
+        model.train(was_training)
+
+
+def robustness_sweep(
+    models: Mapping[str, nn.Module],
+    batches: Iterable[tuple[Tensor, Tensor]],
+    specs: Sequence[AttackSpec],
+    num_examples: int | None = None,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, list[dict[str, float | int | str]]]:
+    """Top-1/top-5 accuracy of every model under every spec, on the first ``num_examples`` images.
+
+    Args:
+        models: name -> model mapping [0, 1] images to logits; one model, or a pair (then the
+            ``transfer`` specs are crafted on each model and evaluated on the other).
+        batches: ``(images, labels)`` batches, e.g. the validation loader.
+        specs: the attacks (see :func:`default_specs`).
+        num_examples: stop after this many images (``None``: all).
+        device: where to run.
+        seed: seeds PGD's random start and Square, per batch (``seed + batch index``).
+        progress: tqdm bar over batches.
+
+    Returns:
+        name -> rows ``{"attack", "eps", "steps", "top1", "top5", "n"}``, in ``specs`` order, then
+        the ``<attack>_transfer`` rows (crafted on the other model).
+    """
+    if not 1 <= len(models) <= 2:
+        raise ValueError(f"robustness_sweep: give one model or a pair, got {list(models)}")
+    if num_examples is not None and num_examples < 1:
+        raise ValueError(f"robustness_sweep: num_examples must be >= 1, got {num_examples!r}")
+    names = list(models)
+    other = {a: b for a in names for b in names if a != b}
+    transfer = [s for s in specs if s.transfer] if other else []
+    keys = [(s.attack, s.eps, s.steps) for s in specs]
+    keys += [(f"{s.attack}_transfer", s.eps, s.steps) for s in transfer]
+    counts = {n: {k: {1: 0, 5: 0} for k in keys} for n in names}
+    seen = 0
+    bar = tqdm(total=num_examples, desc="robustness", unit="img", disable=not progress,
+               leave=False)
+    for b, (x, y) in enumerate(batches):
+        if num_examples is not None:
+            if seen >= num_examples:
+                break
+            x, y = x[: num_examples - seen], y[: num_examples - seen]
+        x, y = x.to(device), y.to(device)
+        for name in names:
+            model = models[name]
+            for spec in specs:
+                bar.set_postfix_str(f"{name} {spec.attack} eps={spec.eps:.4f} steps={spec.steps}")
+                adv = run_attack(model, spec, x, y, seed=seed + b)
+                key = (spec.attack, spec.eps, spec.steps)
+                for k, c in topk_correct(_logits(model, adv), y).items():
+                    counts[name][key][k] += c
+                if spec.transfer and name in other:
+                    tkey = (f"{spec.attack}_transfer", spec.eps, spec.steps)
+                    for k, c in topk_correct(_logits(models[other[name]], adv), y).items():
+                        counts[other[name]][tkey][k] += c
+        seen += len(y)
+        bar.update(len(y))
+    bar.close()
+    if seen == 0:
+        raise ValueError("robustness_sweep: no images (the loader is empty)")
+    num_classes = _num_classes(models[names[0]], x)
+    out = {}
+    for name in names:
+        rows = []
+        for attack, eps, steps in keys:
+            c = counts[name][(attack, eps, steps)]
+            rows.append({"attack": attack, "eps": eps, "steps": steps, "top1": c[1] / seen,
+                         "top5": c[5] / seen if num_classes >= 5 else math.nan, "n": seen})
+        out[name] = rows
+    return out
+
+
+def _num_classes(model: nn.Module, x: Tensor) -> int:
+    return _logits(model, x[:1]).shape[1]
