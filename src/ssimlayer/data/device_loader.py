@@ -83,6 +83,8 @@ class DeviceLoader:
         [(4, 3, 4, 4), (4, 3, 4, 4), (2, 3, 4, 4)]
     """
 
+    batch_sampler = None  # Lightning inspects ``sampler``/``batch_sampler`` as on a DataLoader
+
     def __init__(self, images: Tensor, labels: Tensor, batch_size: int,
                  sampler: DeviceSampler | None = None, flip: float = 0.0, drop_last: bool = False,
                  device: torch.device | str | None = None) -> None:

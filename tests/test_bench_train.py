@@ -1,0 +1,26 @@
+"""make bench-train: a tiny run writes the rows the README and the lead read."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "experiments" / "bench" / "train.py"
+
+
+def test_bench_train_smoke_writes_rows(tmp_path):
+    spec = importlib.util.spec_from_file_location("bench_train", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "train.json"
+    bench.main(["debug=smoke", "model.net.widths=[4,4,8]", "data.num_train=64",
+                "--models", "fig4_plain", "--batch-sizes", "16", "--steps", "3", "--warmup", "1",
+                "--out", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == 1
+    row = rows[0]
+    assert {"model", "batch_size", "device", "lightning_epoch_s", "bare_epoch_s",
+            "lightning_over_bare", "steps_timed", "data_loader"} <= set(row)
+    assert row["model"] == "fig4_plain" and row["batch_size"] == 16 and row["steps_timed"] == 3
+    assert row["lightning_epoch_s"] > 0 and row["bare_epoch_s"] > 0
