@@ -210,12 +210,37 @@ def build_report(outputs: str | Path = "outputs", out_dir: str | Path | None = N
                   "(`make reproduce-table2 ARGS=\"data.root=/path/to/images\"` runs it). "
                   "Paper: plain 57.51 / 60.40, SSIM 73.35 / 70.0 (train / val top-1 %).", ""]
     (out_dir / "report.md").write_text("\n".join(lines))
+    _write_runs_csv(runs, outputs, out_dir / "runs.csv")
     with open(out_dir / "claims.csv", "w", newline="") as f:
         fields = list(claim_rows[0]) if claim_rows else ["schedule", "claim", "verdict"]
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(claim_rows)
     return out_dir / "report.md"
+
+
+RUN_FIELDS = ["model", "schedule", "seed", "epochs", "device", "wall_time_s", "final_train_top1",
+              "final_val_top1", "best_val_top1", "fgsm_val_0.007_top1", "fgsm_val_0.007_top5",
+              "fgsm_train_0.007_top1", "commit", "run_dir", "command"]
+
+
+def _write_runs_csv(runs: list[Run], outputs: Path, path: Path) -> None:
+    """One row per run: the numbers behind every table, with the command that produced them."""
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=RUN_FIELDS)
+        writer.writeheader()
+        for run in sorted(runs, key=lambda r: (r.schedule, r.model, r.metrics.get("seed", 0))):
+            argv = (run.provenance or {}).get("argv", [])
+            writer.writerow({
+                **{k: run.metrics.get(k) for k in RUN_FIELDS[:9]},
+                "fgsm_val_0.007_top1": run.fgsm_top("val", 0.007, 1),
+                "fgsm_val_0.007_top5": run.fgsm_top("val", 0.007, 5),
+                "fgsm_train_0.007_top1": run.fgsm_top("train", 0.007, 1),
+                "commit": run.commit,
+                "run_dir": str(run.path.relative_to(outputs)) if outputs in run.path.parents
+                else str(run.path),
+                "command": "python -m ssimlayer.train " + " ".join(argv[1:]),
+            })
 
 
 def main(argv: list[str] | None = None) -> None:
