@@ -102,6 +102,24 @@ def time_shape(shape, device: str, repeats: int, impls: list[str]) -> dict[str, 
     return {impl: statistics.median(ts) for impl, ts in times.items()}
 
 
+def cuda_kernel_ms(shape, impl: str) -> float:
+    """GPU time of one forward + backward: the sum of its kernels' durations (no launch gaps)."""
+    b, c_in, c_out, size, k, p = shape
+    module = build(impl, c_in, c_out, k, p, "cuda")
+    x = torch.randn(b, c_in, size, size, device="cuda", requires_grad=True)
+    grad = torch.randn_like(module(x)).detach()
+    for _ in range(3):
+        step(module, x, grad)
+    totals = []
+    for _ in range(3):
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            step(module, x, grad)
+            torch.cuda.synchronize()
+        totals.append(sum(e.self_device_time_total for e in prof.key_averages()) / 1e3)
+    return statistics.median(totals)
+
+
 def cuda_peak(shape, impl: str) -> int:
     b, c_in, c_out, size, k, p = shape
     module = build(impl, c_in, c_out, k, p, "cuda")
@@ -143,6 +161,8 @@ def bench_device(device: str, repeats: int) -> list[dict]:
         impls = ["conv", "ssim", "ssim_eager", "unfold"]
         times = time_shape(shape, device, repeats, impls)
         peak = {impl: (cuda_peak if device == "cuda" else cpu_peak)(shape, impl) for impl in impls}
+        if device == "cuda":
+            kernel = {impl: cuda_kernel_ms(shape, impl) for impl in ("conv", "ssim")}
         target = TARGETS[device].get(index)
         ratio = times["ssim"] / times["conv"]
         mem_ratio = peak["ssim"] / max(peak["conv"], 1)
@@ -158,6 +178,9 @@ def bench_device(device: str, repeats: int) -> list[dict]:
             "unfold_peak_mib": peak["unfold"] / 2**20, "ssim_eager_peak_mib": peak["ssim_eager"] / 2**20,
             "ssim_peak_over_conv": mem_ratio,
             "time_target": target,
+            **({"conv_kernel_ms": kernel["conv"], "ssim_kernel_ms": kernel["ssim"],
+                "ssim_over_conv_kernel_time": kernel["ssim"] / kernel["conv"]}
+               if device == "cuda" else {}),
             "meets_time_target": None if target is None else ratio <= target,
             "meets_memory_target": mem_ratio <= MEMORY_TARGET,
         })
@@ -172,10 +195,12 @@ HEADER = (f"{'device':6} {'shape (B, Cin->Cout, HxW, k)':30} {'conv ms':>8} {'ss
 def print_row(r: dict) -> None:
     shape = f"{r['batch']}, {r['c_in']}->{r['c_out']}, {r['size']}x{r['size']}, k{r['kernel']}"
     target = "-" if r["time_target"] is None else f"<={r['time_target']}"
-    print(f"{r['device']:6} {shape:30} {r['conv_ms']:8.2f} {r['ssim_ms']:8.2f} "
-          f"{r['ssim_over_conv']:9.2f} {target:>6} {r['ssim_eager_over_conv']:10.2f} "
-          f"{r['unfold_over_conv']:11.2f} "
-          f"{r['ssim_peak_over_conv']:13.2f}", flush=True)
+    line = (f"{r['device']:6} {shape:30} {r['conv_ms']:8.2f} {r['ssim_ms']:8.2f} "
+            f"{r['ssim_over_conv']:9.2f} {target:>6} {r['ssim_eager_over_conv']:10.2f} "
+            f"{r['unfold_over_conv']:11.2f} {r['ssim_peak_over_conv']:13.2f}")
+    if "ssim_over_conv_kernel_time" in r:
+        line += f"   GPU kernel time ssim/conv {r['ssim_over_conv_kernel_time']:.2f}"
+    print(line, flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:

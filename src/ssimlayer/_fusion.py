@@ -22,6 +22,10 @@ __all__ = ["fused", "set_fusion", "fusion_enabled"]
 MIN_NUMEL = 1 << 16
 _enabled = os.environ.get("SSIMLAYER_FUSE", "1") != "0"
 _compiled: dict[Callable, Callable] = {}
+# Keep the caller's memory layout: Inductor would otherwise copy NCHW inputs to channels-last around
+# the convolutions, which costs more than the fusion saves at these sizes. SSIMLAYER_LAYOUT_OPT=1
+# restores Inductor's default.
+_INDUCTOR_OPTIONS = {"layout_optimization": os.environ.get("SSIMLAYER_LAYOUT_OPT", "0") == "1"}
 
 
 def set_fusion(enabled: bool) -> None:
@@ -52,7 +56,9 @@ def fused(fn: Callable, size_hint: torch.Tensor, *args):
     compiled = _compiled.get(fn)
     if compiled is None:
         # Static shapes vectorise best; only the batch dimension may vary without a recompile.
-        compiled = _compiled[fn] = torch.compile(fn, dynamic=False, fullgraph=True)
+        compiled = _compiled[fn] = torch.compile(
+            fn, dynamic=False, fullgraph=True, options=_INDUCTOR_OPTIONS
+        )
     for arg in args:
         if isinstance(arg, torch.Tensor) and arg.dim() > 0 and arg.shape[0] == size_hint.shape[0]:
             torch._dynamo.maybe_mark_dynamic(arg, 0)
