@@ -2,7 +2,7 @@
 PY ?= .venv/bin/python
 ARGS ?=
 
-.PHONY: install test test-all lint bench bench-train train reproduce-table1 reproduce-shallow reproduce-nonlinearity reproduce-table2 robustness
+.PHONY: install test test-all check lint bench bench-train train reproduce-table1 reproduce-shallow reproduce-nonlinearity reproduce-table2 robustness
 
 install:  ## create .venv and install the package with every dependency
 	python3.11 -m venv .venv
@@ -15,6 +15,9 @@ test:  ## the default suite: no slow, no GPU tests
 
 test-all:  ## everything, slow tests included
 	$(PY) -m pytest -q -m "not gpu"
+
+check:  ## property tests of ssim_conv2d with many more examples (hypothesis profile "thorough")
+	HYPOTHESIS_PROFILE=thorough $(PY) -m pytest -q tests/test_property_ssim.py
 
 lint:
 	$(PY) -m ruff check src tests

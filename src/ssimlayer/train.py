@@ -7,20 +7,52 @@ Everything the run produces lands in its Hydra run dir (``paths.output_dir``).
 from __future__ import annotations
 
 import logging
+import os
+import sys
+from pathlib import Path
 from typing import Any
 
 import hydra
 import pytorch_lightning as pl
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
+from ssimlayer.lightning.checkpointing import (
+    CheckpointMismatchError,
+    check_checkpoint_matches,
+    find_resume_checkpoint,
+)
 from ssimlayer.lightning.loggers import build_loggers, finish_wandb
+from ssimlayer.lightning.safety import NonFiniteLossError
 from ssimlayer.utils import CONF_DIR, PROJECT_ROOT, register_resolvers, write_provenance
 
 log = logging.getLogger(__name__)
 
 register_resolvers()
 
+#: Errors that mean "the config, the data or a checkpoint is wrong", each raised with a message that
+#: says what and how to fix it: the entry point prints that message, not a traceback, and exits 2.
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, CheckpointMismatchError,
+               NonFiniteLossError, OmegaConfBaseException, InstantiationException)
+
+
+def resolve_ckpt_path(cfg: DictConfig) -> str | None:
+    """``cfg.ckpt_path`` if set; else with ``resume=auto`` the newest unfinished run's last.ckpt."""
+    resume = cfg.get("resume")
+    if resume not in (None, "auto"):
+        raise ValueError(f"resume must be null or auto, got {resume!r}")
+    if cfg.get("ckpt_path") or resume is None:
+        return cfg.get("ckpt_path")
+    found = find_resume_checkpoint(cfg.paths.output_root, cfg.name, cfg.model.name, cfg.seed,
+                                   exclude=cfg.paths.output_dir)
+    if found is None:
+        log.info("resume=auto: no unfinished %s run of %s seed %s; starting fresh", cfg.name,
+                 cfg.model.name, cfg.seed)
+        return None
+    log.info("resume=auto: resuming from %s", found)
+    return str(found)
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit the configured model; return the ``metrics.json`` summary."""
@@ -28,6 +60,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     write_provenance(cfg, cfg.paths.output_dir, PROJECT_ROOT)
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model)
+    ckpt_path = resolve_ckpt_path(cfg)
+    if ckpt_path not in (None, "last", "hpc"):
+        check_checkpoint_matches(ckpt_path, model, OmegaConf.to_container(cfg.model, resolve=True))
+        (Path(cfg.paths.output_dir) / "resumed_from.txt").write_text(f"{ckpt_path}\n")
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()
                  if c and "_target_" in c]
     loggers = build_loggers(cfg.get("logger"), fallback_dir=cfg.paths.output_dir)
@@ -38,7 +74,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                                           logger=loggers or False)
         log.info("Training %s on %s; run dir %s", cfg.model.name, cfg.data._target_,
                  cfg.paths.output_dir)
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     finally:
         finish_wandb(loggers)
     summary = next((c for c in callbacks if hasattr(c, "write_json")), None)
@@ -47,8 +83,24 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    metrics = train(cfg)
+    try:
+        metrics = train(cfg)
+    except USER_ERRORS as e:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        report_error(e, cfg.paths.output_dir)
+        sys.exit(2)  # SystemExit passes through Hydra's handler, which would print a traceback
     return metrics.get("best_val_top1")  # for Hydra sweepers that optimise a return value
+
+
+def report_error(e: BaseException, output_dir: str) -> None:
+    """One short message on stderr (and in the run's log) instead of a traceback."""
+    while isinstance(e, InstantiationException) and isinstance(e.__cause__, Exception):
+        e = e.__cause__  # Hydra wraps errors raised in constructors; the cause says what is wrong
+    msg = f"{type(e).__name__}: {e}"
+    log.error(msg)
+    print(f"ssimlayer.train: error: {msg}\n(run dir {output_dir}; earlier outputs are untouched; "
+          f"HYDRA_FULL_ERROR=1 shows the full traceback)", file=sys.stderr)
 
 
 if __name__ == "__main__":

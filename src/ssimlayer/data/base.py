@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from ssimlayer.data.device_loader import DeviceLoader, DeviceSampler
+from ssimlayer.data.resumable import ResumableLoader
 
 __all__ = ["ArrayDataset", "ImageClassificationDataModule"]
 
@@ -96,7 +97,13 @@ class ImageClassificationDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader | DeviceLoader:
         if self.device_resident:
             return self._device_loader(self.train_set, shuffle=True)
-        return self._loader(self.train_set, shuffle=True)
+        if self.train_set is None:
+            raise RuntimeError(f"{type(self).__name__}: call setup() before asking for a loader")
+        # Resumable mid-epoch: order and flips follow the run's seed (set by seed_everything) and
+        # the epoch, so a run resumed from a mid-epoch checkpoint sees the same batches.
+        return ResumableLoader(self.train_set, batch_size=self.batch_size,
+                               seed=torch.initial_seed(), num_workers=self.num_workers,
+                               pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0)
 
     def val_dataloader(self) -> DataLoader | DeviceLoader:
         if self.device_resident:

@@ -88,7 +88,15 @@ def read_cifar_binary(path: str | Path) -> tuple[Tensor, Tensor]:
     raw = np.fromfile(path, dtype=np.uint8)
     if raw.size == 0 or raw.size % RECORD_BYTES:
         raise ValueError(
-            f"{path}: {raw.size} bytes is not a whole number of {RECORD_BYTES}-byte CIFAR-10 records"
+            f"{path}: {raw.size} bytes is not a whole number of {RECORD_BYTES}-byte CIFAR-10 "
+            f"records; the file is truncated or corrupted. Re-copy it from the official "
+            f"cifar-10-binary.tar.gz (or point data.root at another copy)"
+        )
+    if (top := int(raw[::RECORD_BYTES].max())) > 9:
+        raise ValueError(
+            f"{path}: a record has label {top} (CIFAR-10 labels are 0-9); "
+            f"the file is corrupted or not CIFAR-10. Re-copy it from the official "
+            f"cifar-10-binary.tar.gz (or point data.root at another copy)"
         )
     raw = raw.reshape(-1, RECORD_BYTES)
     labels = torch.from_numpy(raw[:, 0].astype(np.int64))
@@ -98,12 +106,21 @@ def read_cifar_binary(path: str | Path) -> tuple[Tensor, Tensor]:
 
 def read_cifar_pickle(path: str | Path) -> tuple[Tensor, Tensor]:
     """Read one python-version batch: ``(images uint8 (N, 3, 32, 32), labels int64 (N,))``."""
-    with open(path, "rb") as f:
-        entry = pickle.load(f, encoding="latin1")
-    data = np.asarray(entry["data"], dtype=np.uint8)
+    try:
+        with open(path, "rb") as f:
+            entry = pickle.load(f, encoding="latin1")
+    except Exception as e:  # noqa: BLE001 -- a damaged pickle fails in many ways (even MemoryError)
+        raise ValueError(
+            f"{path}: cannot be unpickled ({type(e).__name__}: {e}); the file is truncated or "
+            f"corrupted. Re-download the official cifar-10-python.tar.gz (or point data.root at "
+            f"another copy)"
+        ) from e
+    entry = entry if isinstance(entry, dict) else {}
+    data = np.asarray(entry["data"], dtype=np.uint8) if "data" in entry else None
     labels = entry.get("labels", entry.get("fine_labels"))
-    if labels is None or data.ndim != 2 or data.shape[1] != RECORD_BYTES - 1:
-        raise ValueError(f"{path}: not a CIFAR-10 python batch (need 'data' N x 3072 and 'labels')")
+    if data is None or labels is None or data.ndim != 2 or data.shape[1] != RECORD_BYTES - 1:
+        raise ValueError(f"{path}: not a CIFAR-10 python batch (need 'data' N x 3072 and "
+                         f"'labels'); re-download the official cifar-10-python.tar.gz")
     return torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()), torch.tensor(labels)
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics import MetricCollection
+from torchmetrics import MeanMetric, Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 __all__ = ["ClassifierModule"]
@@ -51,6 +52,8 @@ class ClassifierModule(pl.LightningModule):
         )
         self.train_metrics = metrics.clone(prefix="train/")
         self.val_metrics = metrics.clone(prefix="val/")
+        # Epoch-mean losses as metrics, so that a mid-epoch checkpoint can carry their running sums.
+        self.train_loss, self.val_loss = MeanMetric(), MeanMetric()
 
     def forward(self, x: Tensor) -> Tensor:
         if self.channels_last:
@@ -62,8 +65,9 @@ class ClassifierModule(pl.LightningModule):
         logits = self(x)
         loss = F.cross_entropy(logits, y)
         metrics.update(logits, y)
-        self.log(f"{split}/loss", loss, on_step=False, on_epoch=True, prog_bar=True,
-                 batch_size=len(y))
+        mean_loss = self.train_loss if split == "train" else self.val_loss
+        mean_loss.update(loss.detach(), weight=len(y))
+        self.log(f"{split}/loss", mean_loss, on_step=False, on_epoch=True, prog_bar=True)
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=True)
         return loss
 
@@ -72,6 +76,34 @@ class ClassifierModule(pl.LightningModule):
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._step(batch, "val", self.val_metrics)
+
+    def _train_accumulators(self) -> dict[str, Metric]:
+        return {**dict(self.train_metrics.items()), "train/loss": self.train_loss}
+
+    def on_train_epoch_start(self) -> None:
+        # Not called when Lightning resumes mid-epoch, so restored partial sums survive.
+        for metric in self._train_accumulators().values():
+            metric.reset()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The running sums of this epoch's train metrics: a run resumed mid-epoch ends the epoch
+        # with the same train/loss and train/top-k as one that was never interrupted.
+        checkpoint["train_epoch_metrics"] = {
+            name: {"state": {k: v.detach().clone() if isinstance(v, Tensor) else v
+                             for k, v in m.metric_state.items()},
+                   "update_count": m._update_count}
+            for name, m in self._train_accumulators().items()
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("train_epoch_metrics", {})
+        for name, metric in self._train_accumulators().items():
+            if name not in saved:
+                continue
+            for k, v in saved[name]["state"].items():
+                setattr(metric, k, v.to(self.device) if isinstance(v, Tensor) else v)
+            metric._update_count = saved[name]["update_count"]
+            metric._computed = None
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.parameters())

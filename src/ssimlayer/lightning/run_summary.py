@@ -34,11 +34,23 @@ class RunSummary(pl.Callback):
         self.history: list[dict[str, float]] = []
         self._start = time.perf_counter()
         self._fit_wall: float | None = None
+        self._resumed_wall = 0.0  # fit time spent before the checkpoint this run resumed from
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        self._start = time.perf_counter()
+        self._start = time.perf_counter() - self._resumed_wall
         self._fit_wall = None
+        if self.history:  # resumed from a checkpoint: rewrite the rows it carried into this run dir
+            self._write_csv()
+
+    def state_dict(self) -> dict[str, Any]:
+        # Saved in every checkpoint: a resumed run's epochs.csv and metrics.json cover all epochs.
+        return {"history": [dict(r) for r in self.history],
+                "wall_time_s": time.perf_counter() - self._start}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = [dict(r) for r in state_dict.get("history", [])]
+        self._resumed_wall = float(state_dict.get("wall_time_s", 0.0))
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         row: dict[str, float] = {"epoch": trainer.current_epoch, "step": trainer.global_step}

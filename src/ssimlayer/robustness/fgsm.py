@@ -26,11 +26,13 @@ Loss = Callable[[Tensor, Tensor], Tensor]
 
 def check_eps(eps: float | Iterable[float]) -> list[float]:
     """Return ``eps`` as a list of floats; ``ValueError`` naming any negative or non-finite value."""
-    values = [eps] if isinstance(eps, (int, float)) else list(eps)
+    scalar = isinstance(eps, (int, float, str, bytes)) or not isinstance(eps, Iterable)
+    values = [eps] if scalar else list(eps)
     for e in values:
-        if not isinstance(e, (int, float)) or not math.isfinite(e) or e < 0:
+        if isinstance(e, bool) or not isinstance(e, (int, float)) or not math.isfinite(e) or e < 0:
             raise ValueError(
-                f"FGSM eps must be finite and >= 0 (pixel units of [0, 1] images), got {e!r}"
+                f"FGSM eps must be finite and >= 0 (numbers in pixel units of [0, 1] images, "
+                f"e.g. eps=[0.0,0.01]; 8/255 = 0.0314), got {e!r}"
             )
     return [float(e) for e in values]
 

@@ -1,0 +1,176 @@
+"""Checkpoints a killed run can resume from, finding them again, and refusing the wrong one.
+
+- :class:`ResumeCheckpoint` writes ``<run dir>/checkpoints/last.ckpt`` every ``n`` training steps
+  (mid-epoch, with the loader position, see :mod:`ssimlayer.data.resumable`) and after every epoch.
+  Each write goes to a temporary file first and is renamed over ``last.ckpt``, so a SIGKILL while
+  saving leaves the previous checkpoint intact.
+- :func:`find_resume_checkpoint` picks the newest unfinished run of the same name, model and seed
+  (``resume=auto``).
+- :func:`check_checkpoint_matches` compares a checkpoint's weights with the model about to be
+  trained and raises :class:`CheckpointMismatchError` naming both model configs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import yaml
+from pytorch_lightning.callbacks import Checkpoint
+
+__all__ = ["ResumeCheckpoint", "CheckpointMismatchError", "find_resume_checkpoint",
+           "check_checkpoint_matches"]
+
+LAST = "last.ckpt"
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint holds weights of another model than the one configured."""
+
+
+class ResumeCheckpoint(Checkpoint):
+    """Keep ``dirpath/last.ckpt`` current: every ``every_n_train_steps`` steps and at epoch end.
+
+    The step checkpoints skip an epoch's last batch: the end-of-epoch one follows it, after
+    validation and the epoch's summary row, which a resume must not lose.
+
+    Args:
+        dirpath: the run's checkpoint folder.
+        every_n_train_steps: mid-epoch interval in optimiser steps; ``None`` or 0: epoch ends only.
+    """
+
+    def __init__(self, dirpath: str, every_n_train_steps: int | None = 100) -> None:
+        if every_n_train_steps is not None and every_n_train_steps < 0:
+            raise ValueError(
+                f"ResumeCheckpoint: every_n_train_steps must be >= 0 or null, got "
+                f"{every_n_train_steps}"
+            )
+        self.dirpath = Path(dirpath)
+        self.every_n_train_steps = every_n_train_steps or 0
+        self._last_saved_step = -1
+
+    @property
+    def last_path(self) -> Path:
+        return self.dirpath / LAST
+
+    def _save(self, trainer: pl.Trainer) -> None:
+        if trainer.fast_dev_run or trainer.sanity_checking:
+            return
+        if trainer.is_global_zero:
+            self.dirpath.mkdir(parents=True, exist_ok=True)
+        tmp = self.dirpath / f".{LAST}.partial"
+        trainer.save_checkpoint(tmp)
+        if trainer.is_global_zero:
+            os.replace(tmp, self.last_path)  # atomic: a kill mid-save keeps the previous one
+        self._last_saved_step = trainer.global_step
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        n, step = self.every_n_train_steps, trainer.global_step
+        if (n and step % n == 0 and step != self._last_saved_step
+                and not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch):
+            self._save(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._save(trainer)
+
+
+def _run_dir_of(ckpt: Path) -> Path:
+    return ckpt.parent.parent  # <run dir>/checkpoints/<file>.ckpt
+
+
+def find_resume_checkpoint(output_root: str | Path, name: str, model: str, seed: int,
+                           exclude: str | Path | None = None) -> Path | None:
+    """The ``last.ckpt`` of the newest unfinished run ``outputs/<name>/{runs,multirun/*}/
+    *_<model>_seed<seed>/``, or ``None``.
+
+    A run is unfinished when its ``metrics.json`` is missing or says ``"finished": false``.
+    ``exclude`` (the current run dir) is never chosen.
+    """
+    base = Path(output_root) / name
+    suffix = f"_{model}_seed{seed}"
+    dirs = [*base.glob(f"runs/*{suffix}"), *base.glob(f"multirun/*/*{suffix}")]
+    skip = Path(exclude).resolve() if exclude is not None else None
+    found = []
+    for d in dirs:
+        ckpt = d / "checkpoints" / LAST
+        if not ckpt.is_file() or d.resolve() == skip:
+            continue
+        try:
+            finished = json.loads((d / "metrics.json").read_text()).get("finished", False)
+        except (OSError, ValueError):
+            finished = False
+        if not finished:
+            found.append(ckpt)
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+def _model_cfg_of(ckpt: Path) -> dict[str, Any] | None:
+    cfg_file = _run_dir_of(ckpt) / "config_resolved.yaml"
+    try:
+        return (yaml.safe_load(cfg_file.read_text()) or {}).get("model")
+    except (OSError, yaml.YAMLError):
+        return None
+
+
+def _describe(model_cfg: Any, name: str | None) -> str:
+    if not isinstance(model_cfg, dict):
+        return f"model={name}" if name else "an unknown model config"
+    net = model_cfg.get("net") or {}
+    keys = ("widths", "kernel_sizes")
+    detail = ", ".join(f"net.{k}={net[k]}" for k in keys if k in net)
+    return f"model={model_cfg.get('name', name)}" + (f" ({detail})" if detail else "")
+
+
+def check_checkpoint_matches(ckpt_path: str | Path, module: torch.nn.Module,
+                             model_cfg: dict[str, Any]) -> None:
+    """Raise :class:`CheckpointMismatchError` unless ``ckpt_path`` holds ``module``'s weights.
+
+    Compares parameter names and shapes (what ``load_state_dict`` would reject), and says which
+    model config the checkpoint came from (its run dir's ``config_resolved.yaml``) and how to
+    resume it. ``FileNotFoundError`` when the file does not exist.
+    """
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"checkpoint {path} does not exist; pass ckpt_path=<run dir>/checkpoints/last.ckpt of "
+            f"an earlier run, or resume=auto to pick the newest unfinished run of this "
+            f"name/model/seed"
+        )
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        state = ckpt["state_dict"]
+    except Exception as e:  # noqa: BLE001 -- any unreadable file gets the same advice
+        raise CheckpointMismatchError(
+            f"checkpoint {path} cannot be read ({type(e).__name__}: {e}); it is truncated or not a "
+            f"Lightning checkpoint of this project. Use another checkpoint or start without one"
+        ) from e
+    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    missing = sorted(set(expected) - set(got))
+    extra = sorted(set(got) - set(expected))
+    shapes = sorted(k for k in set(expected) & set(got) if expected[k] != got[k])
+    if not (missing or extra or shapes):
+        return
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing (e.g. {missing[0]})")
+    if extra:
+        problems.append(f"{len(extra)} unexpected (e.g. {extra[0]})")
+    if shapes:
+        k = shapes[0]
+        problems.append(f"{len(shapes)} of another shape (e.g. {k}: {got[k]} in the checkpoint, "
+                        f"{expected[k]} in this model)")
+    ckpt_name = (ckpt.get("hyper_parameters") or {}).get("name")
+    theirs = _describe(_model_cfg_of(path), ckpt_name)
+    ours = _describe(model_cfg, model_cfg.get("name"))
+    raise CheckpointMismatchError(
+        f"checkpoint {path} was trained with {theirs}, but this run builds {ours}: its weights "
+        f"do not fit ({'; '.join(problems)}). Resume it with the same model settings as that run "
+        f"(see {_run_dir_of(path) / 'config_resolved.yaml'}), or drop ckpt_path/resume to start "
+        f"this model from scratch"
+    )
