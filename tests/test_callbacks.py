@@ -56,3 +56,16 @@ def test_sweep_callback_validates_its_arguments(tmp_path):
         FGSMSweep(str(tmp_path), eps=[-1])
     with pytest.raises(ValueError, match="unknown split"):
         FGSMSweep(str(tmp_path), splits=["test"])
+
+
+def test_filter_visualisation_survives_a_diverged_run(tmp_path):
+    from types import SimpleNamespace
+
+    module = tiny_module()
+    with torch.no_grad():
+        module.net.first_layer.weight[:2] = float("nan")  # what a diverged run leaves behind
+    trainer = SimpleNamespace(is_global_zero=True, current_epoch=3, loggers=[])
+    paths = FilterVisualisation(str(tmp_path)).draw(trainer, module, "")
+    assert all(p.stat().st_size > 0 for p in paths)
+    stats = json.loads((tmp_path / "filters_norms.json").read_text())
+    assert sum(n != n for n in stats["norms"]) == 2  # the two NaN norms are reported as such

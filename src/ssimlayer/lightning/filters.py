@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 from matplotlib.figure import Figure
 from pytorch_lightning.loggers import WandbLogger
 from torch import Tensor, nn
 from torchvision.utils import make_grid
+
+log = logging.getLogger(__name__)
 
 __all__ = ["FilterVisualisation", "first_conv_weight", "filter_grid", "filter_norms"]
 
@@ -90,14 +94,20 @@ class FilterVisualisation(pl.Callback):
 
         norms = filter_norms(weight)
         share = (norms < 1).float().mean().item()
+        finite = norms[torch.isfinite(norms)]
+        if len(finite) < len(norms):  # a diverged run: draw what is finite, say what is not
+            log.warning("%d of %d first-layer kernels have a non-finite norm (the run diverged)",
+                        len(norms) - len(finite), len(norms))
         norms_path = self.output_dir / f"filters{tag}_norms.png"
         fig = Figure(figsize=(6, 4))
         ax = fig.subplots()
-        ax.hist(norms.numpy(), bins=min(30, max(5, len(norms) // 2)), color="tab:blue")
+        if len(finite):
+            ax.hist(finite.numpy(), bins=min(30, max(5, len(finite) // 2)), color="tab:blue")
         ax.axvline(1.0, color="tab:red", linestyle="--", label="norm = 1")
         ax.set_xlabel("kernel L2 norm")
         ax.set_ylabel("kernels")
-        ax.set_title(f"{name}: {100 * share:.1f}% of {len(norms)} kernels have norm < 1")
+        ax.set_title(f"{name}: {100 * share:.1f}% of {len(norms)} kernels have norm < 1"
+                     + (f" ({len(norms) - len(finite)} non-finite)" if len(finite) < len(norms) else ""))
         ax.legend()
         fig.savefig(norms_path, dpi=120, bbox_inches="tight")
         stats = {"epoch": trainer.current_epoch, "layer": name, "share_norm_below_1": share,

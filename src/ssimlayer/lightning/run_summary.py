@@ -5,11 +5,13 @@ from __future__ import annotations
 import csv
 import json
 import math
+import platform
 import time
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 
 __all__ = ["RunSummary"]
 
@@ -39,6 +41,10 @@ class RunSummary(pl.Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self._start = time.perf_counter() - self._resumed_wall
+        # Where training runs: read now, since Lightning moves the module back to the CPU at the end.
+        self._device = str(pl_module.device)
+        self._device_name = (torch.cuda.get_device_name(pl_module.device)
+                             if pl_module.device.type == "cuda" else platform.processor() or "cpu")
         self._fit_wall = None
         if self.history:  # resumed from a checkpoint: rewrite the rows it carried into this run dir
             self._write_csv()
@@ -91,7 +97,8 @@ class RunSummary(pl.Callback):
         summary["global_step"] = trainer.global_step
         wall = self._fit_wall if self._fit_wall is not None else time.perf_counter() - self._start
         summary["wall_time_s"] = round(wall, 3)  # fit (train + val), without the FGSM sweep
-        summary["device"] = str(pl_module.device)
+        summary["device"] = getattr(self, "_device", str(pl_module.device))
+        summary["device_name"] = getattr(self, "_device_name", None)
         summary["accelerator"] = type(trainer.accelerator).__name__
         summary["num_parameters"] = sum(p.numel() for p in pl_module.parameters())
         (self.output_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -33,8 +33,11 @@ SCHEDULES = {
     "paper": "§3.1: 50,000 training images, up to 500 epochs",
     "cpu_short": "first training batch file (10,000 images), 4 epochs, validation on 5,024 test "
                  "images, FGSM sweep on 1,024 images per split",
-    "gpu_short": "first training batch file (10,000 images), 20 epochs, full 10,000-image "
-                 "validation, FGSM sweep on all 10,000 images of each split",
+    "gpu_short": "first training batch file (10,000 images), up to 20 epochs, full 10,000-image "
+                 "validation, FGSM sweep on all 10,000 images of each split. The runs we made "
+                 "(outputs/*/gpu_h200) were cut by a wall-clock limit (trainer.max_time=1 min, all "
+                 "15 runs at once on one H200, SSIM layer eager), so their epoch counts differ "
+                 "(see the table), and their FGSM sweeps cover 1,920 images per split",
 }
 
 
@@ -74,7 +77,7 @@ def _model_table(by_model: dict[str, list[Run]]) -> list[str]:
     ]
     for model, runs in by_model.items():
         epochs = sorted({r.metrics.get("epochs") for r in runs})
-        devices = sorted({str(r.metrics.get("device")) for r in runs})
+        devices = sorted({r.device for r in runs})
         wall = [float(r.metrics["wall_time_s"]) for r in runs if "wall_time_s" in r.metrics]
         commits = sorted({r.commit for r in runs})
         fgsm = f"{_fmt(_values(runs, 'fgsm:val:0.007:1'))} / {_fmt(_values(runs, 'fgsm:val:0.007:5'))}"
@@ -233,6 +236,7 @@ def _write_runs_csv(runs: list[Run], outputs: Path, path: Path) -> None:
             argv = (run.provenance or {}).get("argv", [])
             writer.writerow({
                 **{k: run.metrics.get(k) for k in RUN_FIELDS[:9]},
+                "device": run.device,
                 "fgsm_val_0.007_top1": run.fgsm_top("val", 0.007, 1),
                 "fgsm_val_0.007_top5": run.fgsm_top("val", 0.007, 5),
                 "fgsm_train_0.007_top1": run.fgsm_top("train", 0.007, 1),

@@ -47,6 +47,15 @@ class Run:
         return None
 
     @property
+    def device(self) -> str:
+        """Where it trained: the accelerator Lightning used (older runs' "device" field names the
+        module's device after fit, when Lightning has moved it back to the CPU)."""
+        accelerator = str(self.metrics.get("accelerator", ""))
+        if "CUDA" in accelerator:
+            return self.metrics.get("device_name") or "cuda"
+        return str(self.metrics.get("device", "?"))
+
+    @property
     def commit(self) -> str:
         git = (self.provenance or {}).get("git", {})
         sha = str(git.get("sha", "?"))[:8]
