@@ -69,3 +69,7 @@ reproduce-cpu:
 
 bench-train:  ## training throughput, Lightning vs a bare loop -> outputs/bench/train.json (ARGS="debug=smoke")
 	$(PY) experiments/bench/train.py $(ARGS)
+
+.PHONY: prune
+prune:  ## accuracy and FGSM accuracy after SSIM filter pruning: ARGS="<run or multirun dirs>"
+	$(PY) -m ssimlayer.prune $(ARGS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -42,8 +43,42 @@ def make_cfg(tmp_path) -> Callable[..., DictConfig]:
         with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
             return compose(
                 config_name="train",
-                overrides=[f"paths.output_dir={tmp_path / 'run'}",
-                           f"paths.output_root={tmp_path / 'outputs'}", *overrides],
+                overrides=[
+                    f"paths.output_dir={tmp_path / 'run'}",
+                    f"paths.output_root={tmp_path / 'outputs'}",
+                    *overrides,
+                ],
             )
 
     return _make
+
+
+@pytest.fixture(scope="session")
+def tiny_pair(tmp_path_factory) -> list[Path]:
+    """fig4_plain and fig4_ssim with 4-8 channels, trained for 2 batches on synthetic data
+    (shared by the robustness and pruning tests)."""
+    from ssimlayer.train import train
+
+    root = tmp_path_factory.mktemp("runs")
+    dirs = []
+    for i, model in enumerate(["fig4_plain", "fig4_ssim"]):
+        run_dir = root / f"{i}_{model}_seed0"
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+            cfg = compose(
+                config_name="train",
+                overrides=[
+                    "experiment=table1",
+                    "debug=smoke",
+                    f"model={model}",
+                    "model.net.widths=[4,4,8]",
+                    "logger=csv",
+                    "trainer.limit_train_batches=2",
+                    "trainer.limit_val_batches=1",
+                    "~callbacks.fgsm_sweep",
+                    "~callbacks.filters",
+                    f"paths.output_dir={run_dir}",
+                ],
+            )
+        train(cfg)
+        dirs.append(run_dir)
+    return dirs

@@ -12,39 +12,34 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from ssimlayer.eval import evaluate, find_runs, pair_up
-from ssimlayer.train import train
 from ssimlayer.utils import CONF_DIR
 
 TINY_EVAL = [
-    "eval.num_examples=8", "eval.batch_size=4", "eval.eps=[0.01,0.03137254901960784]",
-    "eval.pgd_steps=[2,3]", "eval.transfer_steps=2", "eval.large_eps=[0.1]",
-    "eval.square_eps=[0.03137254901960784]", "eval.square_queries=5",
-    "eval.corruptions=[jpeg,gaussian_noise]", "eval.severities=[1,5]", "eval.progress=false",
+    "eval.num_examples=8",
+    "eval.batch_size=4",
+    "eval.eps=[0.01,0.03137254901960784]",
+    "eval.pgd_steps=[2,3]",
+    "eval.transfer_steps=2",
+    "eval.large_eps=[0.1]",
+    "eval.square_eps=[0.03137254901960784]",
+    "eval.square_queries=5",
+    "eval.corruptions=[jpeg,gaussian_noise]",
+    "eval.severities=[1,5]",
+    "eval.progress=false",
 ]
 
 
 def eval_cfg(tmp_path: Path, *overrides: str) -> DictConfig:
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        return compose(config_name="eval", overrides=[
-            f"paths.output_dir={tmp_path / 'eval'}", f"paths.output_root={tmp_path}",
-            "wandb.enabled=false", *overrides])
-
-
-@pytest.fixture(scope="module")
-def tiny_pair(tmp_path_factory) -> list[Path]:
-    """fig4_plain and fig4_ssim with 4-8 channels, trained for 2 batches on synthetic data."""
-    root = tmp_path_factory.mktemp("runs")
-    dirs = []
-    for i, model in enumerate(["fig4_plain", "fig4_ssim"]):
-        run_dir = root / f"{i}_{model}_seed0"
-        with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-            cfg = compose(config_name="train", overrides=[
-                "experiment=table1", "debug=smoke", f"model={model}", "model.net.widths=[4,4,8]",
-                "logger=csv", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
-                "~callbacks.fgsm_sweep", "~callbacks.filters", f"paths.output_dir={run_dir}"])
-        train(cfg)
-        dirs.append(run_dir)
-    return dirs
+        return compose(
+            config_name="eval",
+            overrides=[
+                f"paths.output_dir={tmp_path / 'eval'}",
+                f"paths.output_root={tmp_path}",
+                "wandb.enabled=false",
+                *overrides,
+            ],
+        )
 
 
 def test_eval_config_composes_with_debug_smoke(tmp_path):
@@ -95,8 +90,14 @@ def test_evaluate_pair_writes_every_output(tmp_path, tiny_pair):
             assert f.readline().strip() == "attack,eps,steps,top1,top5"
         rows = _read(run_dir / "robustness.csv")
         kinds = {(r["attack"], int(r["steps"])) for r in rows}
-        assert {("clean", 0), ("fgsm", 1), ("pgd", 2), ("pgd", 3), ("square", 5),
-                ("pgd_transfer", 2)} <= kinds
+        assert {
+            ("clean", 0),
+            ("fgsm", 1),
+            ("pgd", 2),
+            ("pgd", 3),
+            ("square", 5),
+            ("pgd_transfer", 2),
+        } <= kinds
         assert all(0 <= float(r["top1"]) <= float(r["top5"]) <= 1 for r in rows)
         clean = float(rows[0]["top1"])
         assert all(float(r["top1"]) == clean for r in rows if float(r["eps"]) == 0)
@@ -105,16 +106,22 @@ def test_evaluate_pair_writes_every_output(tmp_path, tiny_pair):
             assert f.readline().strip() == "corruption,severity,top1,top5"
         corr = _read(run_dir / "corruptions.csv")
         assert [r["corruption"] for r in corr] == ["clean"] + ["jpeg"] * 2 + [
-            "gaussian_noise"] * 2 + ["mean"]
+            "gaussian_noise"
+        ] * 2 + ["mean"]
         mean = sum(float(r["top1"]) for r in corr[1:-1]) / 4
         assert float(corr[-1]["top1"]) == pytest.approx(mean)
 
         masking = json.loads((run_dir / "masking_checks.json").read_text())
-        assert set(masking["checks"]) == {"pgd_le_fgsm", "more_steps_le_fewer",
-                                          "large_eps_to_zero", "blackbox_le_whitebox",
-                                          "transfer_le_whitebox"}
-        assert all(c["verdict"] in ("pass", "fail") and c["details"]
-                   for c in masking["checks"].values())
+        assert set(masking["checks"]) == {
+            "pgd_le_fgsm",
+            "more_steps_le_fewer",
+            "large_eps_to_zero",
+            "blackbox_le_whitebox",
+            "transfer_le_whitebox",
+        }
+        assert all(
+            c["verdict"] in ("pass", "fail") and c["details"] for c in masking["checks"].values()
+        )
         assert masking["n_examples"] == 8
         assert (run_dir / "robustness.png").is_file() and (run_dir / "corruptions.png").is_file()
     summary = _read(tmp_path / "eval" / "summary_robustness.csv")

@@ -32,12 +32,12 @@ FIGURES = {
 SCHEDULES = {
     "paper": "§3.1: 50,000 training images, up to 500 epochs",
     "cpu_short": "first training batch file (10,000 images), 4 epochs, validation on 5,024 test "
-                 "images, FGSM sweep on 1,024 images per split",
+    "images, FGSM sweep on 1,024 images per split",
     "gpu_short": "first training batch file (10,000 images), up to 20 epochs, full 10,000-image "
-                 "validation, FGSM sweep on all 10,000 images of each split. The runs we made "
-                 "(outputs/*/gpu_h200) were cut by a wall-clock limit (trainer.max_time=1 min, all "
-                 "15 runs at once on one H200, SSIM layer eager), so their epoch counts differ "
-                 "(see the table), and their FGSM sweeps cover 1,920 images per split",
+    "validation, FGSM sweep on all 10,000 images of each split. The runs we made "
+    "(outputs/*/gpu_h200) were cut by a wall-clock limit (trainer.max_time=1 min, all "
+    "15 runs at once on one H200, SSIM layer eager), so their epoch counts differ "
+    "(see the table), and their FGSM sweeps cover 1,920 images per split",
 }
 
 
@@ -80,7 +80,9 @@ def _model_table(by_model: dict[str, list[Run]]) -> list[str]:
         devices = sorted({r.device for r in runs})
         wall = [float(r.metrics["wall_time_s"]) for r in runs if "wall_time_s" in r.metrics]
         commits = sorted({r.commit for r in runs})
-        fgsm = f"{_fmt(_values(runs, 'fgsm:val:0.007:1'))} / {_fmt(_values(runs, 'fgsm:val:0.007:5'))}"
+        fgsm = (
+            f"{_fmt(_values(runs, 'fgsm:val:0.007:1'))} / {_fmt(_values(runs, 'fgsm:val:0.007:5'))}"
+        )
         lines.append(
             f"| {model} | {len(runs)} | {', '.join(map(str, epochs))} | {', '.join(devices)} "
             f"| {_fmt(wall)} | {_fmt(_values(runs, 'final_train_top1'))} "
@@ -101,19 +103,34 @@ def _claims_table(by_model: dict[str, list[Run]], schedule: str, rows: list[dict
         if not a and not b:
             continue
         v = compare(a, b, claim.kind)
-        paper = ("–" if claim.paper_a is None else f"{claim.paper_a:g} / {claim.paper_b:g}")
-        diff = "–" if math.isnan(v.standard_error) else f"{v.difference:+.2f} ± {v.standard_error:.2f}"
+        paper = "–" if claim.paper_a is None else f"{claim.paper_a:g} / {claim.paper_b:g}"
+        diff = (
+            "–" if math.isnan(v.standard_error) else f"{v.difference:+.2f} ± {v.standard_error:.2f}"
+        )
         lines.append(
             f"| {claim.text} (A = {claim.model_a}, B = {claim.model_b}) | {paper} | {_fmt(a)} "
             f"| {_fmt(b)} | {diff} | **{v.verdict}** |"
         )
-        rows.append({"schedule": schedule, "claim": claim.name, "model_a": claim.model_a,
-                     "model_b": claim.model_b, "metric": claim.metric,
-                     "paper_a": claim.paper_a, "paper_b": claim.paper_b,
-                     "mean_a": mean_std(a)[0], "std_a": mean_std(a)[1], "n_a": len(a),
-                     "mean_b": mean_std(b)[0], "std_b": mean_std(b)[1], "n_b": len(b),
-                     "difference": v.difference, "standard_error": v.standard_error,
-                     "verdict": v.verdict})
+        rows.append(
+            {
+                "schedule": schedule,
+                "claim": claim.name,
+                "model_a": claim.model_a,
+                "model_b": claim.model_b,
+                "metric": claim.metric,
+                "paper_a": claim.paper_a,
+                "paper_b": claim.paper_b,
+                "mean_a": mean_std(a)[0],
+                "std_a": mean_std(a)[1],
+                "n_a": len(a),
+                "mean_b": mean_std(b)[0],
+                "std_b": mean_std(b)[1],
+                "n_b": len(b),
+                "difference": v.difference,
+                "standard_error": v.standard_error,
+                "verdict": v.verdict,
+            }
+        )
     return lines
 
 
@@ -143,16 +160,54 @@ def _robustness_section(by_model: dict[str, list[Run]]) -> list[str]:
                 table[key].append(100 * float(row["top1"]))
     if not table:
         return []
-    lines = ["", "Robustness beyond FGSM (validation top-1 %, mean ± std over seeds; "
-             "`make robustness`):", "",
-             "| model | attack | eps | steps | top-1 (%) |", "|---|---|---|---|---|"]
+    lines = [
+        "",
+        "Robustness beyond FGSM (validation top-1 %, mean ± std over seeds; `make robustness`):",
+        "",
+        "| model | attack | eps | steps | top-1 (%) |",
+        "|---|---|---|---|---|",
+    ]
     for (model, attack, eps, steps), values in sorted(table.items()):
         lines.append(f"| {model} | {attack} | {eps:.4f} | {steps} | {_fmt(values)} |")
     return lines
 
 
-def build_report(outputs: str | Path = "outputs", out_dir: str | Path | None = None,
-                 include_synthetic: bool = False) -> Path:
+def _pruning_section(by_model: dict[str, list[Run]]) -> list[str]:
+    table: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for model, runs in by_model.items():
+        for run in runs:
+            for row in read_csv(run.path / "pruning.csv"):
+                cell = table[(model, row["setting"], row["mode"])]
+                for key in ("share_removed", "clean_top1", "fgsm_top1"):
+                    cell[key].append(100 * float(row[key]))
+                cell["eps"] = [float(row["eps"])]
+                cell["n"] = [int(row["num_images"])]
+    if not table:
+        return []
+    lines = [
+        "",
+        "### Filter pruning (§3.2's suggestion; `python -m ssimlayer.prune`)",
+        "",
+        "Channel = the filter's map removed; weights = its weights zeroed (an SSIM filter of "
+        "zeros still outputs C1 C2 / ((μx² + C1)(σx² + C2))). Validation images: first "
+        f"{next(iter(table.values()))['n'][0]}; FGSM eps = {next(iter(table.values()))['eps'][0]}.",
+        "",
+        "| model | pruned | mode | filters removed (%) | clean top-1 (%) | FGSM top-1 (%) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for (model, setting, mode), cell in table.items():
+        lines.append(
+            f"| {model} | {setting} | {mode} | {_fmt(cell['share_removed'])} "
+            f"| {_fmt(cell['clean_top1'])} | {_fmt(cell['fgsm_top1'])} |"
+        )
+    return lines
+
+
+def build_report(
+    outputs: str | Path = "outputs",
+    out_dir: str | Path | None = None,
+    include_synthetic: bool = False,
+) -> Path:
     outputs = Path(outputs)
     out_dir = Path(out_dir) if out_dir is not None else outputs / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -162,38 +217,58 @@ def build_report(outputs: str | Path = "outputs", out_dir: str | Path | None = N
         by_schedule[run.schedule].append(run)
 
     lines = [
-        "# SSIMLayer: the paper's claims against our measurements", "",
+        "# SSIMLayer: the paper's claims against our measurements",
+        "",
         f"Dataset: **{DATASET}** for every measured number. Each measured cell is mean ± std over "
-        "seeds (n = number of runs); the paper's own numbers appear only in the \"paper\" columns. "
-        "Generated by `make report` from the run dirs under `outputs/`.", "",
-        "**Verdict rule.** " + RULE, "",
+        'seeds (n = number of runs); the paper\'s own numbers appear only in the "paper" columns. '
+        "Generated by `make report` from the run dirs under `outputs/`.",
+        "",
+        "**Verdict rule.** " + RULE,
+        "",
         "A verdict describes our schedule, not the paper's 500-epoch protocol: a claim that does "
-        "not hold after a short schedule may still hold at convergence.", "",
+        "not hold after a short schedule may still hold at convergence.",
+        "",
     ]
     if not runs:
-        lines += ["No finished real-data runs were found under "
-                  f"`{outputs}`. Train some first, e.g. `make reproduce-table1`.", ""]
+        lines += [
+            "No finished real-data runs were found under "
+            f"`{outputs}`. Train some first, e.g. `make reproduce-table1`.",
+            "",
+        ]
     claim_rows: list[dict] = []
     for schedule, sruns in sorted(by_schedule.items()):
         by_model = {m: [r for r in sruns if r.model == m] for m in MODELS}
         by_model = {m: rs for m, rs in by_model.items() if rs}
-        by_model.update({r.model: [x for x in sruns if x.model == r.model] for r in sruns
-                         if r.model not in by_model})
-        lines += [f"## Schedule `{schedule}`", "",
-                  SCHEDULES.get(schedule, "(see the runs' config_resolved.yaml)") + ".", "",
-                  "### Models", ""] + _model_table(by_model)
+        by_model.update(
+            {
+                r.model: [x for x in sruns if x.model == r.model]
+                for r in sruns
+                if r.model not in by_model
+            }
+        )
+        lines += [
+            f"## Schedule `{schedule}`",
+            "",
+            SCHEDULES.get(schedule, "(see the runs' config_resolved.yaml)") + ".",
+            "",
+            "### Models",
+            "",
+        ] + _model_table(by_model)
         lines += ["", "### Claims", ""] + _claims_table(by_model, schedule, claim_rows)
         lines += ["", "### Figures", ""]
         for key, (title, models) in FIGURES.items():
             subset = {m: by_model[m] for m in models if m in by_model}
             if len(subset) < 2:
                 continue
-            path = convergence_plot(subset, out_dir / f"{key}_{schedule}.png",
-                                    f"{title}, {schedule}")
+            path = convergence_plot(
+                subset, out_dir / f"{key}_{schedule}.png", f"{title}, {schedule}"
+            )
             if path:
                 lines += [f"![{title}]({path.name})", ""]
-        for key, models in (("fig9", ["fig4_plain", "fig4_ssim"]),
-                            ("fgsm_shallow", ["shallow_conv", "shallow_ssim"])):
+        for key, models in (
+            ("fig9", ["fig4_plain", "fig4_ssim"]),
+            ("fgsm_shallow", ["shallow_conv", "shallow_ssim"]),
+        ):
             subset = {m: by_model[m] for m in models if m in by_model}
             if len(subset) < 2:
                 continue
@@ -203,15 +278,18 @@ def build_report(outputs: str | Path = "outputs", out_dir: str | Path | None = N
         filters = _filters_section(by_model, out_dir, schedule)
         if filters:
             lines += ["### Filters (Fig. 6, §3.2)", ""] + filters + [""]
-        lines += _robustness_section(by_model) + [""]
+        lines += _robustness_section(by_model) + _pruning_section(by_model) + [""]
 
     table2 = [r for r in runs if r.metrics.get("name") == "table2"]
     lines += ["## Table 2 (ImageNet images of the CIFAR-10 classes, §3.4.1)", ""]
     if not table2:
-        lines += ["**Not measured: data unavailable.** No ImageNet images are reachable here; "
-                  "the ImageFolder pipeline is tested on generated images "
-                  "(`make reproduce-table2 ARGS=\"data.root=/path/to/images\"` runs it). "
-                  "Paper: plain 57.51 / 60.40, SSIM 73.35 / 70.0 (train / val top-1 %).", ""]
+        lines += [
+            "**Not measured: data unavailable.** No ImageNet images are reachable here; "
+            "the ImageFolder pipeline is tested on generated images "
+            '(`make reproduce-table2 ARGS="data.root=/path/to/images"` runs it). '
+            "Paper: plain 57.51 / 60.40, SSIM 73.35 / 70.0 (train / val top-1 %).",
+            "",
+        ]
     (out_dir / "report.md").write_text("\n".join(lines))
     _write_runs_csv(runs, outputs, out_dir / "runs.csv")
     with open(out_dir / "claims.csv", "w", newline="") as f:
@@ -222,9 +300,23 @@ def build_report(outputs: str | Path = "outputs", out_dir: str | Path | None = N
     return out_dir / "report.md"
 
 
-RUN_FIELDS = ["model", "schedule", "seed", "epochs", "device", "wall_time_s", "final_train_top1",
-              "final_val_top1", "best_val_top1", "fgsm_val_0.007_top1", "fgsm_val_0.007_top5",
-              "fgsm_train_0.007_top1", "commit", "run_dir", "command"]
+RUN_FIELDS = [
+    "model",
+    "schedule",
+    "seed",
+    "epochs",
+    "device",
+    "wall_time_s",
+    "final_train_top1",
+    "final_val_top1",
+    "best_val_top1",
+    "fgsm_val_0.007_top1",
+    "fgsm_val_0.007_top5",
+    "fgsm_train_0.007_top1",
+    "commit",
+    "run_dir",
+    "command",
+]
 
 
 def _write_runs_csv(runs: list[Run], outputs: Path, path: Path) -> None:
@@ -234,25 +326,31 @@ def _write_runs_csv(runs: list[Run], outputs: Path, path: Path) -> None:
         writer.writeheader()
         for run in sorted(runs, key=lambda r: (r.schedule, r.model, r.metrics.get("seed", 0))):
             argv = (run.provenance or {}).get("argv", [])
-            writer.writerow({
-                **{k: run.metrics.get(k) for k in RUN_FIELDS[:9]},
-                "device": run.device,
-                "fgsm_val_0.007_top1": run.fgsm_top("val", 0.007, 1),
-                "fgsm_val_0.007_top5": run.fgsm_top("val", 0.007, 5),
-                "fgsm_train_0.007_top1": run.fgsm_top("train", 0.007, 1),
-                "commit": run.commit,
-                "run_dir": str(run.path.relative_to(outputs)) if outputs in run.path.parents
-                else str(run.path),
-                "command": "python -m ssimlayer.train " + " ".join(argv[1:]),
-            })
+            writer.writerow(
+                {
+                    **{k: run.metrics.get(k) for k in RUN_FIELDS[:9]},
+                    "device": run.device,
+                    "fgsm_val_0.007_top1": run.fgsm_top("val", 0.007, 1),
+                    "fgsm_val_0.007_top5": run.fgsm_top("val", 0.007, 5),
+                    "fgsm_train_0.007_top1": run.fgsm_top("train", 0.007, 1),
+                    "commit": run.commit,
+                    "run_dir": str(run.path.relative_to(outputs))
+                    if outputs in run.path.parents
+                    else str(run.path),
+                    "command": "python -m ssimlayer.train " + " ".join(argv[1:]),
+                }
+            )
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Paper-versus-measured report from outputs/.")
     parser.add_argument("--outputs", default="outputs", help="folder holding the run dirs")
     parser.add_argument("--out", default=None, help="report folder (default: <outputs>/report)")
-    parser.add_argument("--include-synthetic", action="store_true",
-                        help="also count smoke runs on synthetic data (for testing the report)")
+    parser.add_argument(
+        "--include-synthetic",
+        action="store_true",
+        help="also count smoke runs on synthetic data (for testing the report)",
+    )
     args = parser.parse_args(argv)
     if not Path(args.outputs).is_dir():
         parser.error(f"--outputs {args.outputs!r} is not a folder; train some runs first")

@@ -1,0 +1,120 @@
+"""Accuracy and FGSM accuracy of trained SSIM models before and after filter pruning (§3.2).
+
+    python -m ssimlayer.prune RUN_DIR_OR_MULTIRUN_DIR... [--num-examples 2000] [--eps 0.007]
+
+For each run with SSIM layers, writes ``pruning.csv`` into its run dir (header
+``setting,mode,pruned,total,share_removed,clean_top1,clean_top5,fgsm_top1,fgsm_top5,eps,num_images``):
+no pruning, filters with L2 norm < 1, and the smallest 25 % and 50 % by norm, each as channel removal
+and as weight zeroing (see :mod:`ssimlayer.robustness.pruning`), on the first validation images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+from tqdm import tqdm
+
+from ssimlayer.eval import find_runs, load_model, val_loader
+from ssimlayer.robustness.attacks import topk_correct
+from ssimlayer.robustness.fgsm import check_eps, fgsm
+from ssimlayer.robustness.pruning import prune_ssim_filters, ssim_layers
+
+SETTINGS = [
+    ("none", {}),
+    ("norm<1", {"threshold": 1.0}),
+    ("smallest25%", {"fraction": 0.25}),
+    ("smallest50%", {"fraction": 0.5}),
+]
+COLS = [
+    "setting",
+    "mode",
+    "pruned",
+    "total",
+    "share_removed",
+    "clean_top1",
+    "clean_top5",
+    "fgsm_top1",
+    "fgsm_top5",
+    "eps",
+    "num_images",
+]
+
+
+def evaluate(model, batches, eps: float) -> dict[str, float]:
+    counts = {"clean_top1": 0, "clean_top5": 0, "fgsm_top1": 0, "fgsm_top5": 0}
+    n = 0
+    for x, y in batches:
+        with torch.no_grad():
+            clean = topk_correct(model(x), y)
+        adv = topk_correct(model(fgsm(model, x, y, eps)).detach(), y)
+        counts["clean_top1"] += clean[1]
+        counts["clean_top5"] += clean[5]
+        counts["fgsm_top1"] += adv[1]
+        counts["fgsm_top5"] += adv[5]
+        n += len(y)
+    return {k: v / n for k, v in counts.items()} | {"num_images": n}
+
+
+def prune_run(run, num_examples: int, eps: float) -> Path | None:
+    base = load_model(run)
+    if not any(True for _ in ssim_layers(base)):
+        return None
+    ev = OmegaConf.create({"batch_size": 100, "num_workers": 0, "split": "val"})
+    batches, seen = [], 0
+    for x, y in val_loader(run, ev):
+        batches.append((x[: num_examples - seen], y[: num_examples - seen]))
+        seen += len(batches[-1][1])
+        if seen >= num_examples:
+            break
+    rows = []
+    for setting, kwargs in tqdm(SETTINGS, desc=f"pruning {run.dir.name}"):
+        for mode in ("channel", "weights") if kwargs else ("none",):
+            model = copy.deepcopy(base)
+            stats = (
+                prune_ssim_filters(model, mode=mode, **kwargs)
+                if kwargs
+                else {
+                    "pruned": 0,
+                    "total": sum(m.out_channels for _, m in ssim_layers(model)),
+                    "share": 0.0,
+                }
+            )
+            rows.append(
+                {
+                    "setting": setting,
+                    "mode": mode,
+                    "pruned": stats["pruned"],
+                    "total": stats["total"],
+                    "share_removed": stats["share"],
+                    "eps": eps,
+                    **evaluate(model.eval(), batches, eps),
+                }
+            )
+    path = run.dir / "pruning.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLS)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", help="run dirs or multirun dirs")
+    parser.add_argument("--num-examples", type=int, default=2000)
+    parser.add_argument("--eps", type=float, default=0.007)
+    parser.add_argument("--weights", choices=["last", "best"], default="last")
+    args = parser.parse_args(argv)
+    eps = check_eps(args.eps)[0]
+    for run in find_runs(args.runs, None, args.weights):
+        path = prune_run(run, args.num_examples, eps)
+        print(f"{run.dir}: " + (f"wrote {path}" if path else "no SSIM layer, skipped"))
+
+
+if __name__ == "__main__":
+    main()
