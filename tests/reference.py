@@ -16,8 +16,18 @@ def unfold_patches(x, kernel_size, stride, padding, dilation, groups):
 
 
 def ssim_conv2d_reference(
-    x, w, stride=1, padding=0, dilation=1, groups=1, c1=1e-4, c2=9e-4,
-    alpha=1.0, beta=1.0, gamma=1.0, c3=None,
+    x,
+    w,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups=1,
+    c1=1e-4,
+    c2=9e-4,
+    alpha=1.0,
+    beta=1.0,
+    gamma=1.0,
+    c3=None,
 ):
     """Literal Eqs. 1-8 on unfolded patches. Returns ``(B, C_out, H_out, W_out)``."""
     stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)

@@ -14,13 +14,35 @@ def test_bench_train_smoke_writes_rows(tmp_path):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     out = tmp_path / "train.json"
-    bench.main(["debug=smoke", "model.net.widths=[4,4,8]", "data.num_train=64",
-                "--models", "fig4_plain", "--batch-sizes", "16", "--steps", "3", "--warmup", "1",
-                "--out", str(out)])
+    bench.main(
+        [
+            "debug=smoke",
+            "model.net.widths=[4,4,8]",
+            "data.num_train=64",
+            "--models",
+            "fig4_plain",
+            "--batch-sizes",
+            "16",
+            "--steps",
+            "3",
+            "--warmup",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
     rows = json.loads(out.read_text())["rows"]
     assert len(rows) == 1
     row = rows[0]
-    assert {"model", "batch_size", "device", "lightning_epoch_s", "bare_epoch_s",
-            "lightning_over_bare", "steps_timed", "data_loader"} <= set(row)
+    assert {
+        "model",
+        "batch_size",
+        "device",
+        "lightning_epoch_s",
+        "bare_epoch_s",
+        "lightning_over_bare",
+        "steps_timed",
+        "data_loader",
+    } <= set(row)
     assert row["model"] == "fig4_plain" and row["batch_size"] == 16 and row["steps_timed"] == 3
     assert row["lightning_epoch_s"] > 0 and row["bare_epoch_s"] > 0

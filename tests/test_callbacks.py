@@ -16,8 +16,14 @@ from ssimlayer.models import ConvNet
 
 
 def tiny_module() -> ClassifierModule:
-    net = ConvNet([SSIMConv2d, nn.Conv2d], widths=[6, 4], kernel_sizes=[7, 5], paddings=[3, 2],
-                  relu=[True, True], pools=[2, 2])
+    net = ConvNet(
+        [SSIMConv2d, nn.Conv2d],
+        widths=[6, 4],
+        kernel_sizes=[7, 5],
+        paddings=[3, 2],
+        relu=[True, True],
+        pools=[2, 2],
+    )
     return ClassifierModule(net, optimizer=lambda p: torch.optim.SGD(p, lr=0.01), name="tiny")
 
 
@@ -33,10 +39,16 @@ def test_callbacks_write_their_files(tmp_path):
     dm = SyntheticDataModule(num_train=32, num_val=16, batch_size=8)
     eps = [0.0, 0.004, 8 / 255]
     sweep = FGSMSweep(str(tmp_path), eps=eps, max_batches=1, progress=False)
-    trainer = pl.Trainer(max_epochs=2, limit_train_batches=2, limit_val_batches=1, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False,
-                         callbacks=[FilterVisualisation(str(tmp_path), every_n_epochs=1), sweep],
-                         accelerator="cpu")
+    trainer = pl.Trainer(
+        max_epochs=2,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        callbacks=[FilterVisualisation(str(tmp_path), every_n_epochs=1), sweep],
+        accelerator="cpu",
+    )
     trainer.fit(tiny_module(), datamodule=dm)
     for tag in ("", "_epoch000", "_epoch001"):
         assert (tmp_path / f"filters{tag}_grid.png").stat().st_size > 0
@@ -46,8 +58,9 @@ def test_callbacks_write_their_files(tmp_path):
     assert stats["share_norm_below_1"] == sum(n < 1 for n in stats["norms"]) / 6
     rows = list(csv.reader(open(tmp_path / "fgsm_sweep.csv")))
     assert rows[0] == ["split", "eps", "top1", "top5"]
-    assert [(r[0], float(r[1])) for r in rows[1:]] == [(s, e) for s in ("train", "val")
-                                                       for e in eps]
+    assert [(r[0], float(r[1])) for r in rows[1:]] == [
+        (s, e) for s in ("train", "val") for e in eps
+    ]
     assert all(0 <= float(r[2]) <= float(r[3]) <= 1 for r in rows[1:])  # top1 <= top5
 
 

@@ -35,11 +35,15 @@ def test_lowest_severity_close_to_clean(name, images):
     assert (out - images).abs().mean() < 0.04
 
 
-@pytest.mark.parametrize("name", ["gaussian_noise", "speckle_noise", "shot_noise",
-                                  "salt_and_pepper", "gaussian_blur", "jpeg"])
+@pytest.mark.parametrize(
+    "name",
+    ["gaussian_noise", "speckle_noise", "shot_noise", "salt_and_pepper", "gaussian_blur", "jpeg"],
+)
 def test_severity_increases_distortion(name, images):
-    err = [(corrupt(images, name, s, generator=torch.Generator().manual_seed(1)) - images)
-           .abs().mean() for s in (1, 5)]
+    err = [
+        (corrupt(images, name, s, generator=torch.Generator().manual_seed(1)) - images).abs().mean()
+        for s in (1, 5)
+    ]
     assert err[1] > err[0]
 
 
@@ -84,9 +88,13 @@ def test_bad_name_and_severity_raise(images):
 def test_sweep_rows_and_mean(images):
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
     y = torch.arange(4)
-    rows = corruption_sweep(model, [(images, y)], ["jpeg", "gaussian_blur"], [1, 2],
-                            progress=False)
+    rows = corruption_sweep(model, [(images, y)], ["jpeg", "gaussian_blur"], [1, 2], progress=False)
     assert [(r["corruption"], r["severity"]) for r in rows] == [
-        ("clean", 0), ("jpeg", 1), ("jpeg", 2), ("gaussian_blur", 1), ("gaussian_blur", 2),
-        ("mean", "")]
+        ("clean", 0),
+        ("jpeg", 1),
+        ("jpeg", 2),
+        ("gaussian_blur", 1),
+        ("gaussian_blur", 2),
+        ("mean", ""),
+    ]
     assert rows[-1]["top1"] == pytest.approx(sum(r["top1"] for r in rows[1:-1]) / 4)

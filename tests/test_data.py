@@ -74,11 +74,14 @@ def test_binary_reader_rejects_a_truncated_file(tmp_path):
         read_cifar_binary(tmp_path / "bad.bin")
 
 
-@pytest.mark.parametrize("fmt, sub, writer", [
-    ("binary", "", write_binary),
-    ("binary", "cifar-10-batches-bin", write_binary),
-    ("pickle", "cifar-10-batches-py", write_pickle),
-])
+@pytest.mark.parametrize(
+    "fmt, sub, writer",
+    [
+        ("binary", "", write_binary),
+        ("binary", "cifar-10-batches-bin", write_binary),
+        ("pickle", "cifar-10-batches-py", write_pickle),
+    ],
+)
 def test_find_and_load_both_formats(tmp_path, fmt, sub, writer):
     writer(tmp_path / sub if sub else tmp_path)
     folder, found = find_cifar10(tmp_path)
@@ -150,8 +153,10 @@ def test_cifar10_datamodule_missing_root_raises_clear_error(tmp_path):
 
 
 def test_synthetic_datamodule_shapes_and_determinism():
-    a, b = SyntheticDataModule(num_train=20, num_val=10), SyntheticDataModule(num_train=20,
-                                                                             num_val=10)
+    a, b = (
+        SyntheticDataModule(num_train=20, num_val=10),
+        SyntheticDataModule(num_train=20, num_val=10),
+    )
     a.setup(), b.setup()
     assert torch.equal(a.val_set.images, b.val_set.images)
     x, y = a.eval_dataloader("val").dataset[0]
@@ -172,7 +177,8 @@ def test_imagefolder_datamodule(tmp_path):
         (tmp_path / f"class{c}").mkdir()
         for i in range(5):
             Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(
-                tmp_path / f"class{c}" / f"{i}.png")
+                tmp_path / f"class{c}" / f"{i}.png"
+            )
     dm = ImageFolderDataModule(tmp_path, batch_size=8)
     dm.setup("fit")
     assert len(dm.train_set) == 40 and len(dm.val_set) == 10
@@ -187,8 +193,10 @@ def test_imagefolder_missing_root_raises_clear_error(tmp_path):
 
 
 @pytest.mark.data
-@pytest.mark.skipif(not (REAL_CIFAR / "test_batch.bin").exists(),
-                    reason="real CIFAR-10 not in ../shared/data/cifar10")
+@pytest.mark.skipif(
+    not (REAL_CIFAR / "test_batch.bin").exists(),
+    reason="real CIFAR-10 not in ../shared/data/cifar10",
+)
 def test_real_cifar10_binary_copy():
     folder, fmt = find_cifar10(REAL_CIFAR)
     assert fmt == "binary"

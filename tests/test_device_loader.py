@@ -27,8 +27,9 @@ def test_batches_match_normal_loader_format():
 
 def test_every_sample_once_per_epoch_and_new_order_each_epoch():
     images = torch.arange(100, dtype=torch.uint8).view(100, 1, 1, 1).expand(100, 1, 2, 2)
-    loader = DeviceLoader(images.contiguous(), torch.arange(100), 16,
-                          sampler=DeviceSampler(100, seed=3))
+    loader = DeviceLoader(
+        images.contiguous(), torch.arange(100), 16, sampler=DeviceSampler(100, seed=3)
+    )
     orders = []
     for epoch in range(2):
         loader.sampler.set_epoch(epoch)
@@ -67,8 +68,9 @@ def test_val_loader_is_unshuffled_and_unflipped():
 
 
 def test_drop_last():
-    loader = DeviceLoader(torch.zeros(10, 1, 2, 2, dtype=torch.uint8), torch.zeros(10), 4,
-                          drop_last=True)
+    loader = DeviceLoader(
+        torch.zeros(10, 1, 2, 2, dtype=torch.uint8), torch.zeros(10), 4, drop_last=True
+    )
     assert len(loader) == 2 and [len(y) for _, y in loader] == [4, 4]
 
 

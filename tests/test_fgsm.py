@@ -16,8 +16,15 @@ ATOL = 1e-6  # float32 rounding of x + eps
 
 def tiny_model(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    return ConvNet([nn.Conv2d, SSIMConv2d], widths=[4, 4], kernel_sizes=[3, 3], paddings=[1, 1],
-                   relu=[True, True], pools=[2, 2], input_size=16)
+    return ConvNet(
+        [nn.Conv2d, SSIMConv2d],
+        widths=[4, 4],
+        kernel_sizes=[3, 3],
+        paddings=[1, 1],
+        relu=[True, True],
+        pools=[2, 2],
+        input_size=16,
+    )
 
 
 @pytest.fixture

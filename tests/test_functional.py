@@ -47,7 +47,9 @@ def test_matches_reference(case):
 @pytest.mark.parametrize("case", GRID, ids=lambda c: "-".join(map(str, c)))
 def test_benchmark_unfold_reference_matches_literal_reference(case):
     x, w, geom = _case(*case)
-    torch.testing.assert_close(ssim_conv2d_unfold(x, w, **geom), ssim_conv2d_reference(x, w, **geom))
+    torch.testing.assert_close(
+        ssim_conv2d_unfold(x, w, **geom), ssim_conv2d_reference(x, w, **geom)
+    )
 
 
 @pytest.mark.parametrize("case", GRID[1:], ids=lambda c: "-".join(map(str, c[1:])))
@@ -64,7 +66,11 @@ def test_backward_matches_reference_autograd(case):
 
 @pytest.mark.parametrize(
     "case",
-    [(2, 3, 4, 6, 5, 3, 1, 1, 1, 1), (1, 4, 4, 7, 7, 3, 2, 1, 2, 2), (2, 2, 3, 5, 5, 1, 1, 0, 1, 1)],
+    [
+        (2, 3, 4, 6, 5, 3, 1, 1, 1, 1),
+        (1, 4, 4, 7, 7, 3, 2, 1, 2, 2),
+        (2, 2, 3, 5, 5, 1, 1, 0, 1, 1),
+    ],
 )
 def test_gradcheck_input_and_weight(case):
     x, w, geom = _case(*case)
@@ -102,7 +108,9 @@ def test_general_eq1_matches_reference(abg):
 def test_general_eq1_with_c3_half_c2_is_eq8():
     x, w, geom = _case(2, 3, 4, 8, 8, 3, 1, 1, 1, 1)
     geometry = ((1, 1), (1, 1), (1, 1), 1)
-    general = _general_forward(x, w, DEFAULT_C1, DEFAULT_C2, DEFAULT_C2 / 2, 1.0, 1.0, 1.0, geometry)
+    general = _general_forward(
+        x, w, DEFAULT_C1, DEFAULT_C2, DEFAULT_C2 / 2, 1.0, 1.0, 1.0, geometry
+    )
     torch.testing.assert_close(general, ssim_conv2d(x, w, **geom), rtol=1e-9, atol=1e-9)
 
 
@@ -146,8 +154,13 @@ def test_eq8_is_within_minus_one_and_one(scale):
 
 @pytest.mark.parametrize(
     "make_input",
-    [torch.zeros, torch.ones, lambda *s: torch.full(s, -7.0), lambda *s: torch.randn(*s) * 1e4,
-     lambda *s: torch.full(s, 1e4)],
+    [
+        torch.zeros,
+        torch.ones,
+        lambda *s: torch.full(s, -7.0),
+        lambda *s: torch.randn(*s) * 1e4,
+        lambda *s: torch.full(s, 1e4),
+    ],
     ids=["zeros", "ones", "constant", "randn_1e4", "const_1e4"],
 )
 def test_no_nan_or_inf_on_degenerate_inputs(make_input):
@@ -234,7 +247,11 @@ BAD_CALLS = [
     (dict(x=(2, 3, 8, 8), w=(4, 3, 3)), ValueError, r"weight of shape"),
     (dict(x=(2, 3, 8, 8), w=(4, 2, 3, 3)), ValueError, r"expects 2 input channels"),
     (dict(x=(2, 3, 8, 8), w=(4, 1, 3, 3), groups=2), ValueError, r"in_channels=3 is not divisible"),
-    (dict(x=(2, 4, 8, 8), w=(3, 2, 3, 3), groups=2), ValueError, r"out_channels=3 is not divisible"),
+    (
+        dict(x=(2, 4, 8, 8), w=(3, 2, 3, 3), groups=2),
+        ValueError,
+        r"out_channels=3 is not divisible",
+    ),
     (dict(x=(2, 3, 4, 4), w=(4, 3, 7, 7)), ValueError, r"larger than the padded input"),
     (dict(x=(2, 3, 4, 4), w=(4, 3, 3, 3), dilation=2), ValueError, r"extent 5"),
     (dict(x=(2, 1, 4, 4), w=(4, 1, 1, 1)), ValueError, r"N >= 2"),

@@ -45,8 +45,17 @@ def test_widths_are_overridable(make_cfg):
 
 
 def test_normalisation_is_the_first_op():
-    net = ConvNet([nn.Conv2d], widths=[2], kernel_sizes=[3], paddings=[1], relu=[False], pools=[1],
-                  input_size=8, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    net = ConvNet(
+        [nn.Conv2d],
+        widths=[2],
+        kernel_sizes=[3],
+        paddings=[1],
+        relu=[False],
+        pools=[1],
+        input_size=8,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.25, 0.25, 0.25),
+    )
     x = torch.rand(1, 3, 8, 8)
     torch.testing.assert_close(net(x), net.classifier(net.features((x - 0.5) / 0.25)))
     assert list(net.children())[0] is net.normalize
@@ -54,8 +63,14 @@ def test_normalisation_is_the_first_op():
 
 def test_mismatched_stage_lists_raise_a_clear_error():
     with pytest.raises(ValueError, match=r"widths has 1 entries but there are 2 layers"):
-        ConvNet([nn.Conv2d, nn.Conv2d], widths=[4], kernel_sizes=[3, 3], paddings=[1, 1],
-                relu=[True, True], pools=[2, 2])
+        ConvNet(
+            [nn.Conv2d, nn.Conv2d],
+            widths=[4],
+            kernel_sizes=[3, 3],
+            paddings=[1, 1],
+            relu=[True, True],
+            pools=[2, 2],
+        )
 
 
 def test_unknown_model_name_gives_hydras_error(make_cfg):

@@ -18,8 +18,12 @@ def test_module_equals_function():
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(kernel_size=3), dict(kernel_size=(3, 5), stride=2, padding=(1, 2)),
-     dict(kernel_size=3, dilation=2, padding=2, groups=2), dict(kernel_size=4, padding="same")],
+    [
+        dict(kernel_size=3),
+        dict(kernel_size=(3, 5), stride=2, padding=(1, 2)),
+        dict(kernel_size=3, dilation=2, padding=2, groups=2),
+        dict(kernel_size=4, padding="same"),
+    ],
 )
 def test_output_shape_matches_conv2d(kwargs):
     x = torch.randn(2, 4, 11, 10)
@@ -60,8 +64,17 @@ def test_state_dict_round_trip():
 
 def test_extra_repr_shows_only_non_defaults():
     assert repr(SSIMConv2d(3, 8, 3)) == "SSIMConv2d(3, 8, kernel_size=(3, 3), stride=(1, 1))"
-    text = repr(SSIMConv2d(4, 8, 3, padding=1, groups=2, bias=True, c1=0.5, gamma=2.0, init="uniform"))
-    for part in ("padding=(1, 1)", "groups=2", "bias=True", "c1=0.5", "gamma=2.0", "init='uniform'"):
+    text = repr(
+        SSIMConv2d(4, 8, 3, padding=1, groups=2, bias=True, c1=0.5, gamma=2.0, init="uniform")
+    )
+    for part in (
+        "padding=(1, 1)",
+        "groups=2",
+        "bias=True",
+        "c1=0.5",
+        "gamma=2.0",
+        "init='uniform'",
+    ):
         assert part in text
     assert "c2" not in text and "dilation" not in text
 
@@ -87,8 +100,13 @@ def test_trains_towards_a_target_pattern():
 
 
 def test_in_a_model_backward_reaches_every_parameter():
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), SSIMConv2d(8, 16, 3, padding=1),
-                          nn.Flatten(), nn.Linear(16 * 8 * 8, 10))
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        SSIMConv2d(8, 16, 3, padding=1),
+        nn.Flatten(),
+        nn.Linear(16 * 8 * 8, 10),
+    )
     loss = nn.functional.cross_entropy(model(torch.rand(4, 3, 8, 8)), torch.tensor([0, 1, 2, 3]))
     loss.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())

@@ -18,10 +18,12 @@ from hypothesis import strategies as st
 
 from ssimlayer import SSIMConv2d, ssim_conv2d
 
-settings.register_profile("fast", max_examples=50, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow])
-settings.register_profile("thorough", max_examples=1000, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile(
+    "fast", max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile(
+    "thorough", max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 #: Applied per test (not loaded globally): ``HYPOTHESIS_PROFILE=thorough`` for ``make check``.
 PROFILE = settings.get_profile(os.environ.get("HYPOTHESIS_PROFILE", "fast"))
 
@@ -58,8 +60,12 @@ def conv_args(draw):
     return {
         "input_shape": (batch, c_in, h, w),
         "weight_shape": (c_out, c_w, kh, kw),
-        "stride": stride, "padding": padding, "dilation": dilation, "groups": groups,
-        "x_kind": draw(st.sampled_from(VALUES)), "w_kind": draw(st.sampled_from(VALUES)),
+        "stride": stride,
+        "padding": padding,
+        "dilation": dilation,
+        "groups": groups,
+        "x_kind": draw(st.sampled_from(VALUES)),
+        "w_kind": draw(st.sampled_from(VALUES)),
         "seed": draw(st.integers(0, 2**31 - 1)),
     }
 

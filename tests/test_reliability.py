@@ -38,20 +38,34 @@ VOLATILE_KEYS = ("wall_time_s",)
 
 #: A run small enough for seconds on a CPU: 8 steps per epoch, 2 epochs, SSIM first layer.
 TINY = [
-    "model=shallow_ssim", "model.net.widths=[4,4]", "data=synthetic", "trainer=cpu",
-    "data.num_train=64", "data.num_val=32", "data.batch_size=8", "trainer.max_epochs=2",
+    "model=shallow_ssim",
+    "model.net.widths=[4,4]",
+    "data=synthetic",
+    "trainer=cpu",
+    "data.num_train=64",
+    "data.num_val=32",
+    "data.batch_size=8",
+    "trainer.max_epochs=2",
     "trainer.enable_progress_bar=false",
-    "logger=none", "~callbacks.filters", "callbacks.fgsm_sweep.eps=[0.0,0.01]",
-    "callbacks.fgsm_sweep.max_batches=1", "callbacks.fgsm_sweep.progress=false",
+    "logger=none",
+    "~callbacks.filters",
+    "callbacks.fgsm_sweep.eps=[0.0,0.01]",
+    "callbacks.fgsm_sweep.max_batches=1",
+    "callbacks.fgsm_sweep.progress=false",
     "callbacks.last_checkpoint.every_n_train_steps=3",
 ]
 
 
 def compose_cfg(output_dir: Path, *overrides: str):
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        return compose(config_name="train", overrides=[
-            f"paths.output_dir={output_dir}", f"paths.output_root={output_dir.parent}",
-            *overrides])
+        return compose(
+            config_name="train",
+            overrides=[
+                f"paths.output_dir={output_dir}",
+                f"paths.output_root={output_dir.parent}",
+                *overrides,
+            ],
+        )
 
 
 def stable(metrics: dict) -> dict:
@@ -65,8 +79,16 @@ def rows(path: Path) -> list[dict]:
 
 def run_cli(monkeypatch, capsys, tmp_path: Path, *args: str) -> tuple[int, str]:
     """``python -m ssimlayer.train <args>`` in this process; returns (exit code, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["ssimlayer.train", f"paths.output_root={tmp_path}",
-                                      "hydra.job_logging.root.level=WARNING", *args])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "ssimlayer.train",
+            f"paths.output_root={tmp_path}",
+            "hydra.job_logging.root.level=WARNING",
+            *args,
+        ],
+    )
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     GlobalHydra.instance().clear()
     code = 0
@@ -112,9 +134,16 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
     # Killed during step 13 (epoch 1, batch 5 of 8); last.ckpt is from step 12, mid-epoch 1.
     killed = tmp_path / "killed"
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "ssimlayer.train", *TINY, f"hydra.run.dir={killed}",
-           f"paths.output_root={tmp_path}",
-           "+callbacks.kill._target_=tests.test_reliability.KillAtStep", "+callbacks.kill.step=13"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ssimlayer.train",
+        *TINY,
+        f"hydra.run.dir={killed}",
+        f"paths.output_root={tmp_path}",
+        "+callbacks.kill._target_=tests.test_reliability.KillAtStep",
+        "+callbacks.kill.step=13",
+    ]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     ckpt = killed / "checkpoints" / "last.ckpt"
@@ -134,16 +163,24 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
 
 def test_resume_auto_finds_the_newest_unfinished_run(tmp_path, monkeypatch, capsys):
     # A run stopped after epoch 1 of 2; resume=auto picks it up in a new run dir.
-    code, err = run_cli(monkeypatch, capsys, tmp_path, *TINY, "trainer.max_epochs=1",
-                        "~callbacks.fgsm_sweep")
+    code, err = run_cli(
+        monkeypatch, capsys, tmp_path, *TINY, "trainer.max_epochs=1", "~callbacks.fgsm_sweep"
+    )
     assert code == 0, err
     (first,) = (tmp_path / "default" / "runs").iterdir()
     summary = json.loads((first / "metrics.json").read_text())
     summary["finished"] = False  # as if it had been killed after its epoch-end checkpoint
     (first / "metrics.json").write_text(json.dumps(summary))
-    code, err = run_cli(monkeypatch, capsys, tmp_path, *TINY, "trainer.max_epochs=2",
-                        "~callbacks.fgsm_sweep", "resume=auto", "hydra.run.dir="
-                        f"{tmp_path / 'default' / 'runs' / 'zz_resumed_shallow_ssim_seed0'}")
+    code, err = run_cli(
+        monkeypatch,
+        capsys,
+        tmp_path,
+        *TINY,
+        "trainer.max_epochs=2",
+        "~callbacks.fgsm_sweep",
+        "resume=auto",
+        f"hydra.run.dir={tmp_path / 'default' / 'runs' / 'zz_resumed_shallow_ssim_seed0'}",
+    )
     assert code == 0, err
     second = tmp_path / "default" / "runs" / "zz_resumed_shallow_ssim_seed0"
     resumed_from = (second / "resumed_from.txt").read_text().strip()
@@ -195,8 +232,17 @@ def test_smoke_command_twice_gives_identical_metrics_json(tmp_path):
     out = []
     for i in range(2):
         run = tmp_path / f"run{i}"
-        cmd = [sys.executable, "-m", "ssimlayer.train", "experiment=shallow", "debug=smoke",
-               "seed=7", "logger=csv", f"hydra.run.dir={run}", f"paths.output_root={tmp_path}"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "ssimlayer.train",
+            "experiment=shallow",
+            "debug=smoke",
+            "seed=7",
+            "logger=csv",
+            f"hydra.run.dir={run}",
+            f"paths.output_root={tmp_path}",
+        ]
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
         out.append(json.loads((run / "metrics.json").read_text()))
@@ -216,10 +262,12 @@ def test_unknown_config_name_is_a_clear_error(tmp_path, monkeypatch, capsys, ear
     assert_untouched(earlier_run)
 
 
-@pytest.mark.parametrize("eps, shown", [("[0.0,-0.1]", "-0.1"), ("[0.0,abc]", "'abc'"),
-                                        ("abc", "'abc'")])
-def test_negative_or_non_numeric_eps_is_a_clear_error(tmp_path, monkeypatch, capsys, earlier_run,
-                                                      eps, shown):
+@pytest.mark.parametrize(
+    "eps, shown", [("[0.0,-0.1]", "-0.1"), ("[0.0,abc]", "'abc'"), ("abc", "'abc'")]
+)
+def test_negative_or_non_numeric_eps_is_a_clear_error(
+    tmp_path, monkeypatch, capsys, earlier_run, eps, shown
+):
     code, err = run_cli(monkeypatch, capsys, tmp_path, *TINY, f"callbacks.fgsm_sweep.eps={eps}")
     assert code == 2
     assert "FGSM eps must be finite and >= 0" in err and f"got {shown}" in err
@@ -228,9 +276,16 @@ def test_negative_or_non_numeric_eps_is_a_clear_error(tmp_path, monkeypatch, cap
 
 
 def test_missing_dataset_folder_is_a_clear_error(tmp_path, monkeypatch, capsys, earlier_run):
-    code, err = run_cli(monkeypatch, capsys, tmp_path, "model=shallow_conv",
-                        "model.net.widths=[4,4]", "trainer=cpu", "logger=none",
-                        f"data.root={tmp_path / 'no_such_folder'}")
+    code, err = run_cli(
+        monkeypatch,
+        capsys,
+        tmp_path,
+        "model=shallow_conv",
+        "model.net.widths=[4,4]",
+        "trainer=cpu",
+        "logger=none",
+        f"data.root={tmp_path / 'no_such_folder'}",
+    )
     assert code == 2
     assert "CIFAR-10 not found" in err and "no_such_folder" in err
     assert "Set data.root=" in err and "Traceback" not in err
@@ -248,18 +303,28 @@ def _cifar_bin_folder(root: Path, bad: bytes | None = None) -> Path:
 
 
 @pytest.mark.parametrize("case", ["truncated", "corrupted"])
-def test_truncated_or_corrupted_bin_file_is_a_clear_error(tmp_path, monkeypatch, capsys,
-                                                          earlier_run, case):
+def test_truncated_or_corrupted_bin_file_is_a_clear_error(
+    tmp_path, monkeypatch, capsys, earlier_run, case
+):
     bad = (bytes([3]) + bytes(3072)) * 2
     bad = bad[:-100] if case == "truncated" else bytes([200]) + bad[1:]
     root = _cifar_bin_folder(tmp_path / "cifar", bad)
-    with pytest.raises(ValueError, match="truncated or corrupted" if case == "truncated"
-                       else "label 200"):
+    with pytest.raises(
+        ValueError, match="truncated or corrupted" if case == "truncated" else "label 200"
+    ):
         read_cifar_binary(root / "data_batch_1.bin")
     # through the entry point, with the size check off so that the reader meets the bad file
-    code, err = run_cli(monkeypatch, capsys, tmp_path, "model=shallow_conv",
-                        "model.net.widths=[4,4]", "trainer=cpu", "logger=none",
-                        f"data.root={root}", "data.verify=false")
+    code, err = run_cli(
+        monkeypatch,
+        capsys,
+        tmp_path,
+        "model=shallow_conv",
+        "model.net.widths=[4,4]",
+        "trainer=cpu",
+        "logger=none",
+        f"data.root={root}",
+        "data.verify=false",
+    )
     assert code == 2
     assert "data_batch_1.bin" in err and "Re-copy it" in err and "Traceback" not in err
     assert_untouched(earlier_run)
@@ -272,20 +337,35 @@ def test_truncated_pickle_batch_names_the_file(tmp_path):
         read_cifar_pickle(path)
 
 
-def test_kernel_larger_than_padded_input_is_a_clear_error(tmp_path, monkeypatch, capsys,
-                                                          earlier_run):
-    code, err = run_cli(monkeypatch, capsys, tmp_path, *TINY, "data.image_size=8",
-                        "model.net.kernel_sizes=[9,5]", "model.net.paddings=[0,2]")
+def test_kernel_larger_than_padded_input_is_a_clear_error(
+    tmp_path, monkeypatch, capsys, earlier_run
+):
+    code, err = run_cli(
+        monkeypatch,
+        capsys,
+        tmp_path,
+        *TINY,
+        "data.image_size=8",
+        "model.net.kernel_sizes=[9,5]",
+        "model.net.paddings=[0,2]",
+    )
     assert code == 2
     assert "larger than the padded input" in err and "use a smaller kernel or more padding" in err
     assert "Traceback" not in err
     assert_untouched(earlier_run)
 
 
-def test_in_channels_not_divisible_by_groups_is_a_clear_error(tmp_path, monkeypatch, capsys,
-                                                              earlier_run):
-    code, err = run_cli(monkeypatch, capsys, tmp_path, *TINY, "+model.net.layers.0.groups=2",
-                        "model.net.widths=[4,4]")
+def test_in_channels_not_divisible_by_groups_is_a_clear_error(
+    tmp_path, monkeypatch, capsys, earlier_run
+):
+    code, err = run_cli(
+        monkeypatch,
+        capsys,
+        tmp_path,
+        *TINY,
+        "+model.net.layers.0.groups=2",
+        "model.net.widths=[4,4]",
+    )
     assert code == 2
     assert "in_channels=3" in err and "divisible by groups=2" in err and "Traceback" not in err
     assert_untouched(earlier_run)
@@ -293,11 +373,17 @@ def test_in_channels_not_divisible_by_groups_is_a_clear_error(tmp_path, monkeypa
         ssim_conv2d(torch.rand(1, 3, 8, 8), torch.rand(4, 1, 3, 3), groups=2)
 
 
-def test_checkpoint_from_another_model_is_a_clear_error(tmp_path, monkeypatch, capsys,
-                                                        earlier_run):
-    code, err = run_cli(monkeypatch, capsys, tmp_path, *TINY, "model=shallow_conv",
-                        "trainer.max_epochs=1", "~callbacks.fgsm_sweep",
-                        f"hydra.run.dir={tmp_path / 'conv_run'}")
+def test_checkpoint_from_another_model_is_a_clear_error(tmp_path, monkeypatch, capsys, earlier_run):
+    code, err = run_cli(
+        monkeypatch,
+        capsys,
+        tmp_path,
+        *TINY,
+        "model=shallow_conv",
+        "trainer.max_epochs=1",
+        "~callbacks.fgsm_sweep",
+        f"hydra.run.dir={tmp_path / 'conv_run'}",
+    )
     assert code == 0, err
     ckpt = tmp_path / "conv_run" / "checkpoints" / "last.ckpt"
     before = ckpt.read_bytes()
@@ -310,14 +396,23 @@ def test_checkpoint_from_another_model_is_a_clear_error(tmp_path, monkeypatch, c
     assert_untouched(earlier_run)
 
 
-def test_wandb_misconfigured_run_goes_on_with_csv_and_says_so(tmp_path, monkeypatch, capsys,
-                                                              caplog):
+def test_wandb_misconfigured_run_goes_on_with_csv_and_says_so(
+    tmp_path, monkeypatch, capsys, caplog
+):
     # An argument wandb.init does not take stands for any W&B set-up error (bad key, no network).
     with pytest.warns(RuntimeWarning, match="continuing with CSV logging"):
-        code, err = run_cli(monkeypatch, capsys, tmp_path, *TINY, "trainer.max_epochs=1",
-                            "~callbacks.fgsm_sweep", "logger=wandb", "~logger.csv",
-                            "+logger.wandb.not_a_wandb_setting=1",
-                            f"hydra.run.dir={tmp_path / 'run'}")
+        code, err = run_cli(
+            monkeypatch,
+            capsys,
+            tmp_path,
+            *TINY,
+            "trainer.max_epochs=1",
+            "~callbacks.fgsm_sweep",
+            "logger=wandb",
+            "~logger.csv",
+            "+logger.wandb.not_a_wandb_setting=1",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        )
     assert code == 0, err
     assert (tmp_path / "run" / "csv" / "metrics.csv").exists()
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["finished"]
@@ -327,8 +422,14 @@ def test_entry_point_subprocess_exit_code_and_short_stderr(tmp_path):
     """The real CLI: a known error is a few lines on stderr and exit code 2; HYDRA_FULL_ERROR=1
     still gives the traceback."""
     env = {**os.environ, "WANDB_MODE": "offline"}
-    cmd = [sys.executable, "-m", "ssimlayer.train", *TINY, "callbacks.fgsm_sweep.eps=[-1.0]",
-           f"paths.output_root={tmp_path}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ssimlayer.train",
+        *TINY,
+        "callbacks.fgsm_sweep.eps=[-1.0]",
+        f"paths.output_root={tmp_path}",
+    ]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert "got -1.0" in proc.stderr and "Traceback" not in proc.stderr
@@ -339,10 +440,18 @@ def test_entry_point_subprocess_exit_code_and_short_stderr(tmp_path):
 
 
 def test_nan_loss_stops_with_the_step_after_saving_a_checkpoint(tmp_path):
-    cfg = compose_cfg(tmp_path / "run", *TINY, "model=shallow_conv", "model.optimizer.lr=1e30",
-                      "model.optimizer.momentum=0.0")
-    with pytest.raises(NonFiniteLossError, match=r"training loss is (nan|inf|-inf) at global step "
-                       r"(\d+) \(epoch \d+, batch \d+\)") as e:
+    cfg = compose_cfg(
+        tmp_path / "run",
+        *TINY,
+        "model=shallow_conv",
+        "model.optimizer.lr=1e30",
+        "model.optimizer.momentum=0.0",
+    )
+    with pytest.raises(
+        NonFiniteLossError,
+        match=r"training loss is (nan|inf|-inf) at global step "
+        r"(\d+) \(epoch \d+, batch \d+\)",
+    ) as e:
         train(cfg)
     (ckpt,) = (tmp_path / "run" / "checkpoints").glob("nonfinite-step*.ckpt")
     step = int(ckpt.stem.removeprefix("nonfinite-step"))

@@ -15,7 +15,9 @@ def test_verdict_rule_greater():
     assert compare([70, 75, 80], [71, 76, 79]).verdict == "inconclusive"
     assert compare([80, 81], [70, 71, 72]).verdict.startswith("inconclusive (fewer than 3")
     v = compare([80, 81, 82], [70, 71, 72])
-    assert v.difference == pytest.approx(10.0) and v.standard_error == pytest.approx(math.sqrt(2 / 3))
+    assert v.difference == pytest.approx(10.0) and v.standard_error == pytest.approx(
+        math.sqrt(2 / 3)
+    )
 
 
 def test_verdict_rule_equal():
@@ -27,17 +29,32 @@ def test_verdict_rule_equal():
 
 def _write_run(folder, model, seed, val, fgsm_val, schedule="cpu_short", data="CIFAR10DataModule"):
     folder.mkdir(parents=True)
-    (folder / "metrics.json").write_text(json.dumps({
-        "name": "table1", "model": model, "seed": seed, "schedule": schedule, "finished": True,
-        "data": f"ssimlayer.data.{data}", "final_train_top1": val + 0.05, "final_val_top1": val,
-        "best_val_top1": val + 0.01, "epochs": 4, "wall_time_s": 60.0, "device": "cpu",
-    }))
+    (folder / "metrics.json").write_text(
+        json.dumps(
+            {
+                "name": "table1",
+                "model": model,
+                "seed": seed,
+                "schedule": schedule,
+                "finished": True,
+                "data": f"ssimlayer.data.{data}",
+                "final_train_top1": val + 0.05,
+                "final_val_top1": val,
+                "best_val_top1": val + 0.01,
+                "epochs": 4,
+                "wall_time_s": 60.0,
+                "device": "cpu",
+            }
+        )
+    )
     (folder / "epochs.csv").write_text(
         "epoch,step,train/loss,train/top1,train/top5,val/loss,val/top1,val/top5\n"
-        f"0,10,2.0,0.3,0.8,2.0,{val - 0.1},0.8\n1,20,1.5,0.4,0.9,1.6,{val},0.9\n")
+        f"0,10,2.0,0.3,0.8,2.0,{val - 0.1},0.8\n1,20,1.5,0.4,0.9,1.6,{val},0.9\n"
+    )
     (folder / "fgsm_sweep.csv").write_text(
         f"split,eps,top1,top5\nval,0.0,{val},0.9\nval,0.007,{fgsm_val},0.8\n"
-        f"train,0.0,{val},0.9\ntrain,0.007,{fgsm_val},0.8\n")
+        f"train,0.0,{val},0.9\ntrain,0.007,{fgsm_val},0.8\n"
+    )
 
 
 def test_report_from_run_dirs(tmp_path):

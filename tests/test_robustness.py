@@ -33,8 +33,10 @@ def batch() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @pytest.mark.parametrize("ssim", [False, True])
-@pytest.mark.parametrize("spec", [AttackSpec("fgsm", 0.03, 1), AttackSpec("pgd", 0.03, 5),
-                                  AttackSpec("square", 0.03, 20)])
+@pytest.mark.parametrize(
+    "spec",
+    [AttackSpec("fgsm", 0.03, 1), AttackSpec("pgd", 0.03, 5), AttackSpec("square", 0.03, 20)],
+)
 def test_attack_linf_bound_and_range(spec, ssim, batch):
     x, y = batch
     adv = run_attack(tiny_model(ssim), spec, x, y)
@@ -51,8 +53,9 @@ def test_pgd_changes_the_image(batch):
 def test_pgd_eps_zero_is_clean_accuracy(batch):
     x, y = batch
     models = {"m": tiny_model()}
-    rows = robustness_sweep(models, [(x, y)], [AttackSpec("clean", 0.0, 0),
-                                               AttackSpec("pgd", 0.0, 5)], progress=False)["m"]
+    rows = robustness_sweep(
+        models, [(x, y)], [AttackSpec("clean", 0.0, 0), AttackSpec("pgd", 0.0, 5)], progress=False
+    )["m"]
     assert rows[1]["attack"] == "pgd" and rows[1]["top1"] == rows[0]["top1"]
     assert rows[1]["top5"] == rows[0]["top5"]
     assert torch.equal(pgd(models["m"], x, y, 0.0, steps=3), x)
@@ -71,8 +74,9 @@ def test_attacks_restore_training_mode_and_global_rng(batch):
 def test_pgd_is_reproducible_with_seed(batch):
     x, y = batch
     model = tiny_model()
-    assert torch.equal(pgd(model, x, y, 0.02, steps=2, seed=1), pgd(model, x, y, 0.02, steps=2,
-                                                                    seed=1))
+    assert torch.equal(
+        pgd(model, x, y, 0.02, steps=2, seed=1), pgd(model, x, y, 0.02, steps=2, seed=1)
+    )
 
 
 @pytest.mark.parametrize("eps", [-0.1, float("nan"), "0.1"])
@@ -89,9 +93,13 @@ def test_unknown_attack_raises():
 def test_sweep_pair_has_transfer_rows_and_counts(batch):
     x, y = batch
     specs = [AttackSpec("clean", 0.0, 0), AttackSpec("pgd", 0.03, 3, transfer=True)]
-    out = robustness_sweep({"plain": tiny_model(), "ssim": tiny_model(ssim=True)},
-                           [(x[:4], y[:4]), (x[4:], y[4:])], specs, num_examples=5,
-                           progress=False)
+    out = robustness_sweep(
+        {"plain": tiny_model(), "ssim": tiny_model(ssim=True)},
+        [(x[:4], y[:4]), (x[4:], y[4:])],
+        specs,
+        num_examples=5,
+        progress=False,
+    )
     for rows in out.values():
         assert [r["attack"] for r in rows] == ["clean", "pgd", "pgd_transfer"]
         assert all(r["n"] == 5 for r in rows)
@@ -105,10 +113,16 @@ def test_default_specs_cover_the_issue():
     got = {(s.attack, s.steps) for s in specs}
     assert {("fgsm", 1), ("pgd", 10), ("pgd", 50), ("square", 1000), ("clean", 0)} <= got
     assert {s.eps for s in specs if s.attack == "pgd" and s.steps == 50} == {
-        0.002, 0.004, 0.007, 0.01, 8 / 255}
+        0.002,
+        0.004,
+        0.007,
+        0.01,
+        8 / 255,
+    }
     assert max(s.eps for s in specs if s.attack == "pgd") == 0.1
-    assert all(s.transfer == (s.attack == "pgd" and s.steps == 10) for s in specs
-               if s.eps <= 8 / 255)
+    assert all(
+        s.transfer == (s.attack == "pgd" and s.steps == 10) for s in specs if s.eps <= 8 / 255
+    )
 
 
 def _rows(**top1):
@@ -116,20 +130,25 @@ def _rows(**top1):
     out = []
     for key, v in top1.items():
         attack, steps, eps = key.rsplit("_", 2)
-        out.append({"attack": attack, "steps": int(steps), "eps": float(eps.replace("p", ".")),
-                    "top1": v})
+        out.append(
+            {"attack": attack, "steps": int(steps), "eps": float(eps.replace("p", ".")), "top1": v}
+        )
     return out
 
 
 def test_masking_checks_pass_on_consistent_rows():
     rows = [{"attack": "clean", "eps": 0.0, "steps": 0, "top1": 0.8}]
-    for e, f, p10, p50, sq, tr in [(0.01, 0.5, 0.3, 0.25, 0.6, 0.55),
-                                   (0.03, 0.2, 0.05, 0.03, 0.4, 0.3)]:
-        rows += [{"attack": "fgsm", "eps": e, "steps": 1, "top1": f},
-                 {"attack": "pgd", "eps": e, "steps": 10, "top1": p10},
-                 {"attack": "pgd", "eps": e, "steps": 50, "top1": p50},
-                 {"attack": "square", "eps": e, "steps": 100, "top1": sq},
-                 {"attack": "pgd_transfer", "eps": e, "steps": 10, "top1": tr}]
+    for e, f, p10, p50, sq, tr in [
+        (0.01, 0.5, 0.3, 0.25, 0.6, 0.55),
+        (0.03, 0.2, 0.05, 0.03, 0.4, 0.3),
+    ]:
+        rows += [
+            {"attack": "fgsm", "eps": e, "steps": 1, "top1": f},
+            {"attack": "pgd", "eps": e, "steps": 10, "top1": p10},
+            {"attack": "pgd", "eps": e, "steps": 50, "top1": p50},
+            {"attack": "square", "eps": e, "steps": 100, "top1": sq},
+            {"attack": "pgd_transfer", "eps": e, "steps": 10, "top1": tr},
+        ]
     rows.append({"attack": "pgd", "eps": 0.1, "steps": 10, "top1": 0.0})
     checks = masking_checks(rows)
     assert {c["verdict"] for c in checks.values()} == {"pass"}
@@ -137,13 +156,15 @@ def test_masking_checks_pass_on_consistent_rows():
 
 
 def test_masking_checks_flag_masking_signs():
-    rows = [{"attack": "clean", "eps": 0.0, "steps": 0, "top1": 0.8},
-            {"attack": "fgsm", "eps": 0.03, "steps": 1, "top1": 0.2},
-            {"attack": "pgd", "eps": 0.03, "steps": 10, "top1": 0.4},   # PGD weaker than FGSM
-            {"attack": "pgd", "eps": 0.03, "steps": 50, "top1": 0.5},   # more steps weaker
-            {"attack": "square", "eps": 0.03, "steps": 100, "top1": 0.1},  # black-box wins
-            {"attack": "pgd_transfer", "eps": 0.03, "steps": 10, "top1": 0.1},  # transfer wins
-            {"attack": "pgd", "eps": 0.1, "steps": 10, "top1": 0.6}]  # does not fall to 0
+    rows = [
+        {"attack": "clean", "eps": 0.0, "steps": 0, "top1": 0.8},
+        {"attack": "fgsm", "eps": 0.03, "steps": 1, "top1": 0.2},
+        {"attack": "pgd", "eps": 0.03, "steps": 10, "top1": 0.4},  # PGD weaker than FGSM
+        {"attack": "pgd", "eps": 0.03, "steps": 50, "top1": 0.5},  # more steps weaker
+        {"attack": "square", "eps": 0.03, "steps": 100, "top1": 0.1},  # black-box wins
+        {"attack": "pgd_transfer", "eps": 0.03, "steps": 10, "top1": 0.1},  # transfer wins
+        {"attack": "pgd", "eps": 0.1, "steps": 10, "top1": 0.6},
+    ]  # does not fall to 0
     checks = masking_checks(rows)
     assert {k: c["verdict"] for k, c in checks.items()} == dict.fromkeys(checks, "fail")
 

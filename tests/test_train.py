@@ -43,9 +43,14 @@ def test_cifar10_root_defaults_next_to_the_repo(make_cfg, monkeypatch):
 
 @pytest.mark.parametrize("model", MODELS)
 def test_fast_dev_run_every_model(make_cfg, model):
-    cfg = make_cfg(f"model={model}", f"model.net.widths={TINY_WIDTHS[model]}", "debug=fast_dev_run",
-                   "logger=none", "callbacks.fgsm_sweep.eps=[0.0,0.01]",
-                   "callbacks.fgsm_sweep.progress=false")
+    cfg = make_cfg(
+        f"model={model}",
+        f"model.net.widths={TINY_WIDTHS[model]}",
+        "debug=fast_dev_run",
+        "logger=none",
+        "callbacks.fgsm_sweep.eps=[0.0,0.01]",
+        "callbacks.fgsm_sweep.progress=false",
+    )
     metrics = train(cfg)
     out = Path(cfg.paths.output_dir)
     assert metrics["finished"] and metrics["model"] == model
@@ -53,16 +58,29 @@ def test_fast_dev_run_every_model(make_cfg, model):
 
 
 def test_smoke_run_writes_every_artefact_and_wandb_offline(make_cfg, tmp_path):
-    cfg = make_cfg("experiment=table1", "debug=smoke", "model.net.widths=[4,4,8]",
-                   "data.num_train=64", "data.num_val=32", "callbacks.fgsm_sweep.progress=false")
+    cfg = make_cfg(
+        "experiment=table1",
+        "debug=smoke",
+        "model.net.widths=[4,4,8]",
+        "data.num_train=64",
+        "data.num_val=32",
+        "callbacks.fgsm_sweep.progress=false",
+    )
     assert cfg.logger.wandb.offline is True
     metrics = train(cfg)
     out = Path(cfg.paths.output_dir)
     assert out.is_relative_to(tmp_path)
     summary = json.loads((out / "metrics.json").read_text())
     assert summary == metrics
-    for key in ("final_train_top1", "best_val_top1", "best_val_top5", "epochs", "wall_time_s",
-                "device", "seed"):
+    for key in (
+        "final_train_top1",
+        "best_val_top1",
+        "best_val_top5",
+        "epochs",
+        "wall_time_s",
+        "device",
+        "seed",
+    ):
         assert summary[key] is not None, key
     assert summary["epochs"] == 1
     rows = list(csv.DictReader(open(out / "fgsm_sweep.csv")))
@@ -88,8 +106,14 @@ def test_wandb_failure_falls_back_to_csv(make_cfg, monkeypatch):
         raise RuntimeError("no wandb here")
 
     monkeypatch.setattr(loggers.WandbLogger, "experiment", property(broken))
-    cfg = make_cfg("model=shallow_conv", "model.net.widths=[4,4]", "debug=fast_dev_run",
-                   "~callbacks.fgsm_sweep", "logger.wandb.offline=true", "~logger.csv")
+    cfg = make_cfg(
+        "model=shallow_conv",
+        "model.net.widths=[4,4]",
+        "debug=fast_dev_run",
+        "~callbacks.fgsm_sweep",
+        "logger.wandb.offline=true",
+        "~logger.csv",
+    )
     with pytest.warns(RuntimeWarning, match="continuing with CSV logging"):
         metrics = train(cfg)
     assert metrics["finished"]
@@ -106,16 +130,31 @@ def test_negative_eps_in_config_is_a_clear_error(make_cfg):
 
 def test_multirun_subprocess(tmp_path):
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
-    cmd = [sys.executable, "-m", "ssimlayer.train", "-m", "experiment=shallow", "debug=smoke",
-           "seed=0,1", "model.net.widths=[4,4]", "logger=csv", "data.num_train=64",
-           "data.num_val=32", "callbacks.fgsm_sweep.eps=[0.0,0.01]",
-           f"paths.output_root={tmp_path}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ssimlayer.train",
+        "-m",
+        "experiment=shallow",
+        "debug=smoke",
+        "seed=0,1",
+        "model.net.widths=[4,4]",
+        "logger=csv",
+        "data.num_train=64",
+        "data.num_val=32",
+        "callbacks.fgsm_sweep.eps=[0.0,0.01]",
+        f"paths.output_root={tmp_path}",
+    ]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = sorted((tmp_path / "shallow" / "multirun").glob("*/*_seed*"))
     names = sorted(p.name.split("_", 1)[1] for p in runs)
-    assert names == ["shallow_conv_seed0", "shallow_conv_seed1", "shallow_ssim_seed0",
-                     "shallow_ssim_seed1"]
+    assert names == [
+        "shallow_conv_seed0",
+        "shallow_conv_seed1",
+        "shallow_ssim_seed0",
+        "shallow_ssim_seed1",
+    ]
     for run in runs:
         assert (run / "metrics.json").exists() and (run / "fgsm_sweep.csv").exists()
         assert json.loads((run / "metrics.json").read_text())["seed"] in (0, 1)

@@ -143,8 +143,9 @@ def cpu_peak(shape, impl: str) -> int:
     x = torch.randn(b, c_in, size, size, requires_grad=True)
     grad = torch.randn_like(module(x)).detach()
     step(module, x, grad)
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
-                 with_stack=True) as prof:
+    with profile(
+        activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True
+    ) as prof:
         step(module, x, grad)
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
@@ -166,38 +167,59 @@ def bench_device(device: str, repeats: int) -> list[dict]:
         target = TARGETS[device].get(index)
         ratio = times["ssim"] / times["conv"]
         mem_ratio = peak["ssim"] / max(peak["conv"], 1)
-        rows.append({
-            "device": device,
-            "batch": shape[0], "c_in": shape[1], "c_out": shape[2], "size": shape[3],
-            "kernel": shape[4], "padding": shape[5],
-            "conv_ms": 1e3 * times["conv"], "ssim_ms": 1e3 * times["ssim"],
-            "unfold_ms": 1e3 * times["unfold"], "ssim_eager_ms": 1e3 * times["ssim_eager"],
-            "ssim_eager_over_conv": times["ssim_eager"] / times["conv"],
-            "ssim_over_conv": ratio, "unfold_over_conv": times["unfold"] / times["conv"],
-            "conv_peak_mib": peak["conv"] / 2**20, "ssim_peak_mib": peak["ssim"] / 2**20,
-            "unfold_peak_mib": peak["unfold"] / 2**20, "ssim_eager_peak_mib": peak["ssim_eager"] / 2**20,
-            "ssim_peak_over_conv": mem_ratio,
-            "time_target": target,
-            **({"conv_kernel_ms": kernel["conv"], "ssim_kernel_ms": kernel["ssim"],
-                "ssim_over_conv_kernel_time": kernel["ssim"] / kernel["conv"]}
-               if device == "cuda" else {}),
-            "meets_time_target": None if target is None else ratio <= target,
-            "meets_memory_target": mem_ratio <= MEMORY_TARGET,
-        })
+        rows.append(
+            {
+                "device": device,
+                "batch": shape[0],
+                "c_in": shape[1],
+                "c_out": shape[2],
+                "size": shape[3],
+                "kernel": shape[4],
+                "padding": shape[5],
+                "conv_ms": 1e3 * times["conv"],
+                "ssim_ms": 1e3 * times["ssim"],
+                "unfold_ms": 1e3 * times["unfold"],
+                "ssim_eager_ms": 1e3 * times["ssim_eager"],
+                "ssim_eager_over_conv": times["ssim_eager"] / times["conv"],
+                "ssim_over_conv": ratio,
+                "unfold_over_conv": times["unfold"] / times["conv"],
+                "conv_peak_mib": peak["conv"] / 2**20,
+                "ssim_peak_mib": peak["ssim"] / 2**20,
+                "unfold_peak_mib": peak["unfold"] / 2**20,
+                "ssim_eager_peak_mib": peak["ssim_eager"] / 2**20,
+                "ssim_peak_over_conv": mem_ratio,
+                "time_target": target,
+                **(
+                    {
+                        "conv_kernel_ms": kernel["conv"],
+                        "ssim_kernel_ms": kernel["ssim"],
+                        "ssim_over_conv_kernel_time": kernel["ssim"] / kernel["conv"],
+                    }
+                    if device == "cuda"
+                    else {}
+                ),
+                "meets_time_target": None if target is None else ratio <= target,
+                "meets_memory_target": mem_ratio <= MEMORY_TARGET,
+            }
+        )
         print_row(rows[-1])
     return rows
 
 
-HEADER = (f"{'device':6} {'shape (B, Cin->Cout, HxW, k)':30} {'conv ms':>8} {'ssim ms':>8} "
-          f"{'ssim/conv':>9} {'target':>6} {'eager/conv':>10} {'unfold/conv':>11} {'mem ssim/conv':>13}")
+HEADER = (
+    f"{'device':6} {'shape (B, Cin->Cout, HxW, k)':30} {'conv ms':>8} {'ssim ms':>8} "
+    f"{'ssim/conv':>9} {'target':>6} {'eager/conv':>10} {'unfold/conv':>11} {'mem ssim/conv':>13}"
+)
 
 
 def print_row(r: dict) -> None:
     shape = f"{r['batch']}, {r['c_in']}->{r['c_out']}, {r['size']}x{r['size']}, k{r['kernel']}"
     target = "-" if r["time_target"] is None else f"<={r['time_target']}"
-    line = (f"{r['device']:6} {shape:30} {r['conv_ms']:8.2f} {r['ssim_ms']:8.2f} "
-            f"{r['ssim_over_conv']:9.2f} {target:>6} {r['ssim_eager_over_conv']:10.2f} "
-            f"{r['unfold_over_conv']:11.2f} {r['ssim_peak_over_conv']:13.2f}")
+    line = (
+        f"{r['device']:6} {shape:30} {r['conv_ms']:8.2f} {r['ssim_ms']:8.2f} "
+        f"{r['ssim_over_conv']:9.2f} {target:>6} {r['ssim_eager_over_conv']:10.2f} "
+        f"{r['unfold_over_conv']:11.2f} {r['ssim_peak_over_conv']:13.2f}"
+    )
     if "ssim_over_conv_kernel_time" in r:
         line += f"   GPU kernel time ssim/conv {r['ssim_over_conv_kernel_time']:.2f}"
     print(line, flush=True)

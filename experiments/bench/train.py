@@ -49,14 +49,22 @@ MODELS = ["fig4_plain", "fig4_ssim", "fig4_ssim_norelu", "shallow_conv", "shallo
 TARGET = 1.25
 
 
-def compose_cfg(overrides: list[str], model: str, batch_size: int, device_resident: bool,
-                out_dir: str) -> DictConfig:
+def compose_cfg(
+    overrides: list[str], model: str, batch_size: int, device_resident: bool, out_dir: str
+) -> DictConfig:
     register_resolvers()
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        return compose(config_name="train", overrides=[
-            f"model={model}", *overrides, f"data.batch_size={batch_size}",
-            f"data.device_resident={str(device_resident).lower()}", "logger=none",
-            f"paths.output_dir={out_dir}"])
+        return compose(
+            config_name="train",
+            overrides=[
+                f"model={model}",
+                *overrides,
+                f"data.batch_size={batch_size}",
+                f"data.device_resident={str(device_resident).lower()}",
+                "logger=none",
+                f"paths.output_dir={out_dir}",
+            ],
+        )
 
 
 def sync(device: torch.device) -> None:
@@ -85,10 +93,20 @@ def time_lightning(cfg: DictConfig, warmup: int, steps: int) -> float:
     dm, model = instantiate(cfg.data), instantiate(cfg.model)
     timer = StepTimer(warmup, steps)
     trainer: pl.Trainer = instantiate(
-        cfg.trainer, callbacks=[timer], logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, max_steps=warmup + steps,
-        max_epochs=-1, limit_train_batches=None, limit_val_batches=0, num_sanity_val_steps=0,
-        fast_dev_run=False, default_root_dir=cfg.paths.output_dir)
+        cfg.trainer,
+        callbacks=[timer],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        max_steps=warmup + steps,
+        max_epochs=-1,
+        limit_train_batches=None,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        fast_dev_run=False,
+        default_root_dir=cfg.paths.output_dir,
+    )
     trainer.fit(model, datamodule=dm)
     if timer.t0 is None or timer.t1 is None:
         raise RuntimeError("bench: Lightning stopped before the timed steps were done")
@@ -101,15 +119,20 @@ def time_bare(cfg: DictConfig, warmup: int, steps: int, device: torch.device) ->
     dm.setup("fit")
     loader = dm.train_dataloader()
     if isinstance(loader, DeviceLoader):  # without a trainer it is built on the CPU
-        loader = DeviceLoader(loader.images, loader.labels, loader.batch_size,
-                              sampler=loader.sampler, flip=loader.flip, device=device)
+        loader = DeviceLoader(
+            loader.images,
+            loader.labels,
+            loader.batch_size,
+            sampler=loader.sampler,
+            flip=loader.flip,
+            device=device,
+        )
     model.to(device).train()
     opt = model.configure_optimizers()
     precision = str(cfg.trainer.precision)
     if precision not in ("32-true", "32", "bf16-mixed"):
         raise ValueError(f"bench: the bare loop supports 32-true and bf16-mixed, got {precision}")
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16,
-                              enabled=precision == "bf16-mixed")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
     step, epoch, t0 = 0, 0, None
     while step < warmup + steps:
         if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
@@ -139,8 +162,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--steps", type=int, default=0, help="timed steps (0: see the docstring)")
     parser.add_argument("--warmup", type=int, default=0, help="untimed steps (0: 20, smoke 2)")
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                        help="cuda adds trainer=gpu unless a trainer is given")
+    parser.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default="auto",
+        help="cuda adds trainer=gpu unless a trainer is given",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench" / "train.json")
     args, overrides = parser.parse_known_args(argv)
     bad = [o for o in overrides if o.startswith("-")]
@@ -163,44 +190,64 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 dm.setup("fit")
                 per_epoch = math.ceil(len(dm.train_set) / bs)
                 smoke = cfg.trainer.get("limit_train_batches") is not None
-                steps = args.steps or (int(cfg.trainer.limit_train_batches) if smoke
-                                       else per_epoch)
+                steps = args.steps or (int(cfg.trainer.limit_train_batches) if smoke else per_epoch)
                 warmup = args.warmup or (2 if smoke else 20)
                 light, bare = math.inf, math.inf
                 for _ in range(args.repeats):
                     light = min(light, time_lightning(cfg, warmup, steps))
                     bare = min(bare, time_bare(cfg, warmup, steps, device))
                 row = {
-                    "model": model_name, "batch_size": bs,
-                    "device": (torch.cuda.get_device_name(device) if on_gpu
-                               else f"cpu ({platform.machine()}, {torch.get_num_threads()} "
-                                    "threads)"),
+                    "model": model_name,
+                    "batch_size": bs,
+                    "device": (
+                        torch.cuda.get_device_name(device)
+                        if on_gpu
+                        else f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
+                    ),
                     "lightning_epoch_s": round(light / steps * per_epoch, 3),
                     "bare_epoch_s": round(bare / steps * per_epoch, 3),
                     "lightning_over_bare": round(light / bare, 3),
-                    "steps_timed": steps, "warmup_steps": warmup, "steps_per_epoch": per_epoch,
-                    "data_loader": ("device_resident" if resident
-                                    else f"DataLoader(num_workers={cfg.data.num_workers})"),
+                    "steps_timed": steps,
+                    "warmup_steps": warmup,
+                    "steps_per_epoch": per_epoch,
+                    "data_loader": (
+                        "device_resident"
+                        if resident
+                        else f"DataLoader(num_workers={cfg.data.num_workers})"
+                    ),
                     "precision": str(cfg.trainer.precision),
                     "compile": bool(cfg.model.get("compile", False)),
                     "channels_last": bool(cfg.model.get("channels_last", False)),
                 }
                 rows.append(row)
-                print(f"{model_name:17s} b{bs:<4d} lightning {row['lightning_epoch_s']:9.2f} s/epoch"
-                      f"  bare {row['bare_epoch_s']:9.2f} s/epoch  ratio "
-                      f"{row['lightning_over_bare']:.2f}", flush=True)
+                print(
+                    f"{model_name:17s} b{bs:<4d} lightning {row['lightning_epoch_s']:9.2f} s/epoch"
+                    f"  bare {row['bare_epoch_s']:9.2f} s/epoch  ratio "
+                    f"{row['lightning_over_bare']:.2f}",
+                    flush=True,
+                )
 
-    result = {"overrides": overrides, "torch": torch.__version__, "lightning": pl.__version__,
-              "python": platform.python_version(), "target_ratio": TARGET, "rows": rows}
+    result = {
+        "overrides": overrides,
+        "torch": torch.__version__,
+        "lightning": pl.__version__,
+        "python": platform.python_version(),
+        "target_ratio": TARGET,
+        "rows": rows,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
-    print(f"\n{'model':17s} {'batch':>5s} {'device':24s} {'lightning s/ep':>14s} "
-          f"{'bare s/ep':>10s} {'ratio':>6s}")
+    print(
+        f"\n{'model':17s} {'batch':>5s} {'device':24s} {'lightning s/ep':>14s} "
+        f"{'bare s/ep':>10s} {'ratio':>6s}"
+    )
     for r in rows:
         flag = "" if r["lightning_over_bare"] <= TARGET else f"  > {TARGET}"
-        print(f"{r['model']:17s} {r['batch_size']:5d} {r['device'][:24]:24s} "
-              f"{r['lightning_epoch_s']:14.2f} {r['bare_epoch_s']:10.2f} "
-              f"{r['lightning_over_bare']:6.2f}{flag}")
+        print(
+            f"{r['model']:17s} {r['batch_size']:5d} {r['device'][:24]:24s} "
+            f"{r['lightning_epoch_s']:14.2f} {r['bare_epoch_s']:10.2f} "
+            f"{r['lightning_over_bare']:6.2f}{flag}"
+        )
     print(f"wrote {args.out}")
     return rows
 

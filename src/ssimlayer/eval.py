@@ -94,11 +94,16 @@ def find_runs(runs: list[str], ckpt_path: str | None, weights: str = "last") -> 
             path = Path(m).resolve()
             if not path.is_dir():
                 raise ValueError(f"run dir {str(pattern)!r} does not exist")
-            dirs = [path] if (path / "checkpoints").is_dir() else sorted(
-                p.parent for p in path.glob("*/checkpoints") if p.is_dir())
+            dirs = (
+                [path]
+                if (path / "checkpoints").is_dir()
+                else sorted(p.parent for p in path.glob("*/checkpoints") if p.is_dir())
+            )
             if not dirs:
-                raise ValueError(f"{str(pattern)!r} is neither a run dir (with checkpoints/) nor "
-                                 f"a multirun dir holding run dirs")
+                raise ValueError(
+                    f"{str(pattern)!r} is neither a run dir (with checkpoints/) nor "
+                    f"a multirun dir holding run dirs"
+                )
             found += [Run(d, _checkpoint(d, weights), _run_config(d)) for d in dirs]
     return found
 
@@ -128,8 +133,9 @@ def pair_up(runs: list[Run]) -> list[list[Run]]:
 
 
 def val_loader(run: Run, ev: DictConfig):
-    data_cfg = OmegaConf.merge(run.cfg.data, {"batch_size": ev.batch_size,
-                                              "num_workers": ev.num_workers})
+    data_cfg = OmegaConf.merge(
+        run.cfg.data, {"batch_size": ev.batch_size, "num_workers": ev.num_workers}
+    )
     datamodule = instantiate(data_cfg)
     datamodule.setup("fit")
     return datamodule.eval_dataloader(ev.split)
@@ -154,9 +160,17 @@ def train_smoke_pair(cfg: DictConfig, debug: str, out_dir: Path) -> list[str]:
     dirs = []
     for i, model in enumerate(cfg.eval.pair):
         run_dir = out_dir / "train" / f"{i}_{model}_seed{cfg.seed}"
-        train_cfg = compose("train", overrides=[
-            "experiment=table1", f"debug={debug}", f"model={model}", f"seed={cfg.seed}",
-            "logger=csv", f"paths.output_dir={run_dir}"])
+        train_cfg = compose(
+            "train",
+            overrides=[
+                "experiment=table1",
+                f"debug={debug}",
+                f"model={model}",
+                f"seed={cfg.seed}",
+                "logger=csv",
+                f"paths.output_dir={run_dir}",
+            ],
+        )
         log.info("Training smoke model %s in %s", model, run_dir)
         train(train_cfg)
         dirs.append(str(run_dir))
@@ -195,8 +209,9 @@ def _plot_corruptions(path: Path, rows: list[dict], title: str) -> None:
     for n in names:
         pts = [(0, clean)] + [(r["severity"], r["top1"]) for r in rows if r["corruption"] == n]
         ax.plot(*zip(*pts, strict=True), marker="o", label=n)
-    ax.set(xlabel="CIFAR-10-C severity (0 = clean)", ylabel="top-1 accuracy", ylim=(0, 1),
-           title=title)
+    ax.set(
+        xlabel="CIFAR-10-C severity (0 = clean)", ylabel="top-1 accuracy", ylim=(0, 1), title=title
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.savefig(path, dpi=120, bbox_inches="tight")
@@ -233,8 +248,13 @@ def _log_wandb(cfg: DictConfig, out_dir: Path, tables: dict[str, list[dict]]) ->
             os.environ["WANDB_MODE"] = "offline"
         import wandb
 
-        run = wandb.init(project=cfg.wandb.project, dir=str(out_dir), job_type="robustness",
-                         group=cfg.name, config=OmegaConf.to_container(cfg.eval, resolve=True))
+        run = wandb.init(
+            project=cfg.wandb.project,
+            dir=str(out_dir),
+            job_type="robustness",
+            group=cfg.name,
+            config=OmegaConf.to_container(cfg.eval, resolve=True),
+        )
         for key, rows in tables.items():
             if rows:
                 cols = list(rows[0])
@@ -260,13 +280,20 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     runs_arg = list(cfg.runs or [])
     if not runs_arg and not cfg.ckpt_path:
         if not debug:
-            raise ValueError("nothing to evaluate: give runs=[<run dir>,...] or ckpt_path=<ckpt> "
-                             "(or debug=smoke to train the smoke pair first)")
+            raise ValueError(
+                "nothing to evaluate: give runs=[<run dir>,...] or ckpt_path=<ckpt> "
+                "(or debug=smoke to train the smoke pair first)"
+            )
         runs_arg = train_smoke_pair(cfg, debug, out_dir)
     runs = find_runs(runs_arg, cfg.ckpt_path, ev.weights)
-    specs = default_specs(eps=ev.eps, pgd_steps=ev.pgd_steps, square_eps=ev.square_eps,
-                          square_queries=ev.square_queries, large_eps=ev.large_eps,
-                          transfer_steps=ev.transfer_steps)
+    specs = default_specs(
+        eps=ev.eps,
+        pgd_steps=ev.pgd_steps,
+        square_eps=ev.square_eps,
+        square_queries=ev.square_queries,
+        large_eps=ev.large_eps,
+        transfer_steps=ev.transfer_steps,
+    )
     num_examples = ev.num_examples
     if ev.max_batches is not None:
         cap = ev.max_batches * ev.batch_size
@@ -275,55 +302,103 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     results = []
     for group in pair_up(runs):
         names = [f"{r.model_name}_seed{r.seed}" for r in group]
-        log.info("Evaluating %s on %s (%s images)", " vs ".join(names), ev.split,
-                 num_examples or "all")
+        log.info(
+            "Evaluating %s on %s (%s images)", " vs ".join(names), ev.split, num_examples or "all"
+        )
         models = {n: load_model(r, cfg.device) for n, r in zip(names, group, strict=True)}
         loader = val_loader(group[0], ev)
-        attack_rows = robustness_sweep(models, loader, specs, num_examples=num_examples,
-                                       device=cfg.device, seed=cfg.seed, progress=ev.progress)
+        attack_rows = robustness_sweep(
+            models,
+            loader,
+            specs,
+            num_examples=num_examples,
+            device=cfg.device,
+            seed=cfg.seed,
+            progress=ev.progress,
+        )
         for name, run in zip(names, group, strict=True):
             rows = attack_rows[name]
-            corr = corruption_sweep(models[name], loader, ev.corruptions, ev.severities,
-                                    num_examples=num_examples, device=cfg.device, seed=cfg.seed,
-                                    progress=ev.progress)
+            corr = corruption_sweep(
+                models[name],
+                loader,
+                ev.corruptions,
+                ev.severities,
+                num_examples=num_examples,
+                device=cfg.device,
+                seed=cfg.seed,
+                progress=ev.progress,
+            )
             checks = masking_checks(rows, **ev.masking)
             other = [r for r in group if r is not run]
-            masking = {"model": run.model_name, "seed": run.seed, "run_dir": str(run.dir),
-                       "checkpoint": str(run.ckpt), "n_examples": rows[0]["n"],
-                       "transfer_source": str(other[0].dir) if other else None,
-                       "all_passed": all(c["verdict"] != "fail" for c in checks.values()),
-                       "checks": checks}
+            masking = {
+                "model": run.model_name,
+                "seed": run.seed,
+                "run_dir": str(run.dir),
+                "checkpoint": str(run.ckpt),
+                "n_examples": rows[0]["n"],
+                "transfer_source": str(other[0].dir) if other else None,
+                "all_passed": all(c["verdict"] != "fail" for c in checks.values()),
+                "checks": checks,
+            }
             _write_csv(run.dir / "robustness.csv", rows, ATTACK_COLS)
             _write_csv(run.dir / "corruptions.csv", corr, CORRUPTION_COLS)
             (run.dir / "masking_checks.json").write_text(json.dumps(masking, indent=2) + "\n")
             _plot_attacks(run.dir / "robustness.png", rows, name)
             _plot_corruptions(run.dir / "corruptions.png", corr, name)
             for r in rows:
-                log.info("%s %s eps=%.4f steps=%d top1=%.4f top5=%.4f", name, r["attack"],
-                         r["eps"], r["steps"], r["top1"], r["top5"])
-            log.info("%s corruptions mean top1=%.4f; masking checks: %s", name, corr[-1]["top1"],
-                     {k: c["verdict"] for k, c in checks.items()})
-            results.append({"model": run.model_name, "seed": run.seed, "run_dir": str(run.dir),
-                            "attacks": rows, "corruptions": corr, "masking": masking})
+                log.info(
+                    "%s %s eps=%.4f steps=%d top1=%.4f top5=%.4f",
+                    name,
+                    r["attack"],
+                    r["eps"],
+                    r["steps"],
+                    r["top1"],
+                    r["top5"],
+                )
+            log.info(
+                "%s corruptions mean top1=%.4f; masking checks: %s",
+                name,
+                corr[-1]["top1"],
+                {k: c["verdict"] for k, c in checks.items()},
+            )
+            results.append(
+                {
+                    "model": run.model_name,
+                    "seed": run.seed,
+                    "run_dir": str(run.dir),
+                    "attacks": rows,
+                    "corruptions": corr,
+                    "masking": masking,
+                }
+            )
 
     summary_attacks = summarise(results, "attacks", ["attack", "eps", "steps"])
     summary_corr = summarise(results, "corruptions", ["corruption", "severity"])
     stat_cols = ["n_runs", "top1_mean", "top1_std", "top5_mean", "top5_std"]
-    _write_csv(out_dir / "summary_robustness.csv", summary_attacks,
-               ["model", "attack", "eps", "steps", *stat_cols])
-    _write_csv(out_dir / "summary_corruptions.csv", summary_corr,
-               ["model", "corruption", "severity", *stat_cols])
+    _write_csv(
+        out_dir / "summary_robustness.csv",
+        summary_attacks,
+        ["model", "attack", "eps", "steps", *stat_cols],
+    )
+    _write_csv(
+        out_dir / "summary_corruptions.csv",
+        summary_corr,
+        ["model", "corruption", "severity", *stat_cols],
+    )
     (out_dir / "summary_masking.json").write_text(
-        json.dumps([r["masking"] for r in results], indent=2) + "\n")
+        json.dumps([r["masking"] for r in results], indent=2) + "\n"
+    )
     tables = {"summary/robustness": summary_attacks, "summary/corruptions": summary_corr}
     for res in results:
         key = f"{res['model']}_seed{res['seed']}"
         tables[f"{key}/robustness"] = [{c: r[c] for c in ATTACK_COLS} for r in res["attacks"]]
-        tables[f"{key}/corruptions"] = [{c: r[c] for c in CORRUPTION_COLS}
-                                        for r in res["corruptions"]]
+        tables[f"{key}/corruptions"] = [
+            {c: r[c] for c in CORRUPTION_COLS} for r in res["corruptions"]
+        ]
     _log_wandb(cfg, out_dir, tables)
-    log.info("Robustness results in %s and the run dirs %s", out_dir,
-             [r["run_dir"] for r in results])
+    log.info(
+        "Robustness results in %s and the run dirs %s", out_dir, [r["run_dir"] for r in results]
+    )
     return {"out_dir": str(out_dir), "results": results, "summary": summary_attacks}
 
 

@@ -83,10 +83,11 @@ def ssim_conv2d(
     :math:`t \ge 0` and for odd integer powers, and keeps the output in :math:`[-1, 1]`.
 
     The default path (Eq. 8) has an analytic backward (§2.2) in a custom autograd Function that saves
-    only the input, the filters and one output-sized tensor. The general path uses autograd through the
-    same sums. Statistics are always computed in float32 or wider: float16/bfloat16 inputs, or autocast,
-    give a float32 computation whose result is returned in float32 under autocast and cast back to the
-    input dtype otherwise.
+    the input, the filters, the window sums and the covariance (or, for layers whose output is much
+    larger than their input, recomputes the covariance in backward). The general path uses autograd
+    through the same sums. Statistics are always computed in float32 or wider: float16/bfloat16
+    inputs, or autocast, give a float32 computation whose result is returned in float32 under
+    autocast and cast back to the input dtype otherwise.
 
     Args:
         input: :math:`(B, C_{in}, H, W)` or unbatched :math:`(C_{in}, H, W)`.
@@ -372,7 +373,9 @@ def _check_scalars(c1, c2, c3, alpha, beta, gamma) -> None:
             )
     for name, value in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-            raise ValueError(f"ssim_conv2d: {name} must be a finite number > 0 (Eq. 1), got {value!r}")
+            raise ValueError(
+                f"ssim_conv2d: {name} must be a finite number > 0 (Eq. 1), got {value!r}"
+            )
 
 
 def _resolve_padding(input: Tensor, weight: Tensor, padding, stride, dilation):
@@ -382,9 +385,13 @@ def _resolve_padding(input: Tensor, weight: Tensor, padding, stride, dilation):
     if padding == "valid":
         return input, 0
     if padding != "same":
-        raise ValueError(f"ssim_conv2d: padding must be an int, a pair, 'valid' or 'same', got {padding!r}")
+        raise ValueError(
+            f"ssim_conv2d: padding must be an int, a pair, 'valid' or 'same', got {padding!r}"
+        )
     if _pair(stride) != (1, 1):
-        raise ValueError(f"ssim_conv2d: padding='same' needs stride 1 (as conv2d), got stride={stride!r}")
+        raise ValueError(
+            f"ssim_conv2d: padding='same' needs stride 1 (as conv2d), got stride={stride!r}"
+        )
     if weight.dim() != 4:
         return input, 0  # _check_shapes reports the weight
     totals = [d * (k - 1) for d, k in zip(_pair(dilation), weight.shape[2:])]
@@ -445,7 +452,9 @@ def _check_shapes(input, weight, bias, stride, padding, dilation, groups) -> Non
             f"ssim_conv2d: each patch has N = C_in/groups * kh * kw = {n} value; the unbiased "
             f"variances of Eqs. 5 and 7 need N >= 2 (use a larger kernel or fewer groups)"
         )
-    for dim, (size, k, p, d) in enumerate(zip(input.shape[2:], weight.shape[2:], padding, dilation)):
+    for dim, (size, k, p, d) in enumerate(
+        zip(input.shape[2:], weight.shape[2:], padding, dilation)
+    ):
         if size + 2 * p < d * (k - 1) + 1:
             raise ValueError(
                 f"ssim_conv2d: kernel of extent {d * (k - 1) + 1} (size {k}, dilation {d}) is larger "
@@ -453,6 +462,4 @@ def _check_shapes(input, weight, bias, stride, padding, dilation, groups) -> Non
                 f"{'height' if dim == 0 else 'width'}; use a smaller kernel or more padding"
             )
     if bias is not None and (bias.dim() != 1 or bias.shape[0] != c_out):
-        raise ValueError(
-            f"ssim_conv2d: bias must have shape ({c_out},), got {tuple(bias.shape)}"
-        )
+        raise ValueError(f"ssim_conv2d: bias must have shape ({c_out},), got {tuple(bias.shape)}")

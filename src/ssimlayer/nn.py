@@ -137,8 +137,15 @@ class SSIMConv2d(nn.Module):
             s += ", groups={groups}"
         if self.bias is not None:
             s += ", bias=True"
-        for name, default in (("c1", DEFAULT_C1), ("c2", DEFAULT_C2), ("alpha", 1.0),
-                              ("beta", 1.0), ("gamma", 1.0), ("c3", None), ("init", "normal")):
+        for name, default in (
+            ("c1", DEFAULT_C1),
+            ("c2", DEFAULT_C2),
+            ("alpha", 1.0),
+            ("beta", 1.0),
+            ("gamma", 1.0),
+            ("c3", None),
+            ("init", "normal"),
+        ):
             if getattr(self, name) != default:
                 s += f", {name}={getattr(self, name)!r}"
         return s.format(**self.__dict__)

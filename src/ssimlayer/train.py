@@ -34,8 +34,15 @@ register_resolvers()
 
 #: Errors that mean "the config, the data or a checkpoint is wrong", each raised with a message that
 #: says what and how to fix it: the entry point prints that message, not a traceback, and exits 2.
-USER_ERRORS = (ValueError, TypeError, FileNotFoundError, CheckpointMismatchError,
-               NonFiniteLossError, OmegaConfBaseException, InstantiationException)
+USER_ERRORS = (
+    ValueError,
+    TypeError,
+    FileNotFoundError,
+    CheckpointMismatchError,
+    NonFiniteLossError,
+    OmegaConfBaseException,
+    InstantiationException,
+)
 
 
 def resolve_ckpt_path(cfg: DictConfig) -> str | None:
@@ -45,14 +52,20 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
         raise ValueError(f"resume must be null or auto, got {resume!r}")
     if cfg.get("ckpt_path") or resume is None:
         return cfg.get("ckpt_path")
-    found = find_resume_checkpoint(cfg.paths.output_root, cfg.name, cfg.model.name, cfg.seed,
-                                   exclude=cfg.paths.output_dir)
+    found = find_resume_checkpoint(
+        cfg.paths.output_root, cfg.name, cfg.model.name, cfg.seed, exclude=cfg.paths.output_dir
+    )
     if found is None:
-        log.info("resume=auto: no unfinished %s run of %s seed %s; starting fresh", cfg.name,
-                 cfg.model.name, cfg.seed)
+        log.info(
+            "resume=auto: no unfinished %s run of %s seed %s; starting fresh",
+            cfg.name,
+            cfg.model.name,
+            cfg.seed,
+        )
         return None
     log.info("resume=auto: resuming from %s", found)
     return str(found)
+
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit the configured model; return the ``metrics.json`` summary."""
@@ -64,16 +77,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if ckpt_path not in (None, "last", "hpc"):
         check_checkpoint_matches(ckpt_path, model, OmegaConf.to_container(cfg.model, resolve=True))
         (Path(cfg.paths.output_dir) / "resumed_from.txt").write_text(f"{ckpt_path}\n")
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()
-                 if c and "_target_" in c]
+    callbacks = [
+        instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c
+    ]
     loggers = build_loggers(cfg.get("logger"), fallback_dir=cfg.paths.output_dir)
     try:
         for logger in loggers:
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-        trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks,
-                                          logger=loggers or False)
-        log.info("Training %s on %s; run dir %s", cfg.model.name, cfg.data._target_,
-                 cfg.paths.output_dir)
+        trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+        log.info(
+            "Training %s on %s; run dir %s", cfg.model.name, cfg.data._target_, cfg.paths.output_dir
+        )
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     finally:
         finish_wandb(loggers)
@@ -99,8 +113,11 @@ def report_error(e: BaseException, output_dir: str) -> None:
         e = e.__cause__  # Hydra wraps errors raised in constructors; the cause says what is wrong
     msg = f"{type(e).__name__}: {e}"
     log.error(msg)
-    print(f"ssimlayer.train: error: {msg}\n(run dir {output_dir}; earlier outputs are untouched; "
-          f"HYDRA_FULL_ERROR=1 shows the full traceback)", file=sys.stderr)
+    print(
+        f"ssimlayer.train: error: {msg}\n(run dir {output_dir}; earlier outputs are untouched; "
+        f"HYDRA_FULL_ERROR=1 shows the full traceback)",
+        file=sys.stderr,
+    )
 
 
 if __name__ == "__main__":

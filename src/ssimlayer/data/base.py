@@ -26,8 +26,9 @@ class ArrayDataset(Dataset):
         (torch.Size([3, 4, 4]), 1.0, 1)
     """
 
-    def __init__(self, images: Tensor, labels: Tensor,
-                 transform: Callable[[Tensor], Tensor] | None = None) -> None:
+    def __init__(
+        self, images: Tensor, labels: Tensor, transform: Callable[[Tensor], Tensor] | None = None
+    ) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(
                 f"ArrayDataset: expected uint8 images (N, C, H, W), got {images.dtype} "
@@ -58,8 +59,14 @@ class ImageClassificationDataModule(pl.LightningDataModule):
     an :class:`ArrayDataset` with no transform or a horizontal flip can be served that way.
     """
 
-    def __init__(self, batch_size: int = 32, num_workers: int = 0, num_classes: int = 10,
-                 pin_memory: bool | None = None, device_resident: bool = False) -> None:
+    def __init__(
+        self,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        num_classes: int = 10,
+        pin_memory: bool | None = None,
+        device_resident: bool = False,
+    ) -> None:
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
@@ -73,26 +80,41 @@ class ImageClassificationDataModule(pl.LightningDataModule):
     def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}: call setup() before asking for a loader")
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle,
-                          num_workers=self.num_workers, pin_memory=self.pin_memory,
-                          persistent_workers=self.num_workers > 0)
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
 
     def _device_loader(self, dataset: Dataset | None, shuffle: bool) -> DeviceLoader:
         if not isinstance(dataset, ArrayDataset):
-            raise ValueError(f"{type(self).__name__}: device_resident needs an ArrayDataset, got "
-                             f"{type(dataset).__name__} (call setup() first)")
+            raise ValueError(
+                f"{type(self).__name__}: device_resident needs an ArrayDataset, got "
+                f"{type(dataset).__name__} (call setup() first)"
+            )
         t = dataset.transform
         if t is not None and not isinstance(t, v2.RandomHorizontalFlip):
-            raise ValueError(f"{type(self).__name__}: device_resident supports only a random "
-                             f"horizontal flip, not {t}")
+            raise ValueError(
+                f"{type(self).__name__}: device_resident supports only a random "
+                f"horizontal flip, not {t}"
+            )
         trainer = getattr(self, "trainer", None)
         device, rank, world = torch.device("cpu"), 0, 1
         if trainer is not None:  # the model is already on its device when loaders are built
             device = trainer.strategy.root_device
             rank, world = trainer.global_rank, trainer.world_size
         sampler = DeviceSampler(len(dataset), shuffle=shuffle, rank=rank, world_size=world)
-        return DeviceLoader(dataset.images, dataset.labels, self.batch_size, sampler=sampler,
-                            flip=t.p if t is not None else 0.0, device=device)
+        return DeviceLoader(
+            dataset.images,
+            dataset.labels,
+            self.batch_size,
+            sampler=sampler,
+            flip=t.p if t is not None else 0.0,
+            device=device,
+        )
 
     def train_dataloader(self) -> DataLoader | DeviceLoader:
         if self.device_resident:
@@ -101,9 +123,14 @@ class ImageClassificationDataModule(pl.LightningDataModule):
             raise RuntimeError(f"{type(self).__name__}: call setup() before asking for a loader")
         # Resumable mid-epoch: order and flips follow the run's seed (set by seed_everything) and
         # the epoch, so a run resumed from a mid-epoch checkpoint sees the same batches.
-        return ResumableLoader(self.train_set, batch_size=self.batch_size,
-                               seed=torch.initial_seed(), num_workers=self.num_workers,
-                               pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0)
+        return ResumableLoader(
+            self.train_set,
+            batch_size=self.batch_size,
+            seed=torch.initial_seed(),
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
 
     def val_dataloader(self) -> DataLoader | DeviceLoader:
         if self.device_resident:
@@ -116,5 +143,7 @@ class ImageClassificationDataModule(pl.LightningDataModule):
             self.setup("fit")
         sets = {"train": self.train_eval_set, "val": self.val_set}
         if split not in sets:
-            raise ValueError(f"eval_dataloader: unknown split {split!r}; choose one of {list(sets)}")
+            raise ValueError(
+                f"eval_dataloader: unknown split {split!r}; choose one of {list(sets)}"
+            )
         return self._loader(sets[split], shuffle=False)

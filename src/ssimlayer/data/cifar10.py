@@ -40,11 +40,20 @@ class CIFAR10DataModule(ImageClassificationDataModule):
         batch_size, num_workers, num_classes, pin_memory, device_resident: see the base class.
     """
 
-    def __init__(self, root: str | Path, download: bool = False, verify: bool = True,
-                 flip: bool = True, val_shuffle_seed: int = 0,
-                 train_batches: Sequence[int] = ALL_TRAIN_BATCHES, batch_size: int = 32,
-                 num_workers: int = 0, num_classes: int = 10,
-                 pin_memory: bool | None = None, device_resident: bool = False) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        download: bool = False,
+        verify: bool = True,
+        flip: bool = True,
+        val_shuffle_seed: int = 0,
+        train_batches: Sequence[int] = ALL_TRAIN_BATCHES,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        num_classes: int = 10,
+        pin_memory: bool | None = None,
+        device_resident: bool = False,
+    ) -> None:
         if num_classes != 10:
             raise ValueError(f"CIFAR-10 has 10 classes; data.num_classes is {num_classes}")
         super().__init__(batch_size, num_workers, num_classes, pin_memory, device_resident)
@@ -71,11 +80,17 @@ class CIFAR10DataModule(ImageClassificationDataModule):
         if self.verify:
             verify_cifar10(folder, fmt, self.train_batches)
         data = load_cifar10(folder, fmt, self.train_batches)
-        log.info("CIFAR-10 (%s format) from %s: %d train, %d test", fmt, folder,
-                 len(data["train"][1]), len(data["test"][1]))
+        log.info(
+            "CIFAR-10 (%s format) from %s: %d train, %d test",
+            fmt,
+            folder,
+            len(data["train"][1]),
+            len(data["test"][1]),
+        )
         train_x, train_y = data["train"]
-        perm = torch.randperm(len(data["test"][1]),
-                              generator=torch.Generator().manual_seed(self.val_shuffle_seed))
+        perm = torch.randperm(
+            len(data["test"][1]), generator=torch.Generator().manual_seed(self.val_shuffle_seed)
+        )
         test_x, test_y = data["test"][0][perm], data["test"][1][perm]
         flip = v2.RandomHorizontalFlip(p=0.5) if self.flip else None
         self.train_set = ArrayDataset(train_x, train_y, transform=flip)

@@ -63,7 +63,9 @@ def _files(fmt: str, train_batches: Sequence[int] = ALL_TRAIN_BATCHES) -> list[s
     return [name + suffix for name in _train_names(train_batches) + TEST_FILES]
 
 
-def find_cifar10(root: str | Path, train_batches: Sequence[int] = ALL_TRAIN_BATCHES) -> tuple[Path, str]:
+def find_cifar10(
+    root: str | Path, train_batches: Sequence[int] = ALL_TRAIN_BATCHES
+) -> tuple[Path, str]:
     """Return ``(folder, format)`` of a CIFAR-10 copy under ``root`` holding the test batch and the
     training batches ``train_batches`` (all five by default).
 
@@ -119,8 +121,10 @@ def read_cifar_pickle(path: str | Path) -> tuple[Tensor, Tensor]:
     data = np.asarray(entry["data"], dtype=np.uint8) if "data" in entry else None
     labels = entry.get("labels", entry.get("fine_labels"))
     if data is None or labels is None or data.ndim != 2 or data.shape[1] != RECORD_BYTES - 1:
-        raise ValueError(f"{path}: not a CIFAR-10 python batch (need 'data' N x 3072 and "
-                         f"'labels'); re-download the official cifar-10-python.tar.gz")
+        raise ValueError(
+            f"{path}: not a CIFAR-10 python batch (need 'data' N x 3072 and "
+            f"'labels'); re-download the official cifar-10-python.tar.gz"
+        )
     return torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()), torch.tensor(labels)
 
 

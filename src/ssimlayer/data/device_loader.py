@@ -33,8 +33,14 @@ class DeviceSampler:
         rank, world_size: this process's shard.
     """
 
-    def __init__(self, n: int, shuffle: bool = True, seed: int | None = None, rank: int = 0,
-                 world_size: int = 1) -> None:
+    def __init__(
+        self,
+        n: int,
+        shuffle: bool = True,
+        seed: int | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"DeviceSampler: rank must be in [0, {world_size}), got {rank}")
         if seed is None:
@@ -58,7 +64,7 @@ class DeviceSampler:
         total = len(self) * self.world_size
         if total > self.n:
             order = torch.cat([order, order[: total - self.n]])
-        return order[self.rank::self.world_size].to(device, non_blocking=True)
+        return order[self.rank :: self.world_size].to(device, non_blocking=True)
 
 
 class DeviceLoader:
@@ -85,12 +91,21 @@ class DeviceLoader:
 
     batch_sampler = None  # Lightning inspects ``sampler``/``batch_sampler`` as on a DataLoader
 
-    def __init__(self, images: Tensor, labels: Tensor, batch_size: int,
-                 sampler: DeviceSampler | None = None, flip: float = 0.0, drop_last: bool = False,
-                 device: torch.device | str | None = None) -> None:
+    def __init__(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        batch_size: int,
+        sampler: DeviceSampler | None = None,
+        flip: float = 0.0,
+        drop_last: bool = False,
+        device: torch.device | str | None = None,
+    ) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4:
-            raise ValueError(f"DeviceLoader: expected uint8 images (N, C, H, W), got "
-                             f"{images.dtype} {tuple(images.shape)}")
+            raise ValueError(
+                f"DeviceLoader: expected uint8 images (N, C, H, W), got "
+                f"{images.dtype} {tuple(images.shape)}"
+            )
         if len(images) != len(labels):
             raise ValueError(f"DeviceLoader: {len(images)} images but {len(labels)} labels")
         if batch_size < 1:
@@ -117,9 +132,9 @@ class DeviceLoader:
             self._flip_gen.manual_seed((s.seed + s.epoch) * 1_000_003 + s.rank + 1)
             flips = torch.rand(len(order), device=self.device, generator=self._flip_gen) < self.flip
         for b in range(len(self)):
-            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
             x = self.images[idx].float().div_(255.0)  # (B, C, H, W) in [0, 1]
             if flips is not None:
-                f = flips[b * self.batch_size:(b + 1) * self.batch_size].view(-1, 1, 1, 1)
+                f = flips[b * self.batch_size : (b + 1) * self.batch_size].view(-1, 1, 1, 1)
                 x = torch.where(f, x.flip(-1), x)
             yield x, self.labels[idx]

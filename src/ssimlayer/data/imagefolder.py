@@ -19,8 +19,9 @@ from ssimlayer.data.cifar10_files import DatasetNotFoundError
 __all__ = ["ImageFolderDataModule", "stratified_split"]
 
 
-def stratified_split(targets: list[int], val_fraction: float, seed: int
-                     ) -> tuple[list[int], list[int]]:
+def stratified_split(
+    targets: list[int], val_fraction: float, seed: int
+) -> tuple[list[int], list[int]]:
     """Indices ``(train, val)`` with ``round(val_fraction * n_c)`` of each class held out.
 
     Examples:
@@ -53,18 +54,28 @@ class ImageFolderDataModule(ImageClassificationDataModule):
         batch_size, num_workers, num_classes, pin_memory: see the base class.
     """
 
-    def __init__(self, root: str | Path, image_size: int = 32, val_fraction: float = 0.2,
-                 split_seed: int = 0, batch_size: int = 32, num_workers: int = 0,
-                 num_classes: int = 10, pin_memory: bool | None = None) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        image_size: int = 32,
+        val_fraction: float = 0.2,
+        split_seed: int = 0,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        num_classes: int = 10,
+        pin_memory: bool | None = None,
+    ) -> None:
         super().__init__(batch_size, num_workers, num_classes, pin_memory)
         self.root, self.image_size = Path(root), image_size
         self.val_fraction, self.split_seed = val_fraction, split_seed
         to_float = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
-        self.train_transform = v2.Compose([v2.RandomResizedCrop(image_size, antialias=True),
-                                           v2.RandomHorizontalFlip(), *to_float])
+        self.train_transform = v2.Compose(
+            [v2.RandomResizedCrop(image_size, antialias=True), v2.RandomHorizontalFlip(), *to_float]
+        )
         # Validation: the whole image, shorter side resized, centre crop (the paper is silent).
-        self.eval_transform = v2.Compose([v2.Resize(image_size, antialias=True),
-                                          v2.CenterCrop(image_size), *to_float])
+        self.eval_transform = v2.Compose(
+            [v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size), *to_float]
+        )
 
     def setup(self, stage: str | None = None) -> None:
         if self.val_set is not None:
@@ -84,8 +95,9 @@ class ImageFolderDataModule(ImageClassificationDataModule):
                 f"data.num_classes={self.num_classes}"
             )
         eval_view = ImageFolder(str(root), transform=self.eval_transform)
-        train_idx, val_idx = stratified_split(train_view.targets, self.val_fraction,
-                                              self.split_seed)
+        train_idx, val_idx = stratified_split(
+            train_view.targets, self.val_fraction, self.split_seed
+        )
         self.train_set = Subset(train_view, train_idx)
         self.train_eval_set = Subset(eval_view, train_idx)
         self.val_set = Subset(eval_view, val_idx)

@@ -85,8 +85,13 @@ class ResumableLoader(DataLoader):
 
     def __init__(self, dataset: Dataset, batch_size: int, seed: int = 0, **kwargs: Any) -> None:
         sampler = _EpochSampler(len(dataset), seed)  # type: ignore[arg-type]
-        super().__init__(_SeededItems(dataset), batch_size=batch_size, sampler=sampler,
-                         generator=torch.Generator().manual_seed(seed), **kwargs)
+        super().__init__(
+            _SeededItems(dataset),
+            batch_size=batch_size,
+            sampler=sampler,
+            generator=torch.Generator().manual_seed(seed),
+            **kwargs,
+        )
         self._consumed = 0  # batches of the current epoch handed out so far
         self._resume: tuple[int, int] | None = None  # (epoch, batches to skip) from a checkpoint
 

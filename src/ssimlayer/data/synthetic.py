@@ -30,10 +30,21 @@ class SyntheticDataModule(ImageClassificationDataModule):
         (torch.Size([4, 3, 32, 32]), True)
     """
 
-    def __init__(self, num_train: int = 512, num_val: int = 256, image_size: int = 32,
-                 channels: int = 3, noise: float = 0.1, seed: int = 0, flip: bool = True,
-                 batch_size: int = 32, num_workers: int = 0, num_classes: int = 10,
-                 pin_memory: bool | None = None, device_resident: bool = False) -> None:
+    def __init__(
+        self,
+        num_train: int = 512,
+        num_val: int = 256,
+        image_size: int = 32,
+        channels: int = 3,
+        noise: float = 0.1,
+        seed: int = 0,
+        flip: bool = True,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        num_classes: int = 10,
+        pin_memory: bool | None = None,
+        device_resident: bool = False,
+    ) -> None:
         super().__init__(batch_size, num_workers, num_classes, pin_memory, device_resident)
         self.num_train, self.num_val = num_train, num_val
         self.image_size, self.channels, self.noise, self.seed = image_size, channels, noise, seed
@@ -49,8 +60,9 @@ class SyntheticDataModule(ImageClassificationDataModule):
             return
         g = torch.Generator().manual_seed(self.seed)
         coarse = torch.rand(self.num_classes, self.channels, 4, 4, generator=g)
-        templates = F.interpolate(coarse, size=self.image_size, mode="bilinear",
-                                  align_corners=False)  # (K, C, H, W), smooth, in [0, 1]
+        templates = F.interpolate(
+            coarse, size=self.image_size, mode="bilinear", align_corners=False
+        )  # (K, C, H, W), smooth, in [0, 1]
         train = self._make(self.num_train, g, templates)
         self.val_set = self._make(self.num_val, g, templates)
         self.train_eval_set = train

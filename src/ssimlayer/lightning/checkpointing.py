@@ -22,8 +22,12 @@ import torch
 import yaml
 from pytorch_lightning.callbacks import Checkpoint
 
-__all__ = ["ResumeCheckpoint", "CheckpointMismatchError", "find_resume_checkpoint",
-           "check_checkpoint_matches"]
+__all__ = [
+    "ResumeCheckpoint",
+    "CheckpointMismatchError",
+    "find_resume_checkpoint",
+    "check_checkpoint_matches",
+]
 
 LAST = "last.ckpt"
 
@@ -68,11 +72,21 @@ class ResumeCheckpoint(Checkpoint):
             os.replace(tmp, self.last_path)  # atomic: a kill mid-save keeps the previous one
         self._last_saved_step = trainer.global_step
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
-                           batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
         n, step = self.every_n_train_steps, trainer.global_step
-        if (n and step % n == 0 and step != self._last_saved_step
-                and not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch):
+        if (
+            n
+            and step % n == 0
+            and step != self._last_saved_step
+            and not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        ):
             self._save(trainer)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -83,8 +97,9 @@ def _run_dir_of(ckpt: Path) -> Path:
     return ckpt.parent.parent  # <run dir>/checkpoints/<file>.ckpt
 
 
-def find_resume_checkpoint(output_root: str | Path, name: str, model: str, seed: int,
-                           exclude: str | Path | None = None) -> Path | None:
+def find_resume_checkpoint(
+    output_root: str | Path, name: str, model: str, seed: int, exclude: str | Path | None = None
+) -> Path | None:
     """The ``last.ckpt`` of the newest unfinished run ``outputs/<name>/{runs,multirun/*}/
     *_<model>_seed<seed>/``, or ``None``.
 
@@ -126,8 +141,9 @@ def _describe(model_cfg: Any, name: str | None) -> str:
     return f"model={model_cfg.get('name', name)}" + (f" ({detail})" if detail else "")
 
 
-def check_checkpoint_matches(ckpt_path: str | Path, module: torch.nn.Module,
-                             model_cfg: dict[str, Any]) -> None:
+def check_checkpoint_matches(
+    ckpt_path: str | Path, module: torch.nn.Module, model_cfg: dict[str, Any]
+) -> None:
     """Raise :class:`CheckpointMismatchError` unless ``ckpt_path`` holds ``module``'s weights.
 
     Compares parameter names and shapes (what ``load_state_dict`` would reject), and says which
@@ -163,8 +179,10 @@ def check_checkpoint_matches(ckpt_path: str | Path, module: torch.nn.Module,
         problems.append(f"{len(extra)} unexpected (e.g. {extra[0]})")
     if shapes:
         k = shapes[0]
-        problems.append(f"{len(shapes)} of another shape (e.g. {k}: {got[k]} in the checkpoint, "
-                        f"{expected[k]} in this model)")
+        problems.append(
+            f"{len(shapes)} of another shape (e.g. {k}: {got[k]} in the checkpoint, "
+            f"{expected[k]} in this model)"
+        )
     ckpt_name = (ckpt.get("hyper_parameters") or {}).get("name")
     theirs = _describe(_model_cfg_of(path), ckpt_name)
     ours = _describe(model_cfg, model_cfg.get("name"))

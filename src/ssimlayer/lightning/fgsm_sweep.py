@@ -36,9 +36,15 @@ class FGSMSweep(pl.Callback):
         progress: tqdm bar per split.
     """
 
-    def __init__(self, output_dir: str, eps: Sequence[float] = PAPER_EPS,
-                 splits: Sequence[str] = ("train", "val"), max_batches: int | None = None,
-                 weights: str = "final", progress: bool = True) -> None:
+    def __init__(
+        self,
+        output_dir: str,
+        eps: Sequence[float] = PAPER_EPS,
+        splits: Sequence[str] = ("train", "val"),
+        max_batches: int | None = None,
+        weights: str = "final",
+        progress: bool = True,
+    ) -> None:
         self.output_dir = Path(output_dir)
         self.eps = check_eps(eps)
         bad = [s for s in splits if s not in ("train", "val")]
@@ -79,14 +85,21 @@ class FGSMSweep(pl.Callback):
         num_classes = getattr(pl_module.hparams, "num_classes", None) or 10
         self.rows = []
         for split in self.splits:
-            rows = fgsm_sweep(model, self._loader(trainer, split), self.eps,
-                              num_classes=num_classes, max_batches=self.max_batches,
-                              device=pl_module.device, progress=self.progress,
-                              desc=f"FGSM sweep ({split})")
+            rows = fgsm_sweep(
+                model,
+                self._loader(trainer, split),
+                self.eps,
+                num_classes=num_classes,
+                max_batches=self.max_batches,
+                device=pl_module.device,
+                progress=self.progress,
+                desc=f"FGSM sweep ({split})",
+            )
             self.rows += [{"split": split, **r} for r in rows]
             for r in rows:
-                log.info("FGSM %s eps=%.4f top1=%.4f top5=%s", split, r["eps"], r["top1"],
-                         r.get("top5"))
+                log.info(
+                    "FGSM %s eps=%.4f top1=%.4f top5=%s", split, r["eps"], r["top1"], r.get("top5")
+                )
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self._write_csv()
         plot = self._plot()
@@ -116,8 +129,13 @@ class FGSMSweep(pl.Callback):
         fig = Figure(figsize=(6, 4))
         ax = fig.subplots()
         for label, (xs, ys) in self._series().items():
-            ax.plot(xs, ys, marker="o", linestyle="--" if label.startswith("train") else "-",
-                    label=label)
+            ax.plot(
+                xs,
+                ys,
+                marker="o",
+                linestyle="--" if label.startswith("train") else "-",
+                label=label,
+            )
         ax.set_xlabel("FGSM eps ([0, 1] pixel units)")
         ax.set_ylabel("accuracy")
         ax.set_ylim(0, 1)
@@ -133,7 +151,13 @@ class FGSMSweep(pl.Callback):
         table = wandb.Table(columns=cols, data=[[r.get(c) for c in cols] for r in self.rows])
         series = self._series()
         xs = next(iter(series.values()))[0] if series else []
-        line = wandb.plot.line_series(xs=xs, ys=[v[1] for v in series.values()],
-                                      keys=list(series), title="FGSM sweep (Fig. 9)", xname="eps")
-        logger.experiment.log({"fgsm/table": table, "fgsm/accuracy_vs_eps": line,
-                               "fgsm/plot": wandb.Image(str(plot))})
+        line = wandb.plot.line_series(
+            xs=xs,
+            ys=[v[1] for v in series.values()],
+            keys=list(series),
+            title="FGSM sweep (Fig. 9)",
+            xname="eps",
+        )
+        logger.experiment.log(
+            {"fgsm/table": table, "fgsm/accuracy_vs_eps": line, "fgsm/plot": wandb.Image(str(plot))}
+        )

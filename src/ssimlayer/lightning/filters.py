@@ -88,16 +88,20 @@ class FilterVisualisation(pl.Callback):
         ax = fig.subplots()
         ax.imshow(filter_grid(weight).permute(1, 2, 0).numpy(), interpolation="nearest")
         ax.set_axis_off()
-        ax.set_title(f"first layer ({name}) kernels {tuple(weight.shape)}, epoch "
-                     f"{trainer.current_epoch}")
+        ax.set_title(
+            f"first layer ({name}) kernels {tuple(weight.shape)}, epoch {trainer.current_epoch}"
+        )
         fig.savefig(grid_path, dpi=120, bbox_inches="tight")
 
         norms = filter_norms(weight)
         share = (norms < 1).float().mean().item()
         finite = norms[torch.isfinite(norms)]
         if len(finite) < len(norms):  # a diverged run: draw what is finite, say what is not
-            log.warning("%d of %d first-layer kernels have a non-finite norm (the run diverged)",
-                        len(norms) - len(finite), len(norms))
+            log.warning(
+                "%d of %d first-layer kernels have a non-finite norm (the run diverged)",
+                len(norms) - len(finite),
+                len(norms),
+            )
         norms_path = self.output_dir / f"filters{tag}_norms.png"
         fig = Figure(figsize=(6, 4))
         ax = fig.subplots()
@@ -106,20 +110,30 @@ class FilterVisualisation(pl.Callback):
         ax.axvline(1.0, color="tab:red", linestyle="--", label="norm = 1")
         ax.set_xlabel("kernel L2 norm")
         ax.set_ylabel("kernels")
-        ax.set_title(f"{name}: {100 * share:.1f}% of {len(norms)} kernels have norm < 1"
-                     + (f" ({len(norms) - len(finite)} non-finite)" if len(finite) < len(norms) else ""))
+        ax.set_title(
+            f"{name}: {100 * share:.1f}% of {len(norms)} kernels have norm < 1"
+            + (f" ({len(norms) - len(finite)} non-finite)" if len(finite) < len(norms) else "")
+        )
         ax.legend()
         fig.savefig(norms_path, dpi=120, bbox_inches="tight")
-        stats = {"epoch": trainer.current_epoch, "layer": name, "share_norm_below_1": share,
-                 "norm_mean": norms.mean().item(), "norm_min": norms.min().item(),
-                 "norm_max": norms.max().item(), "norms": norms.tolist()}
+        stats = {
+            "epoch": trainer.current_epoch,
+            "layer": name,
+            "share_norm_below_1": share,
+            "norm_mean": norms.mean().item(),
+            "norm_min": norms.min().item(),
+            "norm_max": norms.max().item(),
+            "norms": norms.tolist(),
+        }
         (self.output_dir / f"filters{tag}_norms.json").write_text(json.dumps(stats, indent=2))
 
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
-                logger.log_image(key="filters/grid", images=[str(grid_path)],
-                                 step=trainer.global_step)
-                logger.log_image(key="filters/norms", images=[str(norms_path)],
-                                 step=trainer.global_step)
+                logger.log_image(
+                    key="filters/grid", images=[str(grid_path)], step=trainer.global_step
+                )
+                logger.log_image(
+                    key="filters/norms", images=[str(norms_path)], step=trainer.global_step
+                )
                 logger.log_metrics({"filters/share_norm_below_1": share}, step=trainer.global_step)
         return [grid_path, norms_path]

@@ -35,8 +35,10 @@ def build_loggers(cfg: Mapping[str, Any] | None, fallback_dir: str) -> list[Logg
                 logger = instantiate(conf)
                 logger.experiment  # noqa: B018 -- start the run now, so failure surfaces here
             except Exception as e:  # noqa: BLE001 -- any W&B failure must not stop training
-                msg = (f"W&B logger {key!r} failed to start ({type(e).__name__}: {e}); "
-                       f"continuing with CSV logging in {fallback_dir}")
+                msg = (
+                    f"W&B logger {key!r} failed to start ({type(e).__name__}: {e}); "
+                    f"continuing with CSV logging in {fallback_dir}"
+                )
                 warnings.warn(msg, RuntimeWarning, stacklevel=2)
                 log.warning(msg)
                 if not any(isinstance(lg, CSVLogger) for lg in loggers):

@@ -34,10 +34,16 @@ class ClassifierModule(pl.LightningModule):
             on recent GPUs, especially with bf16).
     """
 
-    def __init__(self, net: nn.Module, optimizer: OptimizerFactory,
-                 scheduler: Callable | None = None, num_classes: int = 10,
-                 name: str = "model", compile: bool = False,
-                 channels_last: bool = False) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: OptimizerFactory,
+        scheduler: Callable | None = None,
+        num_classes: int = 10,
+        name: str = "model",
+        compile: bool = False,
+        channels_last: bool = False,
+    ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"], logger=False)
         self.net, self.optimizer_factory, self.scheduler_factory = net, optimizer, scheduler
@@ -89,9 +95,13 @@ class ClassifierModule(pl.LightningModule):
         # The running sums of this epoch's train metrics: a run resumed mid-epoch ends the epoch
         # with the same train/loss and train/top-k as one that was never interrupted.
         checkpoint["train_epoch_metrics"] = {
-            name: {"state": {k: v.detach().clone() if isinstance(v, Tensor) else v
-                             for k, v in m.metric_state.items()},
-                   "update_count": m._update_count}
+            name: {
+                "state": {
+                    k: v.detach().clone() if isinstance(v, Tensor) else v
+                    for k, v in m.metric_state.items()
+                },
+                "update_count": m._update_count,
+            }
             for name, m in self._train_accumulators().items()
         }
 

@@ -43,16 +43,21 @@ class RunSummary(pl.Callback):
         self._start = time.perf_counter() - self._resumed_wall
         # Where training runs: read now, since Lightning moves the module back to the CPU at the end.
         self._device = str(pl_module.device)
-        self._device_name = (torch.cuda.get_device_name(pl_module.device)
-                             if pl_module.device.type == "cuda" else platform.processor() or "cpu")
+        self._device_name = (
+            torch.cuda.get_device_name(pl_module.device)
+            if pl_module.device.type == "cuda"
+            else platform.processor() or "cpu"
+        )
         self._fit_wall = None
         if self.history:  # resumed from a checkpoint: rewrite the rows it carried into this run dir
             self._write_csv()
 
     def state_dict(self) -> dict[str, Any]:
         # Saved in every checkpoint: a resumed run's epochs.csv and metrics.json cover all epochs.
-        return {"history": [dict(r) for r in self.history],
-                "wall_time_s": time.perf_counter() - self._start}
+        return {
+            "history": [dict(r) for r in self.history],
+            "wall_time_s": time.perf_counter() - self._start,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = [dict(r) for r in state_dict.get("history", [])]
@@ -80,8 +85,9 @@ class RunSummary(pl.Callback):
         self._fit_wall = time.perf_counter() - self._start  # training only, not the later sweep
         self.write_json(trainer, pl_module, finished=True)
 
-    def write_json(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
-                   finished: bool = False) -> dict[str, Any]:
+    def write_json(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, finished: bool = False
+    ) -> dict[str, Any]:
         last = self.history[-1] if self.history else {}
         summary: dict[str, Any] = {**self.extra, "finished": finished}
         for k in KEYS:

@@ -30,8 +30,9 @@ class NonFiniteLossGuard(Callback):
     def __init__(self, dirpath: str) -> None:
         self.dirpath = Path(dirpath)
 
-    def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
-                           loss: Tensor) -> None:
+    def on_before_backward(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Tensor
+    ) -> None:
         value = float(loss.detach())
         if math.isfinite(value):
             return

@@ -64,8 +64,14 @@ class ConvNet(nn.Module):
         super().__init__()
         n = len(layers)
         strides = [1] * n if strides is None else strides
-        per_stage = {"widths": widths, "kernel_sizes": kernel_sizes, "strides": strides,
-                     "paddings": paddings, "relu": relu, "pools": pools}
+        per_stage = {
+            "widths": widths,
+            "kernel_sizes": kernel_sizes,
+            "strides": strides,
+            "paddings": paddings,
+            "relu": relu,
+            "pools": pools,
+        }
         for name, values in per_stage.items():
             if len(values) != n:
                 raise ValueError(
@@ -78,8 +84,9 @@ class ConvNet(nn.Module):
         self.normalize = Normalize(mean, std)
         stages: list[nn.Module] = []
         c = in_channels
-        for make, w, k, s, p, r, pool in zip(layers, widths, kernel_sizes, strides, paddings, relu,
-                                              pools, strict=True):
+        for make, w, k, s, p, r, pool in zip(
+            layers, widths, kernel_sizes, strides, paddings, relu, pools, strict=True
+        ):
             stage = [make(c, w, k, stride=s, padding=p)]
             if r:
                 stage.append(nn.ReLU(inplace=False))
@@ -88,7 +95,9 @@ class ConvNet(nn.Module):
             stages.append(nn.Sequential(*stage))
             c = w
         self.features = nn.Sequential(*stages)
-        with torch.no_grad():  # size the classifier from one dummy pass: no shape arithmetic to drift
+        with (
+            torch.no_grad()
+        ):  # size the classifier from one dummy pass: no shape arithmetic to drift
             n_features = self.features(torch.zeros(1, in_channels, input_size, input_size)).numel()
         self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(n_features, num_classes))
 

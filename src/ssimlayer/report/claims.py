@@ -38,21 +38,67 @@ class Claim:
 
 
 CLAIMS = [
-    Claim("table1_val", "Table 1: the Fig. 4 SSIM network has higher validation accuracy than the "
-          "plain network", "fig4_ssim", "fig4_plain", "final_val_top1",
-          paper_a=78.0, paper_b=73.8),
-    Claim("table1_train", "Table 1: ... and higher training accuracy", "fig4_ssim", "fig4_plain",
-          "final_train_top1", paper_a=96.5, paper_b=84.9),
-    Claim("shallow_val", "§3.2: the shallow 7x7 SSIM model beats the 7x7 conv model on validation",
-          "shallow_ssim", "shallow_conv", "final_val_top1", paper_a=77.26, paper_b=70.8),
-    Claim("relu_not_needed", "§3.3 / Fig. 8: a ReLU after the SSIM layer makes no significant "
-          "difference (best validation accuracy)", "fig4_ssim", "fig4_ssim_norelu",
-          "best_val_top1", kind="equal", paper_a=77.82, paper_b=76.04),
-    Claim("fgsm_val_top1", "§3.4 / Fig. 9: under FGSM at eps = 0.007 the SSIM model keeps higher "
-          "validation top-1", "fig4_ssim", "fig4_plain", "fgsm:val:0.007:1",
-          paper_a=38.35, paper_b=23.03),
-    Claim("fgsm_val_top5", "§3.4 / Fig. 9: ... and higher validation top-5", "fig4_ssim",
-          "fig4_plain", "fgsm:val:0.007:5", paper_a=92.5, paper_b=77.56),
-    Claim("fgsm_train_top1", "Fig. 9: the same on the training split (top-1; no number in the "
-          "text)", "fig4_ssim", "fig4_plain", "fgsm:train:0.007:1"),
+    Claim(
+        "table1_val",
+        "Table 1: the Fig. 4 SSIM network has higher validation accuracy than the plain network",
+        "fig4_ssim",
+        "fig4_plain",
+        "final_val_top1",
+        paper_a=78.0,
+        paper_b=73.8,
+    ),
+    Claim(
+        "table1_train",
+        "Table 1: ... and higher training accuracy",
+        "fig4_ssim",
+        "fig4_plain",
+        "final_train_top1",
+        paper_a=96.5,
+        paper_b=84.9,
+    ),
+    Claim(
+        "shallow_val",
+        "§3.2: the shallow 7x7 SSIM model beats the 7x7 conv model on validation",
+        "shallow_ssim",
+        "shallow_conv",
+        "final_val_top1",
+        paper_a=77.26,
+        paper_b=70.8,
+    ),
+    Claim(
+        "relu_not_needed",
+        "§3.3 / Fig. 8: a ReLU after the SSIM layer makes no significant "
+        "difference (best validation accuracy)",
+        "fig4_ssim",
+        "fig4_ssim_norelu",
+        "best_val_top1",
+        kind="equal",
+        paper_a=77.82,
+        paper_b=76.04,
+    ),
+    Claim(
+        "fgsm_val_top1",
+        "§3.4 / Fig. 9: under FGSM at eps = 0.007 the SSIM model keeps higher validation top-1",
+        "fig4_ssim",
+        "fig4_plain",
+        "fgsm:val:0.007:1",
+        paper_a=38.35,
+        paper_b=23.03,
+    ),
+    Claim(
+        "fgsm_val_top5",
+        "§3.4 / Fig. 9: ... and higher validation top-5",
+        "fig4_ssim",
+        "fig4_plain",
+        "fgsm:val:0.007:5",
+        paper_a=92.5,
+        paper_b=77.56,
+    ),
+    Claim(
+        "fgsm_train_top1",
+        "Fig. 9: the same on the training split (top-1; no number in the text)",
+        "fig4_ssim",
+        "fig4_plain",
+        "fgsm:train:0.007:1",
+    ),
 ]

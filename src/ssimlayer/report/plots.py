@@ -29,8 +29,14 @@ def convergence_plot(runs_by_model: dict[str, list[Run]], path: Path, title: str
     drew = False
     for color, (model, runs) in zip(plt.cm.tab10.colors, runs_by_model.items()):
         for split, style in (("train", "--"), ("val", "-")):
-            series = [[100 * (1 - float(row[f"{split}/top1"])) for row in run.epochs
-                       if row.get(f"{split}/top1")] for run in runs]
+            series = [
+                [
+                    100 * (1 - float(row[f"{split}/top1"]))
+                    for row in run.epochs
+                    if row.get(f"{split}/top1")
+                ]
+                for run in runs
+            ]
             series = [s for s in series if s]
             if not series:
                 continue
@@ -58,8 +64,9 @@ def fgsm_plot(runs_by_model: dict[str, list[Run]], path: Path, title: str) -> Pa
     for ax, split in zip(axes, ("train", "val")):
         for color, (model, runs) in zip(plt.cm.tab10.colors, runs_by_model.items()):
             for k, style in ((1, "-o"), (5, "--s")):
-                eps_values = sorted({float(r["eps"]) for run in runs for r in run.fgsm
-                                     if r["split"] == split})
+                eps_values = sorted(
+                    {float(r["eps"]) for run in runs for r in run.fgsm if r["split"] == split}
+                )
                 points = []
                 for eps in eps_values:
                     vals = [run.fgsm_top(split, eps, k) for run in runs]
@@ -70,8 +77,16 @@ def fgsm_plot(runs_by_model: dict[str, list[Run]], path: Path, title: str) -> Pa
                 if not points:
                     continue
                 xs, ys, sds = zip(*points)
-                ax.errorbar(xs, ys, yerr=sds, fmt=style, color=color, ms=3, capsize=2,
-                            label=f"{model} top-{k}")
+                ax.errorbar(
+                    xs,
+                    ys,
+                    yerr=sds,
+                    fmt=style,
+                    color=color,
+                    ms=3,
+                    capsize=2,
+                    label=f"{model} top-{k}",
+                )
                 drew = True
         ax.set(xlabel="FGSM eps ([0, 1] pixel units)", title=f"{title}: {split}")
         ax.grid(alpha=0.3)

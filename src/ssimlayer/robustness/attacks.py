@@ -56,8 +56,9 @@ class AttackSpec:
         if self.attack not in ATTACKS:
             raise ValueError(f"AttackSpec: unknown attack {self.attack!r}; choose from {ATTACKS}")
         if isinstance(self.eps, bool) or not isinstance(self.eps, (int, float)):
-            raise ValueError(f"AttackSpec: eps must be a number in [0, 1] pixel units, got "
-                             f"{self.eps!r}")
+            raise ValueError(
+                f"AttackSpec: eps must be a number in [0, 1] pixel units, got {self.eps!r}"
+            )
         check_eps(self.eps)
         if not isinstance(self.steps, int) or self.steps < 0:
             raise ValueError(f"AttackSpec: steps must be an int >= 0, got {self.steps!r}")
@@ -83,8 +84,16 @@ def default_specs(
     return specs
 
 
-def pgd(model: nn.Module, x: Tensor, y: Tensor, eps: float, steps: int = 10,
-        alpha: float | None = None, random_start: bool = True, seed: int = 0) -> Tensor:
+def pgd(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    eps: float,
+    steps: int = 10,
+    alpha: float | None = None,
+    random_start: bool = True,
+    seed: int = 0,
+) -> Tensor:
     r"""PGD-L-inf (torchattacks) on cross-entropy: ``steps`` signed-gradient steps of size ``alpha``
     (default ``2.5 eps / steps``, Madry et al.), each projected onto the eps-ball and [0, 1].
 
@@ -106,8 +115,15 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, eps: float, steps: int = 10,
         return attack(x, y).detach()
 
 
-def square(model: nn.Module, x: Tensor, y: Tensor, eps: float, n_queries: int = 1000,
-           p_init: float = 0.8, seed: int = 0) -> Tensor:
+def square(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    eps: float,
+    n_queries: int = 1000,
+    p_init: float = 0.8,
+    seed: int = 0,
+) -> Tensor:
     """Square attack, L-inf, margin loss, one restart (torchattacks): score-based, no gradients.
 
     ``n_queries`` bounds the forward passes per image (the CPU budget); images already
@@ -120,9 +136,18 @@ def square(model: nn.Module, x: Tensor, y: Tensor, eps: float, n_queries: int = 
         raise ValueError(f"square: n_queries must be >= 1, got {n_queries!r}")
     if eps == 0:
         return x.detach().clone()
-    attack = torchattacks.Square(model, norm="Linf", eps=eps, n_queries=n_queries, n_restarts=1,
-                                 p_init=p_init, loss="margin", resc_schedule=True, seed=seed,
-                                 verbose=False)
+    attack = torchattacks.Square(
+        model,
+        norm="Linf",
+        eps=eps,
+        n_queries=n_queries,
+        n_restarts=1,
+        p_init=p_init,
+        loss="margin",
+        resc_schedule=True,
+        seed=seed,
+        verbose=False,
+    )
     with torch.random.fork_rng(devices=[]):  # Square calls torch.manual_seed(seed) itself
         return attack(x, y).detach()
 
@@ -195,8 +220,7 @@ def robustness_sweep(
     keys += [(f"{s.attack}_transfer", s.eps, s.steps) for s in transfer]
     counts = {n: {k: {1: 0, 5: 0} for k in keys} for n in names}
     seen = 0
-    bar = tqdm(total=num_examples, desc="robustness", unit="img", disable=not progress,
-               leave=False)
+    bar = tqdm(total=num_examples, desc="robustness", unit="img", disable=not progress, leave=False)
     for b, (x, y) in enumerate(batches):
         if num_examples is not None:
             if seen >= num_examples:
@@ -226,8 +250,16 @@ def robustness_sweep(
         rows = []
         for attack, eps, steps in keys:
             c = counts[name][(attack, eps, steps)]
-            rows.append({"attack": attack, "eps": eps, "steps": steps, "top1": c[1] / seen,
-                         "top5": c[5] / seen if num_classes >= 5 else math.nan, "n": seen})
+            rows.append(
+                {
+                    "attack": attack,
+                    "eps": eps,
+                    "steps": steps,
+                    "top1": c[1] / seen,
+                    "top5": c[5] / seen if num_classes >= 5 else math.nan,
+                    "n": seen,
+                }
+            )
         out[name] = rows
     return out
 

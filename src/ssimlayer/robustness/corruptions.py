@@ -50,8 +50,9 @@ SEVERITIES: dict[str, tuple[float, ...]] = {
 
 def _check(x: Tensor) -> None:
     if x.ndim != 4 or not x.is_floating_point():
-        raise ValueError(f"corruptions expect float images (B, C, H, W), got {x.dtype} "
-                         f"{tuple(x.shape)}")
+        raise ValueError(
+            f"corruptions expect float images (B, C, H, W), got {x.dtype} {tuple(x.shape)}"
+        )
 
 
 def _finish(x: Tensor, like: Tensor) -> Tensor:
@@ -122,8 +123,9 @@ CORRUPTIONS: dict[str, Callable[..., Tensor]] = {
 }
 
 
-def corrupt(x: Tensor, name: str, severity: int, generator: torch.Generator | None = None
-            ) -> Tensor:
+def corrupt(
+    x: Tensor, name: str, severity: int, generator: torch.Generator | None = None
+) -> Tensor:
     """``x`` under corruption ``name`` at CIFAR-10-C ``severity`` (1..5); same shape, dtype, [0, 1].
 
     Examples:
@@ -159,8 +161,9 @@ def corruption_sweep(
     keys = [("clean", 0)] + [(n, s) for n in names for s in severities]
     counts = {k: {1: 0, 5: 0} for k in keys}
     seen, num_classes = 0, 0
-    for b, (x, y) in enumerate(tqdm(batches, desc="corruptions", disable=not progress,
-                                    leave=False)):
+    for b, (x, y) in enumerate(
+        tqdm(batches, desc="corruptions", disable=not progress, leave=False)
+    ):
         if num_examples is not None:
             if seen >= num_examples:
                 break
@@ -179,10 +182,23 @@ def corruption_sweep(
     rows: list[dict[str, float | int | str]] = []
     for name, sev in keys:
         c = counts[(name, sev)]
-        rows.append({"corruption": name, "severity": sev, "top1": c[1] / seen,
-                     "top5": c[5] / seen if num_classes >= 5 else math.nan, "n": seen})
+        rows.append(
+            {
+                "corruption": name,
+                "severity": sev,
+                "top1": c[1] / seen,
+                "top5": c[5] / seen if num_classes >= 5 else math.nan,
+                "n": seen,
+            }
+        )
     corrupted = rows[1:]
-    rows.append({"corruption": "mean", "severity": "",
-                 "top1": sum(r["top1"] for r in corrupted) / max(len(corrupted), 1),
-                 "top5": sum(r["top5"] for r in corrupted) / max(len(corrupted), 1), "n": seen})
+    rows.append(
+        {
+            "corruption": "mean",
+            "severity": "",
+            "top1": sum(r["top1"] for r in corrupted) / max(len(corrupted), 1),
+            "top5": sum(r["top5"] for r in corrupted) / max(len(corrupted), 1),
+            "n": seen,
+        }
+    )
     return rows

@@ -48,8 +48,9 @@ def _check_images(x: Tensor) -> None:
         )
 
 
-def input_gradient_sign(model: nn.Module, x: Tensor, y: Tensor, loss_fn: Loss = F.cross_entropy
-                        ) -> Tensor:
+def input_gradient_sign(
+    model: nn.Module, x: Tensor, y: Tensor, loss_fn: Loss = F.cross_entropy
+) -> Tensor:
     """``sign(grad_x J(theta, x, y))`` (Eqs. 20-21), without touching the parameters' ``.grad``.
 
     The model is put in eval mode for the pass and its previous mode is restored.
@@ -66,8 +67,9 @@ def input_gradient_sign(model: nn.Module, x: Tensor, y: Tensor, loss_fn: Loss = 
     return grad.sign()  # torch.sign is 0 where the gradient is 0, as Eq. 21
 
 
-def fgsm(model: nn.Module, x: Tensor, y: Tensor, eps: float, loss_fn: Loss = F.cross_entropy
-         ) -> Tensor:
+def fgsm(
+    model: nn.Module, x: Tensor, y: Tensor, eps: float, loss_fn: Loss = F.cross_entropy
+) -> Tensor:
     r"""Adversarial examples by one signed-gradient step (Eq. 20), clipped to the image range.
 
     .. math::
@@ -144,8 +146,9 @@ def fgsm_sweep(
         total = len(batches) if hasattr(batches, "__len__") else None  # type: ignore[arg-type]
         if max_batches is not None:
             total = max_batches if total is None else min(total, max_batches)
-        for i, (x, y) in enumerate(tqdm(batches, total=total, desc=desc, disable=not progress,
-                                        leave=False)):
+        for i, (x, y) in enumerate(
+            tqdm(batches, total=total, desc=desc, disable=not progress, leave=False)
+        ):
             if max_batches is not None and i >= max_batches:
                 break
             x, y = x.to(device), y.to(device)

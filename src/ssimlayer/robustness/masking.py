@@ -19,31 +19,46 @@ Row = dict[str, Any]
 
 CHECKS = {
     "pgd_le_fgsm": "PGD (iterative) is at least as strong as FGSM: top1(PGD) <= top1(FGSM) at "
-                   "every eps",
+    "every eps",
     "more_steps_le_fewer": "more PGD steps are at least as strong: top1(PGD-more) <= "
-                           "top1(PGD-fewer) at every eps",
+    "top1(PGD-fewer) at every eps",
     "large_eps_to_zero": "accuracy falls toward 0 as eps grows: PGD top1 is non-increasing in eps "
-                         "and <= max_top1_at_large_eps at the largest eps (>= 0.1)",
+    "and <= max_top1_at_large_eps at the largest eps (>= 0.1)",
     "blackbox_le_whitebox": "the black-box Square attack does not beat white-box PGD: "
-                            "top1(Square) >= top1(strongest PGD) at every eps",
+    "top1(Square) >= top1(strongest PGD) at every eps",
     "transfer_le_whitebox": "PGD transferred from the other model does not beat white-box PGD: "
-                            "top1(transfer) >= top1(white-box PGD, same steps) at every eps",
+    "top1(transfer) >= top1(white-box PGD, same steps) at every eps",
 }
 
 
 def _index(rows: Sequence[Row]) -> dict[tuple[str, float, int], float]:
-    return {(str(r["attack"]), round(float(r["eps"]), 8), int(r["steps"])): float(r["top1"])
-            for r in rows}
+    return {
+        (str(r["attack"]), round(float(r["eps"]), 8), int(r["steps"])): float(r["top1"])
+        for r in rows
+    }
 
 
 def _verdict(name: str, details: list[Row], tol: float, **extra: Any) -> Row:
     verdict = "skipped" if not details else ("pass" if all(d["ok"] for d in details) else "fail")
-    return {"check": name, "description": CHECKS[name], "verdict": verdict, "tolerance": tol,
-            **extra, "details": details}
+    return {
+        "check": name,
+        "description": CHECKS[name],
+        "verdict": verdict,
+        "tolerance": tol,
+        **extra,
+        "details": details,
+    }
 
 
-def _pairs(idx: dict, attack_a: str, attack_b: str, steps_a: int | None, steps_b: int | None,
-           tol: float, a_below_b: bool) -> list[Row]:
+def _pairs(
+    idx: dict,
+    attack_a: str,
+    attack_b: str,
+    steps_a: int | None,
+    steps_b: int | None,
+    tol: float,
+    a_below_b: bool,
+) -> list[Row]:
     """Compare attack a with attack b at every eps both have: ok if a <= b + tol (a_below_b) or
     a >= b - tol."""
     out = []
@@ -54,13 +69,25 @@ def _pairs(idx: dict, attack_a: str, attack_b: str, steps_a: int | None, steps_b
             continue
         va, vb = idx[(attack_a, e, eps_a[e])], idx[(attack_b, e, eps_b[e])]
         ok = va <= vb + tol if a_below_b else va >= vb - tol
-        out.append({"eps": e, f"{attack_a}_steps": eps_a[e], f"{attack_a}_top1": va,
-                    f"{attack_b}_steps": eps_b[e], f"{attack_b}_top1": vb, "ok": bool(ok)})
+        out.append(
+            {
+                "eps": e,
+                f"{attack_a}_steps": eps_a[e],
+                f"{attack_a}_top1": va,
+                f"{attack_b}_steps": eps_b[e],
+                f"{attack_b}_top1": vb,
+                "ok": bool(ok),
+            }
+        )
     return out
 
 
-def masking_checks(rows: Sequence[Row], tol: float = 0.02, max_top1_at_large_eps: float = 0.05,
-                   large_eps: float = 0.1) -> dict[str, Row]:
+def masking_checks(
+    rows: Sequence[Row],
+    tol: float = 0.02,
+    max_top1_at_large_eps: float = 0.05,
+    large_eps: float = 0.1,
+) -> dict[str, Row]:
     """Run every check of :data:`CHECKS` on one model's ``robustness.csv`` rows.
 
     Args:
@@ -86,9 +113,16 @@ def masking_checks(rows: Sequence[Row], tol: float = 0.02, max_top1_at_large_eps
     details = []
     for fewer, more in zip(pgd_steps, pgd_steps[1:], strict=False):
         for d in _pairs(idx, "pgd", "pgd", more, fewer, tol, a_below_b=True):
-            details.append({"eps": d["eps"], "more_steps": more, "more_top1": idx[("pgd", d["eps"],
-                            more)], "fewer_steps": fewer,
-                            "fewer_top1": idx[("pgd", d["eps"], fewer)], "ok": d["ok"]})
+            details.append(
+                {
+                    "eps": d["eps"],
+                    "more_steps": more,
+                    "more_top1": idx[("pgd", d["eps"], more)],
+                    "fewer_steps": fewer,
+                    "fewer_top1": idx[("pgd", d["eps"], fewer)],
+                    "ok": d["ok"],
+                }
+            )
     out["more_steps_le_fewer"] = _verdict("more_steps_le_fewer", details, tol)
 
     # The largest-eps curve: PGD with the fewest steps is the one run at every eps.
@@ -101,11 +135,26 @@ def masking_checks(rows: Sequence[Row], tol: float = 0.02, max_top1_at_large_eps
             curve = [(0.0, clean)] + [c for c in curve if c[0] > 0]
         if curve and curve[-1][0] >= large_eps:
             for (e0, v0), (e1, v1) in zip(curve, curve[1:], strict=False):
-                details.append({"eps_from": e0, "eps_to": e1, "top1_from": v0, "top1_to": v1,
-                                "steps": s, "ok": bool(v1 <= v0 + tol)})
+                details.append(
+                    {
+                        "eps_from": e0,
+                        "eps_to": e1,
+                        "top1_from": v0,
+                        "top1_to": v1,
+                        "steps": s,
+                        "ok": bool(v1 <= v0 + tol),
+                    }
+                )
             e, v = curve[-1]
-            details.append({"eps": e, "top1": v, "steps": s, "max_top1": max_top1_at_large_eps,
-                            "ok": bool(v <= max_top1_at_large_eps)})
+            details.append(
+                {
+                    "eps": e,
+                    "top1": v,
+                    "steps": s,
+                    "max_top1": max_top1_at_large_eps,
+                    "ok": bool(v <= max_top1_at_large_eps),
+                }
+            )
     out["large_eps_to_zero"] = _verdict("large_eps_to_zero", details, tol, large_eps=large_eps)
 
     details = []

@@ -14,14 +14,25 @@ from omegaconf import DictConfig, OmegaConf
 
 __all__ = ["write_provenance", "git_info"]
 
-PACKAGES = ("ssimlayer", "torch", "torchvision", "pytorch-lightning", "hydra-core", "omegaconf",
-            "wandb", "torchmetrics", "numpy")
+PACKAGES = (
+    "ssimlayer",
+    "torch",
+    "torchvision",
+    "pytorch-lightning",
+    "hydra-core",
+    "omegaconf",
+    "wandb",
+    "torchmetrics",
+    "numpy",
+)
 
 
 def git_info(repo: Path) -> dict[str, Any]:
     def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True,
-                              timeout=10, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+
     try:
         return {"sha": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain"))}
     except (OSError, subprocess.SubprocessError):
