@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
 import shutil
 from collections import defaultdict
@@ -153,23 +154,63 @@ def _filters_section(by_model: dict[str, list[Run]], out_dir: Path, schedule: st
 
 def _robustness_section(by_model: dict[str, list[Run]]) -> list[str]:
     table: dict[tuple, list[float]] = defaultdict(list)
+    corr: dict[tuple, list[float]] = defaultdict(list)
+    verdicts: dict[tuple, list[str]] = defaultdict(list)
     for model, runs in by_model.items():
         for run in runs:
             for row in read_csv(run.path / "robustness.csv"):
                 key = (model, row["attack"], float(row["eps"]), row["steps"])
                 table[key].append(100 * float(row["top1"]))
+            for row in read_csv(run.path / "corruptions.csv"):
+                if row["corruption"] in ("clean", "mean"):
+                    corr[(model, row["corruption"])].append(100 * float(row["top1"]))
+            for name, check in _load_checks(run.path / "masking_checks.json").items():
+                verdicts[(model, name)].append(check.get("verdict", "?"))
     if not table:
         return []
     lines = [
         "",
-        "Robustness beyond FGSM (validation top-1 %, mean ± std over seeds; `make robustness`):",
+        "### Robustness beyond FGSM (`make robustness`)",
+        "",
+        "Validation top-1 %, mean ± std over seeds (images per model: see each run's "
+        "`masking_checks.json`); for `square` the steps column is the query budget, "
+        "`pgd_transfer` is PGD-10 made on the other model of the pair.",
         "",
         "| model | attack | eps | steps | top-1 (%) |",
         "|---|---|---|---|---|",
     ]
     for (model, attack, eps, steps), values in sorted(table.items()):
         lines.append(f"| {model} | {attack} | {eps:.4f} | {steps} | {_fmt(values)} |")
+    if corr:
+        lines += [
+            "",
+            "Corruptions (Fig. 1's noise models and JPEG at the CIFAR-10-C severities 1-5), "
+            "top-1 %: clean, and the mean over all corruptions and severities:",
+            "",
+            "| model | clean | mean corrupted |",
+            "|---|---|---|",
+        ]
+        for model in sorted({m for m, _ in corr}):
+            lines.append(
+                f"| {model} | {_fmt(corr[(model, 'clean')])} | {_fmt(corr[(model, 'mean')])} |"
+            )
+    if verdicts:
+        lines += [
+            "",
+            "Gradient-masking checks (one verdict per seed):",
+            "",
+            "| model | check | verdicts |",
+            "|---|---|---|",
+        ]
+        for (model, name), vs in sorted(verdicts.items()):
+            lines.append(f"| {model} | {name} | {', '.join(vs)} |")
     return lines
+
+
+def _load_checks(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    return json.loads(path.read_text()).get("checks", {})
 
 
 def _pruning_section(by_model: dict[str, list[Run]]) -> list[str]:
