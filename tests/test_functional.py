@@ -6,7 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ssimlayer.functional import DEFAULT_C1, DEFAULT_C2, _general_forward, ssim_conv2d
+from ssimlayer.functional import (
+    DEFAULT_C1,
+    DEFAULT_C2,
+    _general_forward,
+    _keeps_cov,
+    ssim_conv2d,
+)
 from tests.reference import eq18_filter_gradient, ssim_conv2d_reference, ssim_conv2d_unfold
 
 torch.manual_seed(0)
@@ -70,6 +76,7 @@ def test_backward_matches_reference_autograd(case):
         (2, 3, 4, 6, 5, 3, 1, 1, 1, 1),
         (1, 4, 4, 7, 7, 3, 2, 1, 2, 2),
         (2, 2, 3, 5, 5, 1, 1, 0, 1, 1),
+        (3, 2, 8, 5, 5, 3, 1, 1, 1, 1),  # expanding: backward recomputes cov in batch chunks
     ],
 )
 def test_gradcheck_input_and_weight(case):
@@ -86,6 +93,13 @@ def test_gradcheck_with_larger_constants_and_bias():
     w.requires_grad_()
     fn = lambda a, b, c: ssim_conv2d(a, b, c, c1=0.5, c2=0.2, **geom)  # noqa: E731
     assert torch.autograd.gradcheck(fn, (x, w, bias))
+
+
+def test_expanding_layers_recompute_cov_and_others_save_it():
+    x, w, _ = _case(3, 2, 8, 5, 5, 3, 1, 1, 1, 1)
+    assert not _keeps_cov(x, w, ((1, 1), (1, 1), (1, 1), 1))  # 8 maps from 2: recompute
+    x, w, _ = _case(3, 4, 4, 5, 5, 3, 1, 1, 1, 1)
+    assert _keeps_cov(x, w, ((1, 1), (1, 1), (1, 1), 1))
 
 
 def test_filter_gradient_is_eq18_for_one_window():

@@ -329,8 +329,29 @@ class _SSIMConv2dEq8(torch.autograd.Function):
         return grad_x, grad_w, None, None, None
 
 
+# Batch chunks of a backward that recomputes cov: bounds its output-sized temporaries to 1/4.
+RECOMPUTE_CHUNKS = 4
+
+
 def _eq8_backward(x, w, box, cov, grad_out, c1: float, c2: float, geometry, needs):
-    """Gradients of Eq. 8 with respect to the input and the filters (None where not needed)."""
+    """Gradients of Eq. 8 with respect to the input and the filters (None where not needed).
+
+    When cov was not saved (see :func:`_keeps_cov`) it is recomputed, one batch chunk at a time, so
+    that the recomputed statistic and the gradient coefficients never exist for the whole batch.
+    """
+    if cov is not None or x.shape[0] <= 1:
+        return _eq8_backward_part(x, w, box, cov, grad_out, c1, c2, geometry, needs)
+    chunks = min(x.shape[0], RECOMPUTE_CHUNKS)
+    parts = [
+        _eq8_backward_part(xc, w, bc, None, gc, c1, c2, geometry, needs)
+        for xc, bc, gc in zip(x.chunk(chunks), box.chunk(chunks), grad_out.chunk(chunks))
+    ]
+    grad_x = torch.cat([p[0] for p in parts]) if needs[0] else None
+    grad_w = torch.stack([p[1] for p in parts]).sum(0) if needs[1] else None
+    return grad_x, grad_w
+
+
+def _eq8_backward_part(x, w, box, cov, grad_out, c1: float, c2: float, geometry, needs):
     stride, padding, dilation, groups = geometry
     mu_y, var_y, n = _filter_stats(w, groups)
     if cov is None:  # not saved (see _keeps_cov): one more convolution
