@@ -14,12 +14,23 @@ pytestmark = [
 
 @pytest.fixture
 def exact_float32():
-    """Full float32 convolutions (no TF32), so differences are the layer's own."""
-    old = torch.backends.cudnn.allow_tf32
+    """Full float32 convolutions and matmuls (no TF32, old and new switches), so differences are
+    the layer's own."""
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    saved = (
+        torch.backends.cudnn.allow_tf32,
+        torch.backends.cuda.matmul.allow_tf32,
+        getattr(conv, "fp32_precision", None),
+    )
     torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    if saved[2] is not None:
+        conv.fp32_precision = "ieee"
     _fusion.set_fusion(True)
     yield
-    torch.backends.cudnn.allow_tf32 = old
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved[:2]
+    if saved[2] is not None:
+        conv.fp32_precision = saved[2]
 
 
 @pytest.mark.parametrize("geom", [dict(padding=1), dict(stride=2, padding=3, groups=2)])
