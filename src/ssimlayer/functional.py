@@ -186,6 +186,11 @@ def _patch_stats(box: Tensor, n: int) -> tuple[Tensor, Tensor]:
     return mu_x, var_x
 
 
+def _covariance(s_xy: Tensor, mu_x: Tensor, mu_y: Tensor, n: int) -> Tensor:
+    """Unbiased covariance (Eq. 7) from Sxy: (Sxy - N mu_x mu_y) / (N - 1), ``(B, g, K, Ho, Wo)``."""
+    return (s_xy - mu_x * (n * mu_y)) / (n - 1)
+
+
 def _eq8_terms(mu_x, var_x, mu_y, var_y, cov, c1, c2):
     """A1, B1 (luminance) and A2, B2 (contrast-structure) of Eq. 17, broadcast to (B, g, K, Ho, Wo)."""
     a1 = (2 * mu_x) * mu_y + c1
@@ -198,7 +203,7 @@ def _eq8_terms(mu_x, var_x, mu_y, var_y, cov, c1, c2):
 def _eq8_epilogue(s_xy, box, mu_y, var_y, n: int, c1: float, c2: float):
     """Eq. 8 from the sums: returns SSIM and the covariance (Eq. 7), both ``(B, g, K, Ho, Wo)``."""
     mu_x, var_x = _patch_stats(box, n)
-    cov = (s_xy - mu_x * (n * mu_y)) / (n - 1)
+    cov = _covariance(s_xy, mu_x, mu_y, n)
     a1, b1, a2, b2 = _eq8_terms(mu_x, var_x, mu_y, var_y, cov, c1, c2)
     return (a1 * a2) / (b1 * b2), cov
 
@@ -248,7 +253,7 @@ def _general_forward(x, w, c1, c2, c3, alpha, beta, gamma, geometry) -> Tensor:
     mu_y, var_y, n = _filter_stats(w, geometry[3])
     box, s_xy = _sums(x, w, geometry)
     mu_x, var_x = _patch_stats(box, n)
-    cov = (s_xy - mu_x * (n * mu_y)) / (n - 1)
+    cov = _covariance(s_xy, mu_x, mu_y, n)
     eps = torch.finfo(x.dtype).tiny
     sd_x, sd_y = (var_x + eps).sqrt(), (var_y + eps).sqrt()
     lum = (2 * mu_x * mu_y + c1) / (mu_x.square() + mu_y.square() + c1)  # Eq. 2
@@ -359,7 +364,7 @@ def _eq8_backward_part(x, w, box, cov, grad_out, c1: float, c2: float, geometry,
         b, c_out, h_out, w_out = s_xy.shape
         mu_x, _ = _patch_stats(box, n)
         s_xy = s_xy.view(b, groups, c_out // groups, h_out, w_out)
-        cov = (s_xy - mu_x * (n * mu_y)) / (n - 1)
+        cov = _covariance(s_xy, mu_x, mu_y, n)
     grad = grad_out.to(cov.dtype).reshape(cov.shape)  # (B, g, K, Ho, Wo)
     r, pq, p_y, q_y = _eq8_grad_terms(grad, cov, box, mu_y, var_y, n, c1, c2)
     r = r.reshape(grad_out.shape)  # (B, C_out, Ho, Wo)
