@@ -2,8 +2,14 @@
 
 import os
 
+import torch
+
 # The compiled elementwise path costs seconds of compilation per new shape; tests of the maths run
 # the eager definition, and tests/test_fusion.py switches the compiled path on to compare the two.
 os.environ.setdefault("SSIMLAYER_FUSE", "0")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+# Without a GPU, Triton's interpreter runs the CUDA kernels on CPU tensors, so tests/test_triton_kernels.py
+# checks them on every machine. It is read when triton is imported, hence here, before any test.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")

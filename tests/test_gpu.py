@@ -1,4 +1,7 @@
-"""CUDA: the compiled (Triton) path against the float64 reference. Run with ``pytest -m gpu``."""
+"""CUDA: the Triton kernels and the torch.compile path against the float64 reference.
+
+Run with ``pytest -m gpu``; tests/test_triton_kernels.py also runs its kernel tests on CUDA there.
+"""
 
 import pytest
 import torch
@@ -27,14 +30,17 @@ def exact_float32():
     if saved[2] is not None:
         conv.fp32_precision = "ieee"
     _fusion.set_fusion(True)
+    _fusion.set_triton(True)
     yield
+    _fusion.set_triton(True)
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved[:2]
     if saved[2] is not None:
         conv.fp32_precision = saved[2]
 
 
+@pytest.mark.parametrize("path", ["triton", "inductor"])
 @pytest.mark.parametrize("geom", [dict(padding=1), dict(stride=2, padding=3, groups=2)])
-def test_cuda_fused_matches_float64_reference(exact_float32, geom):
+def test_cuda_fused_matches_float64_reference(exact_float32, geom, path):
     torch.manual_seed(0)
     groups = geom.get("groups", 1)
     kernel = 3 if geom["padding"] == 1 else 7
@@ -46,9 +52,12 @@ def test_cuda_fused_matches_float64_reference(exact_float32, geom):
     (ssim_conv2d_reference(x64, w64, **geom) * g.double()).sum().backward()
 
     xc, wc = x.cuda().requires_grad_(), w.cuda().requires_grad_()
+    _fusion.set_triton(path == "triton")
     out = ssim_conv2d(xc, wc, **geom)
     (out * g.cuda().float()).sum().backward()
     assert _fusion.fusion_enabled(), "the compiled CUDA path failed and fell back to eager"
+    if path == "triton":
+        assert _fusion.triton_eq8(xc, wc) is not None, "the Triton kernels failed to run"
     ref = ssim_conv2d_reference(x.double(), w.double(), **geom)
     torch.testing.assert_close(out.double().cpu(), ref, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(xc.grad.double().cpu(), x64.grad, rtol=1e-3, atol=1e-4)

@@ -63,11 +63,26 @@ class EagerSSIM(nn.Module):
             _fusion.set_fusion(True)
 
 
+class InductorSSIM(nn.Module):
+    """SSIMConv2d with the Triton kernels switched off: torch.compile of the elementwise work."""
+
+    def __init__(self, layer: SSIMConv2d):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x):
+        _fusion.set_triton(False)
+        try:
+            return self.layer(x)
+        finally:
+            _fusion.set_triton(True)
+
+
 def build(impl: str, c_in: int, c_out: int, k: int, p: int, device: str) -> nn.Module:
     if impl == "conv":
         return nn.Conv2d(c_in, c_out, k, padding=p, bias=False, device=device)
     layer = SSIMConv2d(c_in, c_out, k, padding=p, device=device)
-    wrappers = {"unfold": UnfoldSSIM, "ssim_eager": EagerSSIM}
+    wrappers = {"unfold": UnfoldSSIM, "ssim_eager": EagerSSIM, "ssim_inductor": InductorSSIM}
     return wrappers[impl](layer) if impl in wrappers else layer
 
 
@@ -160,6 +175,8 @@ def bench_device(device: str, repeats: int) -> list[dict]:
     for index, base_shape in enumerate(SHAPES):
         shape = (128, *base_shape[1:]) if device == "cuda" else base_shape
         impls = ["conv", "ssim", "ssim_eager", "unfold"]
+        if device == "cuda":
+            impls.insert(2, "ssim_inductor")  # the path CUDA took before the Triton kernels
         times = time_shape(shape, device, repeats, impls)
         peak = {impl: (cuda_peak if device == "cuda" else cpu_peak)(shape, impl) for impl in impls}
         if device == "cuda":
@@ -191,6 +208,9 @@ def bench_device(device: str, repeats: int) -> list[dict]:
                 "time_target": target,
                 **(
                     {
+                        "ssim_inductor_ms": 1e3 * times["ssim_inductor"],
+                        "ssim_inductor_over_conv": times["ssim_inductor"] / times["conv"],
+                        "ssim_inductor_peak_mib": peak["ssim_inductor"] / 2**20,
                         "conv_kernel_ms": kernel["conv"],
                         "ssim_kernel_ms": kernel["ssim"],
                         "ssim_over_conv_kernel_time": kernel["ssim"] / kernel["conv"],
@@ -221,7 +241,10 @@ def print_row(r: dict) -> None:
         f"{r['unfold_over_conv']:11.2f} {r['ssim_peak_over_conv']:13.2f}"
     )
     if "ssim_over_conv_kernel_time" in r:
-        line += f"   GPU kernel time ssim/conv {r['ssim_over_conv_kernel_time']:.2f}"
+        line += (
+            f"   GPU kernel time ssim/conv {r['ssim_over_conv_kernel_time']:.2f}"
+            f"   inductor/conv {r['ssim_inductor_over_conv']:.2f}"
+        )
     print(line, flush=True)
 
 

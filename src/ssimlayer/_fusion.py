@@ -1,9 +1,13 @@
-"""Run an elementwise helper through ``torch.compile`` when that pays, and eagerly otherwise.
+"""Choose how the SSIM layer's work beyond its convolution runs: Triton, compiled, or eager.
 
 The SSIM layer's cost beyond its one convolution is elementwise work on output-sized tensors. Run
 eagerly that is a dozen passes over memory; compiled, Inductor fuses it into a few loops (C++/OpenMP on
 the CPU, Triton on CUDA). The eager function is always the definition: the compiled one is the same
 Python code, and tests compare the two.
+
+On CUDA the Eq. 8 path goes further: :mod:`ssimlayer._triton_eq8` holds hand-written Triton kernels
+that launch a handful of kernels per step instead of the dozens Inductor's graph splits into, which is
+what sets the pace on a GPU at the paper's sizes. :func:`triton_eq8` says when to use them.
 
 Set ``SSIMLAYER_FUSE=0`` (or call :func:`set_fusion`) to stay eager everywhere.
 """
@@ -16,7 +20,7 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["fused", "set_fusion", "fusion_enabled"]
+__all__ = ["fused", "set_fusion", "fusion_enabled", "set_triton", "triton_eq8", "disable_triton"]
 
 # Below this many output elements the eager passes cost less than a compiled call's guards.
 MIN_NUMEL = 1 << 16
@@ -28,6 +32,9 @@ _compiled: dict[Callable, Callable] = {}
 _INDUCTOR_OPTIONS = {"layout_optimization": os.environ.get("SSIMLAYER_LAYOUT_OPT", "0") == "1"}
 
 
+_triton_ok = True  # until the first failed import or launch
+
+
 def set_fusion(enabled: bool) -> None:
     """Turn the compiled elementwise path on or off for the whole process."""
     global _enabled
@@ -36,6 +43,12 @@ def set_fusion(enabled: bool) -> None:
 
 def fusion_enabled() -> bool:
     return _enabled
+
+
+def set_triton(enabled: bool) -> None:
+    """Use the Triton kernels on CUDA (the default) or not (torch.compile or eager instead)."""
+    global _triton_ok
+    _triton_ok = bool(enabled)
 
 
 def _worthwhile(t: torch.Tensor) -> bool:
@@ -74,3 +87,40 @@ def fused(fn: Callable, size_hint: torch.Tensor, *args):
             stacklevel=3,
         )
         return fn(*args)
+
+
+def triton_eq8(x: torch.Tensor, w: torch.Tensor):
+    """The Triton kernel module if it should run Eq. 8 for these tensors, else None.
+
+    It runs for float32 and float64 CUDA tensors when fusion is on, except while an outer
+    ``torch.compile`` traces the layer (Inductor then fuses the eager definition itself).
+    """
+    if not (
+        _enabled
+        and _triton_ok
+        and x.is_cuda
+        and x.dtype in (torch.float32, torch.float64)
+        and w.dtype == x.dtype
+        and w.device == x.device
+        and not torch.compiler.is_compiling()
+    ):
+        return None
+    try:
+        from ssimlayer import _triton_eq8
+    except Exception as err:  # no triton in this install
+        disable_triton(err)
+        return None
+    return _triton_eq8
+
+
+def disable_triton(err: BaseException) -> None:
+    """Stop using the Triton kernels for the rest of the process, saying why."""
+    global _triton_ok
+    _triton_ok = False
+    warnings.warn(
+        f"ssimlayer: the Triton kernels for Eq. 8 are unavailable ({type(err).__name__}: "
+        f"{str(err).splitlines()[0] if str(err) else ''}); using the torch.compile/eager path from "
+        f"now on (slower on a GPU, same results). Set SSIMLAYER_FUSE=0 to skip the attempt.",
+        RuntimeWarning,
+        stacklevel=3,
+    )

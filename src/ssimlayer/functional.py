@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.modules.utils import _pair
 
-from ssimlayer._fusion import fused
+from ssimlayer._fusion import disable_triton, fused, triton_eq8
 
 __all__ = ["ssim_conv2d", "DEFAULT_C1", "DEFAULT_C2"]
 
@@ -124,26 +124,31 @@ def ssim_conv2d(
     stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
     _check_shapes(input, weight, bias, stride, padding, dilation, groups)
 
-    out_dtype = input.dtype
-    if torch.is_autocast_enabled(input.device.type):
-        out_dtype = torch.float32
+    device_type = input.device.type
+    autocast = torch.is_autocast_enabled(device_type)
+    out_dtype = torch.float32 if autocast else input.dtype
     compute_dtype = torch.float32 if input.dtype in _LOW_PRECISION else input.dtype
-    with torch.autocast(input.device.type, enabled=False):
-        x = input.to(compute_dtype)
-        w = weight.to(compute_dtype)
-        geometry = (stride, padding, dilation, groups)
-        if alpha == beta == gamma == 1.0 and c3 == c2 / 2:
-            needs_grad = torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)
-            if needs_grad:
-                out = _SSIMConv2dEq8.apply(x, w, c1, c2, geometry)
-            else:
-                out = fused(_eq8_forward, x, x, w, c1, c2, geometry)[0]  # no cov: inference
-        else:
-            out = _general_forward(x, w, c1, c2, c3, alpha, beta, gamma, geometry)
-        if bias is not None:
-            out = out + bias.to(compute_dtype).view(1, -1, 1, 1)
-    out = out.to(out_dtype)
+    x = input if input.dtype == compute_dtype else input.to(compute_dtype)
+    w = weight if weight.dtype == compute_dtype else weight.to(compute_dtype)
+    if bias is not None and bias.dtype != compute_dtype:
+        bias = bias.to(compute_dtype)
+    args = (x, w, bias, c1, c2, c3, alpha, beta, gamma, (stride, padding, dilation, groups))
+    if autocast:  # statistics in float32 whatever autocast would pick
+        with torch.autocast(device_type, enabled=False):
+            out = _ssim(*args)
+    else:  # (entering the context costs more than the rest of this wrapper)
+        out = _ssim(*args)
+    if out.dtype != out_dtype:
+        out = out.to(out_dtype)
     return out.squeeze(0) if unbatched else out
+
+
+def _ssim(x, w, bias, c1, c2, c3, alpha, beta, gamma, geometry) -> Tensor:
+    if alpha == beta == gamma == 1.0 and c3 == c2 / 2:
+        out = _eq8(x, w, c1, c2, geometry)
+    else:
+        out = _general_forward(x, w, c1, c2, c3, alpha, beta, gamma, geometry)
+    return out if bias is None else out + bias.view(1, -1, 1, 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -301,6 +306,24 @@ def _add_box_terms(grad_x: Tensor, box_t: Tensor, x: Tensor) -> Tensor:
     return (grad_x.reshape(shape) + p_pix + q_pix * x.reshape(shape)).reshape(b, c_in, h, w)
 
 
+def _eq8(x: Tensor, w: Tensor, c1: float, c2: float, geometry) -> Tensor:
+    """Eq. 8 through the fastest path that applies: Triton on CUDA, else compiled or eager PyTorch."""
+    needs_grad = torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)
+    kernels = triton_eq8(x, w)
+    if kernels is not None:
+        try:
+            if needs_grad:
+                return _SSIMConv2dEq8Triton.apply(x, w.contiguous(), c1, c2, geometry)
+            return kernels.eq8_forward(x, w.contiguous(), c1, c2, geometry, False)[0]
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as err:  # a Triton that cannot compile here: the other paths still work
+            disable_triton(err)
+    if needs_grad:
+        return _SSIMConv2dEq8.apply(x, w, c1, c2, geometry)
+    return fused(_eq8_forward, x, x, w, c1, c2, geometry)[0]  # inference: no cov
+
+
 class _SSIMConv2dEq8(torch.autograd.Function):
     """Eq. 8 forward; backward from the closed-form partial derivatives of §2.2.
 
@@ -332,6 +355,43 @@ class _SSIMConv2dEq8(torch.autograd.Function):
         needs = tuple(ctx.needs_input_grad[:2])
         grad_x, grad_w = fused(_eq8_backward, x, x, w, box, cov, grad_out, c1, c2, geometry, needs)
         return grad_x, grad_w, None, None, None
+
+
+class _SSIMConv2dEq8Triton(torch.autograd.Function):
+    """:class:`_SSIMConv2dEq8` with its work in the Triton kernels of :mod:`ssimlayer._triton_eq8`.
+
+    Same maths and the same saving rule (Sxy instead of cov, see :func:`_keeps_cov`); the filter
+    statistics are saved too. If a backward kernel cannot run, the PyTorch backward takes over.
+    """
+
+    @staticmethod
+    def forward(ctx, x, w, c1, c2, geometry):
+        from ssimlayer import _triton_eq8
+
+        keep = _keeps_cov(x, w, geometry)
+        out, box, ystat, s_xy = _triton_eq8.eq8_forward(x, w, c1, c2, geometry, save_sxy=keep)
+        ctx.save_for_backward(x, w, box, ystat, s_xy)
+        ctx.constants = (c1, c2, geometry)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        from ssimlayer import _triton_eq8
+
+        x, w, box, ystat, s_xy = ctx.saved_tensors
+        c1, c2, geometry = ctx.constants
+        needs = tuple(ctx.needs_input_grad[:2])
+        try:
+            grads = _triton_eq8.eq8_backward(
+                x, w, box, ystat, s_xy, grad_out, c1, c2, geometry, needs
+            )
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as err:
+            disable_triton(err)
+            grads = _eq8_backward(x, w, box, None, grad_out, c1, c2, geometry, needs)
+        return *grads, None, None, None
 
 
 # Batch chunks of a backward that recomputes cov: bounds its output-sized temporaries to 1/4.

@@ -1,0 +1,381 @@
+"""Eq. 8 on CUDA with hand-written Triton kernels: few launches, one convolution each way.
+
+The maths is :mod:`ssimlayer.functional`'s (the same five sums, the same closed-form backward); only
+the scheduling differs. A forward is one tiny kernel for the filter statistics, the convolution for
+Sxy and one kernel that computes Sx and Sxx of every patch in registers and applies Eq. 8 for all
+filters of a group. A backward is one kernel for the gradient coefficients, one
+``convolution_backward`` for the input and filter terms of R, one kernel that adds the box terms to
+the input gradient and one that adds the per-filter terms to the filter gradient. At the sizes of the
+paper (a conv forward plus backward under a millisecond on a current GPU) the step is bound by how many
+kernels are launched, which is why this path exists; tests compare it with the float64 reference,
+also on the CPU through ``TRITON_INTERPRET=1``.
+
+Layouts: ``box`` is ``(B, 2 G, Ho, Wo)`` with Sx for group g at channel g and Sxx at ``G + g`` (as in
+:func:`ssimlayer.functional._patch_sums`); ``ystat`` is ``(2, C_out)``, the mean and unbiased
+variance of each filter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["eq8_forward", "eq8_backward"]
+
+_BLOCK = 128  # output (or input) positions per program
+_C_TILE = 8  # input channels read at once by the forward kernel
+_K_TILE = 16  # filters handled at once
+
+
+@triton.jit
+def _filter_stats_kernel(w_ptr, ystat_ptr, n, c_out, BLOCK: tl.constexpr):
+    """Mean and unbiased variance of filter ``pid`` (a contiguous row of ``n`` values)."""
+    f = tl.program_id(0)
+    dt = w_ptr.dtype.element_ty
+    row = w_ptr + f.to(tl.int64) * n
+    s = tl.zeros([BLOCK], dtype=dt)
+    ss = tl.zeros([BLOCK], dtype=dt)
+    for start in range(0, n, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        v = tl.load(row + offs, mask=offs < n, other=0.0)
+        s += v
+        ss += v * v
+    mu = tl.sum(s, 0) / n
+    var = tl.maximum((tl.sum(ss, 0) - n * mu * mu) / (n - 1), 0.0)
+    tl.store(ystat_ptr + f, mu)
+    tl.store(ystat_ptr + c_out + f, var)
+
+
+@triton.jit
+def _forward_kernel(
+    x_ptr, sxy_ptr, out_ptr, ystat_ptr, box_ptr,
+    c_in_g, h, w, h_out, w_out, k_per_group, groups, n_blocks,
+    sx_b, sx_c, sx_h, sx_w,
+    ss_b, ss_c, ss_h, ss_w,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    n, c1, c2,
+    KH: tl.constexpr, KW: tl.constexpr, BLOCK: tl.constexpr, C_TILE: tl.constexpr,
+    K_TILE: tl.constexpr,
+):  # fmt: skip
+    """One program: BLOCK output positions of one (batch, group), all filters of the group.
+
+    Channels are read C_TILE at a time and filters handled K_TILE at a time, as 2-D tiles, so that
+    many loads are in flight at once.
+    """
+    pid = tl.program_id(0).to(tl.int64)
+    bg, block = pid // n_blocks, pid % n_blocks
+    b, g = bg // groups, bg % groups
+    dt = x_ptr.dtype.element_ty
+    offs = block * BLOCK + tl.arange(0, BLOCK)
+    inside = offs < h_out * w_out
+    oh, ow = offs // w_out, offs % w_out
+
+    # Sx and Sxx of every patch: exactly the values conv2d multiplies, zero padding included.
+    acc_x = tl.zeros([C_TILE, BLOCK], dtype=dt)
+    acc_xx = tl.zeros([C_TILE, BLOCK], dtype=dt)
+    x_group = x_ptr + b * sx_b + (g * c_in_g) * sx_c
+    for c0 in range(0, c_in_g, C_TILE):
+        chans = c0 + tl.arange(0, C_TILE)
+        x_chans = x_group + chans.to(tl.int64)[:, None] * sx_c
+        chan_ok = (chans < c_in_g)[:, None]
+        for i in tl.static_range(KH):
+            ih = oh * stride_h - pad_h + i * dil_h
+            row_ok = inside & (ih >= 0) & (ih < h)
+            for j in tl.static_range(KW):
+                iw = ow * stride_w - pad_w + j * dil_w
+                ok = chan_ok & (row_ok & (iw >= 0) & (iw < w))[None, :]
+                v = tl.load(x_chans + (ih * sx_h + iw * sx_w)[None, :], mask=ok, other=0.0)
+                acc_x += v
+                acc_xx += v * v
+    s_x = tl.sum(acc_x, 0)
+    s_xx = tl.sum(acc_xx, 0)
+    box = box_ptr + b * (2 * groups * h_out * w_out) + offs
+    tl.store(box + g * (h_out * w_out), s_x, mask=inside)
+    tl.store(box + (groups + g) * (h_out * w_out), s_xx, mask=inside)
+
+    # Scalars (n, c1, c2) come after a tensor in every expression, so the arithmetic stays in the
+    # tensors' dtype (float64 included) instead of Triton's float32 for scalar arguments.
+    mu_x = (s_x / n)[None, :]
+    var_x = tl.maximum((s_xx - s_x * (s_x / n)) / (n - 1), 0.0)[None, :]
+    c_out = groups * k_per_group
+    pos = (b * ss_b + oh * ss_h + ow * ss_w)[None, :]
+    for k0 in range(0, k_per_group, K_TILE):
+        ks = k0 + tl.arange(0, K_TILE)
+        k_ok = ks < k_per_group
+        f = g * k_per_group + ks
+        mu_y = tl.load(ystat_ptr + f, mask=k_ok, other=0.0)[:, None]
+        var_y = tl.load(ystat_ptr + c_out + f, mask=k_ok, other=0.0)[:, None]
+        at = pos + f[:, None] * ss_c
+        ok = k_ok[:, None] & inside[None, :]
+        s_xy = tl.load(sxy_ptr + at, mask=ok, other=0.0)
+        cov = (s_xy - mu_x * mu_y * n) / (n - 1)
+        a1 = mu_x * mu_y * 2 + c1
+        b1 = mu_x * mu_x + mu_y * mu_y + c1
+        a2 = cov * 2 + c2
+        b2 = var_x + var_y + c2
+        tl.store(out_ptr + at, (a1 * a2) / (b1 * b2), mask=ok)
+
+
+@triton.jit
+def _backward_kernel(
+    grad_ptr, sxy_ptr, r_ptr, ystat_ptr, box_ptr, pq_ptr, part_ptr,
+    h_out, w_out, k_per_group, groups, n_blocks,
+    sg_b, sg_c, sg_h, sg_w,
+    ss_b, ss_c, ss_h, ss_w,
+    n, c1, c2,
+    BLOCK: tl.constexpr, K_TILE: tl.constexpr,
+):  # fmt: skip
+    """Gradient coefficients (see :class:`ssimlayer.functional._SSIMConv2dEq8`) for one program.
+
+    Writes R (output-sized, Sxy's strides), the input's box terms P and Q summed over the group's
+    filters (``pq``, laid out like ``box``) and this program's partial sums of the filter terms P'
+    and Q' (row ``b * n_blocks + block`` of ``part``, ``(rows, 2 C_out)``).
+    """
+    pid = tl.program_id(0).to(tl.int64)
+    bg, block = pid // n_blocks, pid % n_blocks
+    b, g = bg // groups, bg % groups
+    dt = grad_ptr.dtype.element_ty
+    offs = block * BLOCK + tl.arange(0, BLOCK)
+    inside = offs < h_out * w_out
+    oh, ow = offs // w_out, offs % w_out
+
+    box = box_ptr + b * (2 * groups * h_out * w_out) + offs
+    s_x = tl.load(box + g * (h_out * w_out), mask=inside, other=0.0)
+    s_xx = tl.load(box + (groups + g) * (h_out * w_out), mask=inside, other=0.0)
+    mu_x = (s_x / n)[None, :]
+    var_x = tl.maximum((s_xx - s_x * (s_x / n)) / (n - 1), 0.0)[None, :]
+    c_out = groups * k_per_group
+    pos_s = (b * ss_b + oh * ss_h + ow * ss_w)[None, :]
+    pos_g = (b * sg_b + oh * sg_h + ow * sg_w)[None, :]
+    part = part_ptr + (b * n_blocks + block) * (2 * c_out)
+    p_x = tl.zeros([BLOCK], dtype=dt)
+    q_x = tl.zeros([BLOCK], dtype=dt)
+    for k0 in range(0, k_per_group, K_TILE):
+        ks = k0 + tl.arange(0, K_TILE)
+        k_ok = ks < k_per_group
+        f = g * k_per_group + ks
+        mu_y = tl.load(ystat_ptr + f, mask=k_ok, other=0.0)[:, None]
+        var_y = tl.load(ystat_ptr + c_out + f, mask=k_ok, other=0.0)[:, None]
+        ok = k_ok[:, None] & inside[None, :]
+        grad = tl.load(grad_ptr + pos_g + f[:, None] * sg_c, mask=ok, other=0.0).to(dt)
+        s_xy = tl.load(sxy_ptr + pos_s + f[:, None] * ss_c, mask=ok, other=0.0)
+        cov = (s_xy - mu_x * mu_y * n) / (n - 1)
+        a1 = mu_x * mu_y * 2 + c1
+        b1 = mu_x * mu_x + mu_y * mu_y + c1
+        a2 = cov * 2 + c2
+        b2 = var_x + var_y + c2
+        inv = grad / (b1 * b2)
+        d_a1 = inv * a2  # g dS/dA1
+        g_s = d_a1 * a1  # g S
+        d_b1 = g_s / b1  # -g dS/dB1
+        d_var = -g_s / b2  # g dS/dvar_x = g dS/dvar_y
+        r = inv * a1 * 2 / (n - 1)  # g dS/dcov / (N - 1)
+        d_mu_x = (d_a1 * mu_y - d_b1 * mu_x) * 2
+        d_mu_y = (d_a1 * mu_x - d_b1 * mu_y) * 2
+        d_var2 = tl.where(ok, d_var * 2 / (n - 1), 0.0)  # g dS/dvar * dvar/dx_i / (x_i - mu)
+        tl.store(r_ptr + pos_s + f[:, None] * ss_c, r, mask=ok)
+        p_x += tl.sum(tl.where(ok, d_mu_x / n - d_var2 * mu_x - r * mu_y, 0.0), 0)
+        q_x += tl.sum(d_var2, 0)
+        p_y = tl.sum(tl.where(ok, d_mu_y / n - d_var2 * mu_y - r * mu_x, 0.0), 1)
+        tl.store(part + f, p_y, mask=k_ok)
+        tl.store(part + c_out + f, tl.sum(d_var2, 1), mask=k_ok)
+    pq = pq_ptr + b * (2 * groups * h_out * w_out) + offs
+    tl.store(pq + g * (h_out * w_out), p_x, mask=inside)
+    tl.store(pq + (groups + g) * (h_out * w_out), q_x, mask=inside)
+
+
+@triton.jit
+def _input_box_kernel(
+    gx_ptr, x_ptr, pq_ptr,
+    c_in_g, h, w, h_out, w_out, groups, n_blocks,
+    sx_b, sx_c, sx_h, sx_w,
+    sgx_b, sgx_c, sgx_h, sgx_w,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    KH: tl.constexpr, KW: tl.constexpr, BLOCK: tl.constexpr, C_TILE: tl.constexpr,
+):  # fmt: skip
+    """grad_x += P + Q x, with P and Q summed over every window that covers the pixel."""
+    pid = tl.program_id(0).to(tl.int64)
+    bg, block = pid // n_blocks, pid % n_blocks
+    b, g = bg // groups, bg % groups
+    dt = x_ptr.dtype.element_ty
+    offs = block * BLOCK + tl.arange(0, BLOCK)
+    inside = offs < h * w
+    ih, iw = offs // w, offs % w
+
+    pq = pq_ptr + b * (2 * groups * h_out * w_out)
+    p = tl.zeros([BLOCK], dtype=dt)
+    q = tl.zeros([BLOCK], dtype=dt)
+    for i in tl.static_range(KH):
+        th = ih + pad_h - i * dil_h  # = oh * stride_h for the window whose row i covers ih
+        oh = th // stride_h
+        row_ok = inside & (th >= 0) & (oh * stride_h == th) & (oh < h_out)
+        for j in tl.static_range(KW):
+            tw = iw + pad_w - j * dil_w
+            ow = tw // stride_w
+            ok = row_ok & (tw >= 0) & (ow * stride_w == tw) & (ow < w_out)
+            o = oh * w_out + ow
+            p += tl.load(pq + g * (h_out * w_out) + o, mask=ok, other=0.0)
+            q += tl.load(pq + (groups + g) * (h_out * w_out) + o, mask=ok, other=0.0)
+    p = p[None, :]
+    q = q[None, :]
+    x_pix = (b * sx_b + ih * sx_h + iw * sx_w)[None, :]
+    gx_pix = (b * sgx_b + ih * sgx_h + iw * sgx_w)[None, :]
+    for c0 in range(0, c_in_g, C_TILE):
+        chans = c0 + tl.arange(0, C_TILE)
+        chan = (g * c_in_g + chans).to(tl.int64)[:, None]
+        ok = (chans < c_in_g)[:, None] & inside[None, :]
+        xv = tl.load(x_ptr + x_pix + chan * sx_c, mask=ok)
+        gx = gx_ptr + gx_pix + chan * sgx_c
+        tl.store(gx, tl.load(gx, mask=ok) + p + q * xv, mask=ok)
+
+
+@triton.jit
+def _filter_terms_kernel(gw_ptr, w_ptr, part_ptr, rows, n, c_out, BLOCK: tl.constexpr):
+    """grad_w[f] += P'_f + Q'_f w[f], with P', Q' summed over the partial rows (fixed order)."""
+    f = tl.program_id(0)
+    dt = w_ptr.dtype.element_ty
+    p = tl.zeros([BLOCK], dtype=dt)
+    q = tl.zeros([BLOCK], dtype=dt)
+    for start in range(0, rows, BLOCK):
+        r = start + tl.arange(0, BLOCK)
+        ok = r < rows
+        p += tl.load(part_ptr + r.to(tl.int64) * (2 * c_out) + f, mask=ok, other=0.0)
+        q += tl.load(part_ptr + r.to(tl.int64) * (2 * c_out) + c_out + f, mask=ok, other=0.0)
+    p_f = tl.sum(p, 0)
+    q_f = tl.sum(q, 0)
+    base = f.to(tl.int64) * n
+    for start in range(0, n, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        ok = offs < n
+        gw = tl.load(gw_ptr + base + offs, mask=ok)
+        wv = tl.load(w_ptr + base + offs, mask=ok)
+        tl.store(gw_ptr + base + offs, gw + p_f + q_f * wv, mask=ok)
+
+
+# ---------------------------------------------------------------------------------------------
+# Host side
+
+
+# Host-side arithmetic in plain Python: triton.cdiv and triton.next_power_of_2 are jit-aware
+# functions whose calls cost microseconds each, and every launch here needs several.
+def _pow2(size: int) -> int:
+    return 1 << max(size - 1, 0).bit_length()
+
+
+def _block(size: int) -> int:
+    return max(16, min(_BLOCK, _pow2(size)))
+
+
+def _tile(size: int, most: int) -> int:
+    return max(2, min(most, _pow2(size)))
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _warps(block: int) -> int:
+    return 4 if block >= 128 else (2 if block >= 64 else 1)
+
+
+def _on_device_of(t: torch.Tensor):
+    """Triton launches on the current CUDA device: make it ``t``'s (a no-op in the common case)."""
+    if t.is_cuda and t.device.index != torch.cuda.current_device():
+        return torch.cuda.device(t.device)
+    return contextlib.nullcontext()
+
+
+def _filter_stats(w: torch.Tensor) -> torch.Tensor:
+    c_out, n = w.shape[0], w[0].numel()
+    ystat = torch.empty(2, c_out, device=w.device, dtype=w.dtype)
+    block = _block(n)
+    _filter_stats_kernel[(c_out,)](w, ystat, n, c_out, BLOCK=block, num_warps=_warps(block))
+    return ystat
+
+
+def eq8_forward(x, w, c1: float, c2: float, geometry, save_sxy: bool):
+    """Eq. 8 ``(B, C_out, Ho, Wo)``, the patch sums ``box``, the filter stats and (if asked) Sxy.
+
+    ``x`` and ``w`` share one dtype (float32 or float64) and one CUDA device (or the CPU under
+    ``TRITON_INTERPRET=1``); ``w`` must be contiguous.
+    """
+    with _on_device_of(x):
+        return _eq8_forward(x, w, c1, c2, geometry, save_sxy)
+
+
+def eq8_backward(x, w, box, ystat, s_xy, grad_out, c1: float, c2: float, geometry, needs):
+    """Gradients of Eq. 8 for the input and the filters (None where ``needs`` says not needed)."""
+    with _on_device_of(x):
+        return _eq8_backward(x, w, box, ystat, s_xy, grad_out, c1, c2, geometry, needs)
+
+
+def _eq8_forward(x, w, c1: float, c2: float, geometry, save_sxy: bool):
+    stride, padding, dilation, groups = geometry
+    b, c_in, h, w_in = x.shape
+    c_out, c_in_g, kh, kw = w.shape
+    n = c_in_g * kh * kw
+    ystat = _filter_stats(w)
+    s_xy = torch.nn.functional.conv2d(x, w, None, stride, padding, dilation, groups)
+    h_out, w_out = s_xy.shape[2:]
+    out = torch.empty_like(s_xy) if save_sxy else s_xy  # overwritten in place when not needed
+    box = torch.empty(b, 2 * groups, h_out, w_out, device=x.device, dtype=x.dtype)
+    block = _block(h_out * w_out)
+    n_blocks = _cdiv(h_out * w_out, block)
+    if b * groups * n_blocks:
+        _forward_kernel[(b * groups * n_blocks,)](
+            x, s_xy, out, ystat, box,
+            c_in_g, h, w_in, h_out, w_out, c_out // groups, groups, n_blocks,
+            *x.stride(), *s_xy.stride(), *stride, *padding, *dilation,
+            n, float(c1), float(c2),
+            KH=kh, KW=kw, BLOCK=block, C_TILE=_tile(c_in_g, _C_TILE),
+            K_TILE=_tile(c_out // groups, _K_TILE), num_warps=_warps(block),
+        )  # fmt: skip
+    return out, box, ystat, (s_xy if save_sxy else None)
+
+
+def _eq8_backward(x, w, box, ystat, s_xy, grad_out, c1: float, c2: float, geometry, needs):
+    stride, padding, dilation, groups = geometry
+    b, c_in, h, w_in = x.shape
+    c_out, c_in_g, kh, kw = w.shape
+    n = c_in_g * kh * kw
+    if s_xy is None:  # not saved: recompute with one more convolution
+        s_xy = torch.nn.functional.conv2d(x, w, None, stride, padding, dilation, groups)
+    h_out, w_out = s_xy.shape[2:]
+    r = torch.empty_like(s_xy)
+    pq = torch.empty_like(box)
+    block = _block(h_out * w_out)
+    n_blocks = _cdiv(h_out * w_out, block)
+    part = torch.empty(b * n_blocks, 2 * c_out, device=x.device, dtype=x.dtype)
+    if b * groups * n_blocks:
+        _backward_kernel[(b * groups * n_blocks,)](
+            grad_out, s_xy, r, ystat, box, pq, part,
+            h_out, w_out, c_out // groups, groups, n_blocks,
+            *grad_out.stride(), *s_xy.stride(),
+            n, float(c1), float(c2),
+            BLOCK=block, K_TILE=_tile(c_out // groups, _K_TILE), num_warps=_warps(block),
+        )  # fmt: skip
+    grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
+        r, x, w, None, stride, padding, dilation, False, [0, 0], groups,
+        [needs[0], needs[1], False],
+    )  # fmt: skip
+    if needs[0]:
+        in_block = _block(h * w_in)
+        in_blocks = _cdiv(h * w_in, in_block)
+        if b * groups * in_blocks:
+            _input_box_kernel[(b * groups * in_blocks,)](
+                grad_x, x, pq,
+                c_in_g, h, w_in, h_out, w_out, groups, in_blocks,
+                *x.stride(), *grad_x.stride(), *stride, *padding, *dilation,
+                KH=kh, KW=kw, BLOCK=in_block, C_TILE=_tile(c_in_g, _C_TILE),
+                num_warps=_warps(in_block),
+            )  # fmt: skip
+    if needs[1]:
+        grad_w = grad_w.contiguous()
+        w_block = _block(max(n, b * n_blocks))
+        _filter_terms_kernel[(c_out,)](
+            grad_w, w, part, b * n_blocks, n, c_out, BLOCK=w_block, num_warps=_warps(w_block)
+        )
+    return grad_x, grad_w

@@ -1,0 +1,166 @@
+"""The Triton kernels of Eq. 8 against the float64 reference.
+
+Without a GPU the root conftest sets ``TRITON_INTERPRET=1`` (it must be set before triton is imported),
+and Triton's interpreter runs the kernels on CPU tensors; with a GPU the same tests run the compiled
+kernels on CUDA tensors.
+"""
+
+import os
+
+import pytest
+import torch
+from torch.nn.modules.utils import _pair
+
+from ssimlayer import functional
+from tests.reference import ssim_conv2d_reference
+from tests.test_functional import GRID, _case
+
+pytest.importorskip("triton")
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@pytest.fixture(scope="module")
+def device():
+    if INTERPRETED:
+        return "cpu"
+    if torch.cuda.is_available():
+        return "cuda"
+    pytest.skip("needs a CUDA device or TRITON_INTERPRET=1 set before triton is imported")
+
+
+@pytest.fixture(scope="module")
+def kernels(device):
+    import ssimlayer._triton_eq8 as module
+
+    return module
+
+
+def _tensors(device, *case, **kwargs):
+    x, w, geom = _case(*case, **kwargs)
+    return x.to(device), w.to(device), geom
+
+
+def _geometry(geom):
+    padding = _pair(geom["padding"])
+    return _pair(geom["stride"]), padding, _pair(geom["dilation"]), geom["groups"]
+
+
+def _reference_grads(x, w, geom, grad):
+    x64, w64 = x.cpu().double().requires_grad_(), w.cpu().double().requires_grad_()
+    (ssim_conv2d_reference(x64, w64, **geom) * grad.cpu().double()).sum().backward()
+    return x64.grad, w64.grad
+
+
+@pytest.mark.parametrize("case", GRID, ids=lambda c: "-".join(map(str, c)))
+@pytest.mark.parametrize("save_sxy", [True, False])
+def test_forward_and_backward_match_reference(kernels, device, case, save_sxy):
+    torch.manual_seed(1)
+    x, w, geom = _tensors(device, *case)
+    ref = ssim_conv2d_reference(x.cpu(), w.cpu(), **geom)
+    grad = torch.randn_like(ref).to(device)
+    geometry = _geometry(geom)
+    out, box, ystat, s_xy = kernels.eq8_forward(x, w, 1e-4, 9e-4, geometry, save_sxy)
+    torch.testing.assert_close(out.cpu(), ref, rtol=1e-9, atol=1e-9)
+    assert (s_xy is not None) == save_sxy
+    grad_x, grad_w = kernels.eq8_backward(
+        x, w, box, ystat, s_xy, grad, 1e-4, 9e-4, geometry, (True, True)
+    )
+    ref_x, ref_w = _reference_grads(x, w, geom, grad)
+    torch.testing.assert_close(grad_x.cpu(), ref_x, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(grad_w.cpu(), ref_w, rtol=1e-9, atol=1e-9)
+
+
+def test_strided_gradient_and_channels_last_input(kernels, device):
+    """Kernels read through strides: an expanded gradient and a channels-last input need no copy."""
+    torch.manual_seed(2)
+    x, w, geom = _tensors(device, 2, 4, 6, 9, 7, 3, 2, 1, 1, 2)
+    x = x.contiguous(memory_format=torch.channels_last)
+    ref = ssim_conv2d_reference(x.cpu(), w.cpu(), **geom)
+    # Stride 0 everywhere, as the gradient of out.sum() arrives.
+    grad = torch.tensor(0.5, dtype=torch.float64, device=device).expand(ref.shape)
+    out, box, ystat, s_xy = kernels.eq8_forward(x, w, 1e-4, 9e-4, _geometry(geom), True)
+    torch.testing.assert_close(out.cpu(), ref, rtol=1e-9, atol=1e-9)
+    grad_x, grad_w = kernels.eq8_backward(
+        x, w, box, ystat, s_xy, grad, 1e-4, 9e-4, _geometry(geom), (True, True)
+    )
+    ref_x, ref_w = _reference_grads(x, w, geom, grad)
+    torch.testing.assert_close(grad_x.cpu(), ref_x, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(grad_w.cpu(), ref_w, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("needs", [(True, False), (False, True)])
+def test_only_the_needed_gradient_is_computed(kernels, device, needs):
+    x, w, geom = _tensors(device, 2, 3, 4, 8, 8, 3, 1, 1, 1, 1)
+    out, box, ystat, s_xy = kernels.eq8_forward(x, w, 1e-4, 9e-4, _geometry(geom), True)
+    grad = torch.ones_like(out)
+    grad_x, grad_w = kernels.eq8_backward(
+        x, w, box, ystat, s_xy, grad, 1e-4, 9e-4, _geometry(geom), needs
+    )
+    ref_x, ref_w = _reference_grads(x, w, geom, grad)
+    assert (grad_x is None) != needs[0] and (grad_w is None) != needs[1]
+    if needs[0]:
+        torch.testing.assert_close(grad_x.cpu(), ref_x, rtol=1e-9, atol=1e-9)
+    else:
+        torch.testing.assert_close(grad_w.cpu(), ref_w, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    "case,fast",
+    [((1, 2, 2, 4, 5, 2, 1, 1, 1, 1), False), ((2, 4, 4, 7, 7, 3, 2, 1, 2, 2), True)],
+    ids=["plain-every-element", "stride-dilation-groups-projected"],
+)
+def test_gradcheck_of_the_triton_autograd_function(kernels, device, case, fast):
+    """Every element on a tiny layer; a random projection (fast mode) on a larger geometry, since
+    the interpreter makes each forward slow."""
+    x, w, geom = _tensors(device, *case)
+    x.requires_grad_()
+    w.requires_grad_()
+    geometry = _geometry(geom)
+
+    def layer(a, b):
+        return functional._SSIMConv2dEq8Triton.apply(a, b, 1e-3, 2e-3, geometry)
+
+    assert torch.autograd.gradcheck(layer, (x, w), fast_mode=fast)
+
+
+def test_float32_kernels_agree_with_the_pytorch_path(kernels, device):
+    torch.manual_seed(3)
+    x, w, geom = _tensors(device, 4, 8, 8, 16, 16, 3, 1, 1, 1, 1, dtype=torch.float32)
+    x.requires_grad_()
+    w.requires_grad_()
+    geometry = _geometry(geom)
+    out = functional._SSIMConv2dEq8Triton.apply(x, w, 1e-4, 9e-4, geometry)
+    grad = torch.randn_like(out)
+    gx, gw = torch.autograd.grad(out, (x, w), grad)
+    ref = functional._SSIMConv2dEq8.apply(x, w, 1e-4, 9e-4, geometry)
+    rx, rw = torch.autograd.grad(ref, (x, w), grad)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gx, rx, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(gw, rw, rtol=1e-4, atol=1e-3)
+
+
+def test_cpu_tensors_take_the_pytorch_path():
+    from ssimlayer import _fusion
+
+    x, w = torch.randn(1, 2, 5, 5), torch.randn(3, 2, 3, 3)
+    assert _fusion.triton_eq8(x, w) is None
+
+
+def test_a_failing_kernel_falls_back_with_a_warning(monkeypatch):
+    """If the Triton path raises (say, no compiler), the layer warns once and still answers."""
+    from ssimlayer import _fusion
+
+    class Broken:
+        @staticmethod
+        def eq8_forward(*args, **kwargs):
+            raise RuntimeError("no CUDA compiler here")
+
+    monkeypatch.setattr(functional, "triton_eq8", lambda x, w: Broken)
+    monkeypatch.setattr(_fusion, "_triton_ok", True)
+    x, w = torch.randn(2, 3, 6, 6), torch.randn(4, 3, 3, 3)
+    expected = ssim_conv2d_reference(x.double(), w.double(), padding=1).float()
+    with pytest.warns(RuntimeWarning, match="no CUDA compiler here"):
+        out = functional.ssim_conv2d(x, w, padding=1)
+    assert not _fusion._triton_ok
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
