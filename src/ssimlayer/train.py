@@ -19,6 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from ssimlayer.lightning.callbacks import build_callbacks
 from ssimlayer.lightning.checkpointing import (
     CheckpointMismatchError,
     check_checkpoint_matches,
@@ -77,9 +78,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if ckpt_path not in (None, "last", "hpc"):
         check_checkpoint_matches(ckpt_path, model, OmegaConf.to_container(cfg.model, resolve=True))
         (Path(cfg.paths.output_dir) / "resumed_from.txt").write_text(f"{ckpt_path}\n")
-    callbacks = [
-        instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c
-    ]
+    callbacks = build_callbacks(cfg)
     loggers = build_loggers(cfg.get("logger"), fallback_dir=cfg.paths.output_dir)
     try:
         for logger in loggers:

@@ -1,7 +1,8 @@
 """Checkpoints a killed run can resume from, finding them again, and refusing the wrong one.
 
-- :class:`ResumeCheckpoint` writes ``<run dir>/checkpoints/last.ckpt`` every ``n`` training steps
-  (mid-epoch, with the loader position, see :mod:`ssimlayer.data.resumable`) and after every epoch.
+- :class:`ResumeCheckpoint` writes ``<run dir>/checkpoints/last.ckpt`` every ``n`` seconds or ``n``
+  training steps (mid-epoch, with the loader position, see :mod:`ssimlayer.data.resumable`) and
+  after every epoch.
   Each write goes to a temporary file first and is renamed over ``last.ckpt``, so a SIGKILL while
   saving leaves the previous checkpoint intact.
 - :func:`find_resume_checkpoint` picks the newest unfinished run of the same name, model and seed
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,9 @@ __all__ = [
 ]
 
 LAST = "last.ckpt"
+#: With several processes, the time-based save is decided (by rank 0, broadcast) only every this
+#: many steps: a broadcast is a collective, too costly for every step.
+DIST_TIME_CHECK_EVERY = 50
 
 
 class CheckpointMismatchError(ValueError):
@@ -37,25 +42,43 @@ class CheckpointMismatchError(ValueError):
 
 
 class ResumeCheckpoint(Checkpoint):
-    """Keep ``dirpath/last.ckpt`` current: every ``every_n_train_steps`` steps and at epoch end.
+    """Keep ``dirpath/last.ckpt`` current: every ``every_n_seconds`` and/or ``every_n_train_steps``
+    mid-epoch, and at every epoch end.
 
-    The step checkpoints skip an epoch's last batch: the end-of-epoch one follows it, after
-    validation and the epoch's summary row, which a resume must not lose.
+    Resuming from any of them is exact (see :mod:`ssimlayer.data.resumable`), so the interval only
+    sets how much work a kill can lose. A time interval keeps that bounded on any hardware: on a GPU
+    100 steps take a fraction of a second, and writing a full checkpoint that often would cost more
+    than the steps. The step checkpoints skip an epoch's last batch: the end-of-epoch one follows
+    it, after validation and the epoch's summary row, which a resume must not lose.
 
     Args:
         dirpath: the run's checkpoint folder.
-        every_n_train_steps: mid-epoch interval in optimiser steps; ``None`` or 0: epoch ends only.
+        every_n_train_steps: save when the global step is a multiple of this; ``None`` or 0: never.
+        every_n_seconds: save when this much time has passed since the last save (or the start of
+            training); ``None``: never. With several processes rank 0's clock decides, looked at
+            every ``DIST_TIME_CHECK_EVERY`` steps.
     """
 
-    def __init__(self, dirpath: str, every_n_train_steps: int | None = 100) -> None:
+    def __init__(
+        self,
+        dirpath: str,
+        every_n_train_steps: int | None = None,
+        every_n_seconds: float | None = 120.0,
+    ) -> None:
         if every_n_train_steps is not None and every_n_train_steps < 0:
             raise ValueError(
                 f"ResumeCheckpoint: every_n_train_steps must be >= 0 or null, got "
                 f"{every_n_train_steps}"
             )
+        if every_n_seconds is not None and not every_n_seconds >= 0:
+            raise ValueError(
+                f"ResumeCheckpoint: every_n_seconds must be >= 0 or null, got {every_n_seconds}"
+            )
         self.dirpath = Path(dirpath)
         self.every_n_train_steps = every_n_train_steps or 0
+        self.every_n_seconds = every_n_seconds
         self._last_saved_step = -1
+        self._last_saved_time = time.monotonic()
 
     @property
     def last_path(self) -> Path:
@@ -71,6 +94,20 @@ class ResumeCheckpoint(Checkpoint):
         if trainer.is_global_zero:
             os.replace(tmp, self.last_path)  # atomic: a kill mid-save keeps the previous one
         self._last_saved_step = trainer.global_step
+        self._last_saved_time = time.monotonic()
+
+    def _time_due(self, trainer: pl.Trainer) -> bool:
+        if self.every_n_seconds is None:
+            return False
+        if trainer.world_size == 1:
+            return time.monotonic() - self._last_saved_time >= self.every_n_seconds
+        if trainer.global_step % DIST_TIME_CHECK_EVERY:
+            return False
+        due = time.monotonic() - self._last_saved_time >= self.every_n_seconds
+        return bool(trainer.strategy.broadcast(due))  # the ranks must save together
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._last_saved_time = time.monotonic()
 
     def on_train_batch_end(
         self,
@@ -81,12 +118,11 @@ class ResumeCheckpoint(Checkpoint):
         batch_idx: int,
     ) -> None:
         n, step = self.every_n_train_steps, trainer.global_step
-        if (
-            n
-            and step % n == 0
-            and step != self._last_saved_step
-            and not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
-        ):
+        if step == self._last_saved_step:
+            return
+        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            return
+        if (n and step % n == 0) or self._time_due(trainer):
             self._save(trainer)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
