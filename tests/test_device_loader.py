@@ -86,3 +86,21 @@ def test_ranks_partition_the_epoch():
 def test_rejects_float_images():
     with pytest.raises(ValueError, match="uint8"):
         DeviceLoader(torch.zeros(2, 1, 2, 2), torch.zeros(2), 1)
+
+
+def test_state_dict_continues_the_interrupted_epoch_exactly():
+    dm = _dm(device_resident=True)
+    a = dm.train_dataloader()
+    a.sampler.set_epoch(2)
+    it = iter(a)
+    seen = [next(it) for _ in range(3)]
+    state = a.state_dict()
+    rest = list(it)
+    b = _dm(device_resident=True).train_dataloader()
+    b.load_state_dict(state)
+    again = list(b)  # the same 4 remaining batches, flips included
+    assert state == {"epoch": 2, "batches_consumed": 3} and len(seen) + len(again) == 7
+    pairs = zip(rest, again, strict=True)
+    assert all(torch.equal(x, y) and torch.equal(u, v) for (x, u), (y, v) in pairs)
+    b.sampler.set_epoch(3)  # the skip applies only to the interrupted epoch
+    assert len(list(b)) == 7

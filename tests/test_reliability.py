@@ -162,6 +162,40 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
     assert (tmp_path / "resumed" / "resumed_from.txt").read_text().strip() == str(ckpt)
 
 
+class CrashAtStep(pl.Callback):
+    """Raises in the middle of optimiser step ``step``, as a crash would (no checkpoint after it)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if trainer.global_step == self.step:
+            raise RuntimeError(f"crash at step {self.step}")
+
+
+def test_crash_mid_epoch_then_resume_with_the_device_resident_loader(tmp_path):
+    # The same check as the SIGKILL test, in this process, with data.device_resident=true: the
+    # DeviceLoader's position is in the checkpoint, so the resumed run sees the same batches.
+    resident = (*TINY, "data.device_resident=true", "~callbacks.fgsm_sweep")
+    crashed = tmp_path / "crashed"
+    cfg = compose_cfg(
+        crashed,
+        *resident,
+        "+callbacks.crash._target_=tests.test_reliability.CrashAtStep",
+        "+callbacks.crash.step=13",
+    )
+    with pytest.raises(RuntimeError, match="crash at step 13"):
+        train(cfg)
+    ckpt = crashed / "checkpoints" / "last.ckpt"
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    assert (state["global_step"], state["epoch"]) == (12, 1)  # mid-epoch, 4 of 8 batches done
+
+    resumed = train(compose_cfg(tmp_path / "resumed", *resident, f"ckpt_path={ckpt}"))
+    reference = train(compose_cfg(tmp_path / "reference", *resident))
+    assert reference["global_step"] == 16 and stable(resumed) == stable(reference)
+    assert rows(tmp_path / "resumed" / "epochs.csv") == rows(tmp_path / "reference" / "epochs.csv")
+
+
 def test_resume_auto_finds_the_newest_unfinished_run(tmp_path, monkeypatch, capsys):
     # A run stopped after epoch 1 of 2; resume=auto picks it up in a new run dir.
     code, err = run_cli(

@@ -5,6 +5,10 @@ pinned copies, worker processes) sets the pace. :class:`DeviceLoader` keeps the 
 the device, draws each epoch's order and flips there, and yields float ``[0, 1]`` batches: the same
 distribution of batches as a shuffled ``DataLoader`` over an ``ArrayDataset`` with a random flip,
 without any per-sample Python.
+
+Like :class:`ssimlayer.data.resumable.ResumableLoader` it resumes mid-epoch exactly: an epoch's
+order and flips depend only on ``(seed, epoch)``, and ``state_dict``/``load_state_dict`` (which
+Lightning saves in every checkpoint) hold how many batches of the epoch were consumed.
 """
 
 from __future__ import annotations
@@ -119,22 +123,43 @@ class DeviceLoader:
         self.sampler = sampler if sampler is not None else DeviceSampler(len(images))
         # Flips come from the device's own generator, seeded per epoch like the order.
         self._flip_gen = torch.Generator(device=self.device)
+        self._consumed = 0  # batches of the current epoch handed out so far
+        self._resume: tuple[int, int] | None = None  # (epoch, batches to skip) from a checkpoint
 
     def __len__(self) -> int:
         n = len(self.sampler)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        return self._epoch_batches()
+
+    def _epoch_batches(self) -> Iterator[tuple[Tensor, Tensor]]:
+        # Runs at the first next(), after Lightning's set_epoch: the skip applies only to the epoch
+        # that was interrupted.
+        resume, self._resume = self._resume, None
+        skip = resume[1] if resume is not None and resume[0] == self.sampler.epoch else 0
         order = self.sampler.indices(self.device)
         flips = None
         if self.flip > 0:
             s = self.sampler
             self._flip_gen.manual_seed((s.seed + s.epoch) * 1_000_003 + s.rank + 1)
             flips = torch.rand(len(order), device=self.device, generator=self._flip_gen) < self.flip
-        for b in range(len(self)):
+        self._consumed = skip
+        for b in range(skip, len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
             x = self.images[idx].float().div_(255.0)  # (B, C, H, W) in [0, 1]
             if flips is not None:
                 f = flips[b * self.batch_size : (b + 1) * self.batch_size].view(-1, 1, 1, 1)
                 x = torch.where(f, x.flip(-1), x)
+            self._consumed += 1
             yield x, self.labels[idx]
+
+    def state_dict(self) -> dict[str, int]:
+        """The epoch and how many of its batches were handed out (Lightning saves this)."""
+        return {"epoch": self.sampler.epoch, "batches_consumed": self._consumed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Continue the saved epoch after its consumed batches at the next iteration."""
+        epoch = int(state["epoch"])
+        self.sampler.set_epoch(epoch)
+        self._resume = (epoch, int(state["batches_consumed"]))
