@@ -40,6 +40,9 @@ HOST_READS = {
     "bincount",
     "masked_select",
     "repeat_interleave",
+    # a tensor made from Python numbers is copied to the device and waited for
+    "tensor",
+    "as_tensor",
 }
 
 

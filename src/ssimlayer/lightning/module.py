@@ -45,8 +45,9 @@ class WeightedMean(Metric):
         self.add_state("weight", default=torch.tensor(0.0), dist_reduce_fx="sum")
 
     def update(self, value: Tensor, weight: int = 1) -> None:
-        self.mean_value += value.detach().sum() * weight
-        self.weight += weight * value.numel()
+        # in place: no nn.Module.__setattr__ per step
+        self.mean_value.add_(value.detach().sum(), alpha=weight)
+        self.weight.add_(weight * value.numel())
 
     def compute(self) -> Tensor:
         return self.mean_value / self.weight
@@ -84,8 +85,8 @@ class TopKAccuracy(Metric):
 
     def update(self, logits: Tensor, target: Tensor) -> None:
         top = logits.detach().topk(self.k, dim=1).indices  # (B, k)
-        self.correct += (top == target.unsqueeze(1)).any(dim=1).sum()
-        self.total += len(target)
+        self.correct.add_((top == target.unsqueeze(1)).any(dim=1).sum())
+        self.total.add_(len(target))
 
     def compute(self) -> Tensor:
         return self.correct / self.total
