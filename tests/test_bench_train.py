@@ -9,10 +9,15 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parents[1] / "experiments" / "bench" / "train.py"
 
 
-def test_bench_train_smoke_writes_rows(tmp_path):
+def load_bench():
     spec = importlib.util.spec_from_file_location("bench_train", BENCH)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_bench_train_smoke_writes_rows(tmp_path):
+    bench = load_bench()
     out = tmp_path / "train.json"
     bench.main(
         [
@@ -43,6 +48,31 @@ def test_bench_train_smoke_writes_rows(tmp_path):
         "lightning_over_bare",
         "steps_timed",
         "data_loader",
+        "overhead_ms_per_step",
+        "lightning_callbacks",
+        "lightning_differs",
     } <= set(row)
     assert row["model"] == "fig4_plain" and row["batch_size"] == 16 and row["steps_timed"] == 3
     assert row["lightning_epoch_s"] > 0 and row["bare_epoch_s"] > 0
+    # the Lightning side runs the pipeline's own callbacks, not a stripped trainer
+    assert {
+        "ThrottledProgressBar",
+        "ResumeCheckpoint",
+        "NonFiniteLossGuard",
+        "RunSummary",
+        "ModelCheckpoint",
+    } <= set(row["lightning_callbacks"])
+    assert "FGSMSweep" not in row["lightning_callbacks"] and "FGSM" in row["lightning_differs"]
+
+
+def test_bench_train_overhead_mode_shrinks_the_model(tmp_path):
+    bench = load_bench()
+    overrides = bench.overhead_overrides(["debug=smoke"], "shallow_ssim")
+    assert "model.net.widths=[1,1]" in overrides and "data.image_size=8" in overrides
+    out = tmp_path / "train.json"
+    (row,) = bench.main(
+        ["debug=smoke", "--overhead", "--models", "shallow_ssim", "--steps", "3", "--warmup", "1"]
+        + ["--out", str(out)]
+    )
+    assert row["overhead_mode"] and row["batch_size"] == 2
+    assert row["lightning_step_ms"] > 0 and row["bare_step_ms"] > 0

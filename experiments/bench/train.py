@@ -1,15 +1,19 @@
 """Training throughput of each paper model: the Lightning pipeline against a bare PyTorch loop.
 
     python experiments/bench/train.py [--models ...] [--batch-sizes 32 128] [--steps N] [--warmup W]
-        [--repeats R] [--out outputs/bench/train.json] [Hydra overrides: debug=smoke trainer=gpu ...]
+        [--repeats R] [--overhead] [--out outputs/bench/train.json] [Hydra overrides: debug=smoke ...]
 
 The config is composed from conf/ (``train.yaml``) with the overrides, so ``data.root=...``,
 ``trainer=gpu_fast``, ``model.compile=true`` work as in ``python -m ssimlayer.train``. For each model
 and batch size, both sides build the same network (same seed), the same optimiser (§3.1 SGD from
 ``conf/model``) and the same loader (``data.device_resident``; on by default on a GPU):
 
-- Lightning: ``Trainer.fit`` from the configured trainer, validation, callbacks, logger and
-  checkpoints off (the per-step cost of the training loop, metrics and ``self.log`` stays in).
+- Lightning: ``Trainer.fit`` as ``python -m ssimlayer.train`` runs it: the configured trainer
+  (progress bar, ``log_every_n_steps``), the configured loggers (W&B offline and CSV by default) and
+  the configured callbacks (``ssimlayer.lightning.build_callbacks``: resumable ``last.ckpt``, the
+  NaN guard, the run summary, ...). Two differences, recorded in the JSON as ``lightning_differs``:
+  no validation (``limit_val_batches=0``; the bare loop has none) and no FGSM sweep (it runs after
+  ``fit``, outside the timed steps, and would attack the whole data set for every row).
 - bare: ``for x, y in loader: zero_grad; cross_entropy(model(x), y).backward(); step``; autocast
   to bf16 when ``trainer.precision=bf16-mixed``. This is our floor.
 
@@ -18,7 +22,13 @@ Timing: ``W`` warm-up steps (compilation, cuDNN autotuning, allocator) are run a
 and scaled to one epoch, ``ceil(len(train split) / batch)`` steps: ``epoch_s = time / N * steps
 per epoch``. ``N`` defaults to one epoch's steps (``trainer.limit_train_batches`` when set, as in
 ``debug=smoke``). With ``--repeats R`` the sides alternate R times and each keeps its fastest run.
-Target: ``lightning_over_bare <= 1.25``.
+Target: ``lightning_over_bare <= 1.25``. Each row also gives ``overhead_ms_per_step``, the
+Lightning time per step minus the bare one.
+
+``--overhead`` measures that per-step overhead with the compute made negligible: every layer one
+filter wide, 8x8 images, batch 2 (unless ``--batch-sizes`` is given), on whatever device is
+configured. On a CPU this is how the pipeline's own cost per step shows (with real widths the
+model's compute hides it).
 """
 
 from __future__ import annotations
@@ -43,10 +53,18 @@ from hydra.utils import instantiate  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from ssimlayer.data import DeviceLoader  # noqa: E402
+from ssimlayer.lightning import build_callbacks, build_loggers  # noqa: E402
+from ssimlayer.lightning.loggers import finish_wandb  # noqa: E402
 from ssimlayer.utils import CONF_DIR, register_resolvers  # noqa: E402
 
 MODELS = ["fig4_plain", "fig4_ssim", "fig4_ssim_norelu", "shallow_conv", "shallow_ssim"]
 TARGET = 1.25
+#: Callbacks of conf/callbacks left out of the Lightning side (see the docstring).
+SKIPPED_CALLBACKS = ("fgsm_sweep",)
+LIGHTNING_DIFFERS = (
+    "no validation (limit_val_batches=0); no FGSM sweep callback (runs after fit, outside the "
+    "timed steps)"
+)
 
 
 def compose_cfg(
@@ -88,29 +106,43 @@ class StepTimer(pl.Callback):
                 self.t1 = t
 
 
-def time_lightning(cfg: DictConfig, warmup: int, steps: int) -> float:
+def overhead_overrides(overrides: list[str], model: str) -> list[str]:
+    """Overrides that shrink ``model`` to one filter per layer on 8x8 images (``--overhead``)."""
+    probe = compose_cfg(overrides, model, 2, False, tempfile.gettempdir())
+    ones = ",".join("1" for _ in probe.model.net.widths)
+    return [
+        *overrides,
+        f"model.net.widths=[{ones}]",
+        "data.image_size=8",
+        "+model.net.input_size=8",
+    ]
+
+
+def time_lightning(cfg: DictConfig, warmup: int, steps: int) -> tuple[float, list[str]]:
+    """Seconds for ``steps`` steps after ``warmup``, and the names of the callbacks that ran."""
     pl.seed_everything(cfg.seed)
     dm, model = instantiate(cfg.data), instantiate(cfg.model)
     timer = StepTimer(warmup, steps)
-    trainer: pl.Trainer = instantiate(
-        cfg.trainer,
-        callbacks=[timer],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        max_steps=warmup + steps,
-        max_epochs=-1,
-        limit_train_batches=None,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        fast_dev_run=False,
-        default_root_dir=cfg.paths.output_dir,
-    )
-    trainer.fit(model, datamodule=dm)
+    callbacks = build_callbacks(cfg, skip=SKIPPED_CALLBACKS)
+    loggers = build_loggers(cfg.get("logger"), fallback_dir=cfg.paths.output_dir)
+    try:
+        trainer: pl.Trainer = instantiate(
+            cfg.trainer,
+            callbacks=[*callbacks, timer],
+            logger=loggers or False,
+            max_steps=warmup + steps,
+            max_epochs=-1,
+            limit_train_batches=None,
+            limit_val_batches=0,
+            num_sanity_val_steps=0,
+            fast_dev_run=False,
+        )
+        trainer.fit(model, datamodule=dm)
+    finally:
+        finish_wandb(loggers)
     if timer.t0 is None or timer.t1 is None:
         raise RuntimeError("bench: Lightning stopped before the timed steps were done")
-    return timer.t1 - timer.t0
+    return timer.t1 - timer.t0, [type(c).__name__ for c in trainer.callbacks]
 
 
 def time_bare(cfg: DictConfig, warmup: int, steps: int, device: torch.device) -> float:
@@ -158,10 +190,15 @@ def time_bare(cfg: DictConfig, warmup: int, steps: int, device: torch.device) ->
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=MODELS)
-    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[32, 128])
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=None)
     parser.add_argument("--steps", type=int, default=0, help="timed steps (0: see the docstring)")
     parser.add_argument("--warmup", type=int, default=0, help="untimed steps (0: 20, smoke 2)")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument(
+        "--overhead",
+        action="store_true",
+        help="one-filter layers, 8x8 images, batch 2: the pipeline's own cost per step",
+    )
     parser.add_argument(
         "--device",
         choices=["auto", "cpu", "cuda"],
@@ -175,17 +212,21 @@ def main(argv: list[str] | None = None) -> list[dict]:
         parser.error(f"unknown options {bad}")
     if args.device == "cuda" and not any(o.startswith("trainer=") for o in overrides):
         overrides = ["trainer=gpu", *overrides]
+    batch_sizes = args.batch_sizes or ([2] if args.overhead else [32, 128])
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for model_name in args.models:
-            for bs in args.batch_sizes:
-                probe = compose_cfg(overrides, model_name, bs, False, tmp)
+            model_overrides = (
+                overhead_overrides(overrides, model_name) if args.overhead else overrides
+            )
+            for bs in batch_sizes:
+                probe = compose_cfg(model_overrides, model_name, bs, False, tmp)
                 on_gpu = probe.trainer.accelerator in ("gpu", "cuda")
                 device = torch.device("cuda" if on_gpu else "cpu")
                 resident = any(o.startswith("data.device_resident=") for o in overrides)
                 resident = bool(probe.data.get("device_resident")) if resident else on_gpu
-                cfg = compose_cfg(overrides, model_name, bs, resident, tmp)
+                cfg = compose_cfg(model_overrides, model_name, bs, resident, tmp)
                 dm = instantiate(cfg.data)
                 dm.setup("fit")
                 per_epoch = math.ceil(len(dm.train_set) / bs)
@@ -194,7 +235,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 warmup = args.warmup or (2 if smoke else 20)
                 light, bare = math.inf, math.inf
                 for _ in range(args.repeats):
-                    light = min(light, time_lightning(cfg, warmup, steps))
+                    t, callbacks = time_lightning(cfg, warmup, steps)
+                    light = min(light, t)
                     bare = min(bare, time_bare(cfg, warmup, steps, device))
                 row = {
                     "model": model_name,
@@ -207,6 +249,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     "lightning_epoch_s": round(light / steps * per_epoch, 3),
                     "bare_epoch_s": round(bare / steps * per_epoch, 3),
                     "lightning_over_bare": round(light / bare, 3),
+                    "lightning_step_ms": round(light / steps * 1e3, 4),
+                    "bare_step_ms": round(bare / steps * 1e3, 4),
+                    "overhead_ms_per_step": round((light - bare) / steps * 1e3, 4),
                     "steps_timed": steps,
                     "warmup_steps": warmup,
                     "steps_per_epoch": per_epoch,
@@ -218,12 +263,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     "precision": str(cfg.trainer.precision),
                     "compile": bool(cfg.model.get("compile", False)),
                     "channels_last": bool(cfg.model.get("channels_last", False)),
+                    "overhead_mode": args.overhead,
+                    "lightning_callbacks": callbacks,
+                    "lightning_loggers": sorted(cfg.get("logger") or {}),
+                    "lightning_differs": LIGHTNING_DIFFERS,
                 }
                 rows.append(row)
                 print(
                     f"{model_name:17s} b{bs:<4d} lightning {row['lightning_epoch_s']:9.2f} s/epoch"
                     f"  bare {row['bare_epoch_s']:9.2f} s/epoch  ratio "
-                    f"{row['lightning_over_bare']:.2f}",
+                    f"{row['lightning_over_bare']:.2f}  overhead "
+                    f"{row['overhead_ms_per_step']:.3f} ms/step",
                     flush=True,
                 )
 
@@ -239,14 +289,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args.out.write_text(json.dumps(result, indent=2))
     print(
         f"\n{'model':17s} {'batch':>5s} {'device':24s} {'lightning s/ep':>14s} "
-        f"{'bare s/ep':>10s} {'ratio':>6s}"
+        f"{'bare s/ep':>10s} {'ratio':>6s} {'overhead ms/step':>16s}"
     )
     for r in rows:
         flag = "" if r["lightning_over_bare"] <= TARGET else f"  > {TARGET}"
         print(
             f"{r['model']:17s} {r['batch_size']:5d} {r['device'][:24]:24s} "
             f"{r['lightning_epoch_s']:14.2f} {r['bare_epoch_s']:10.2f} "
-            f"{r['lightning_over_bare']:6.2f}{flag}"
+            f"{r['lightning_over_bare']:6.2f} {r['overhead_ms_per_step']:16.3f}{flag}"
         )
     print(f"wrote {args.out}")
     return rows
