@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -11,7 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
+from ssimlayer.robustness import fgsm_sweep
 from ssimlayer.train import train
 from ssimlayer.utils import CONF_DIR
 
@@ -69,12 +73,33 @@ def test_ddp_two_cpu_processes_gloo(tmp_path):
         "logger=csv",
         "data.num_train=64",
         "data.num_val=32",
-        "~callbacks.fgsm_sweep",
+        "callbacks.fgsm_sweep.max_batches=1",
+        "callbacks.fgsm_sweep.progress=false",
         f"paths.output_root={tmp_path}",
-    ]  # sweep: rank 0 only, see README
+    ]  # the sweep runs on rank 0 while rank 1 waits at a barrier
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = list((tmp_path / "shallow" / "runs").glob("*"))
     assert len(runs) == 1, runs  # rank 1 writes into rank 0's run dir
     assert json.loads((runs[0] / "metrics.json").read_text())["finished"]
+    # The sweep under DDP gives the numbers of one process attacking the final weights.
+    with open(runs[0] / "fgsm_sweep.csv") as f:
+        got = list(csv.DictReader(f))
+    cfg = OmegaConf.load(runs[0] / "config_resolved.yaml")
+    module = instantiate(cfg.model)
+    state = torch.load(
+        runs[0] / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
+    )
+    module.load_state_dict(state["state_dict"])
+    dm = instantiate(cfg.data)
+    dm.setup("fit")
+    eps = list(cfg.callbacks.fgsm_sweep.eps)
+    for split in ("train", "val"):
+        want = fgsm_sweep(module, dm.eval_dataloader(split), eps, max_batches=1, progress=False)
+        rows = [r for r in got if r["split"] == split]
+        assert [float(r["eps"]) for r in rows] == eps
+        for r, w in zip(rows, want, strict=True):
+            assert float(r["top1"]) == pytest.approx(w["top1"]) and float(
+                r["top5"]
+            ) == pytest.approx(w["top5"])
     assert "gloo" in proc.stdout + proc.stderr or torch.distributed.is_gloo_available()

@@ -122,11 +122,16 @@ class ImageClassificationDataModule(pl.LightningDataModule):
         if self.train_set is None:
             raise RuntimeError(f"{type(self).__name__}: call setup() before asking for a loader")
         # Resumable mid-epoch: order and flips follow the run's seed (set by seed_everything) and
-        # the epoch, so a run resumed from a mid-epoch checkpoint sees the same batches.
+        # the epoch, so a run resumed from a mid-epoch checkpoint sees the same batches. Under DDP
+        # it shards each epoch itself (Lightning leaves its sampler in place).
+        trainer = getattr(self, "trainer", None)
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         return ResumableLoader(
             self.train_set,
             batch_size=self.batch_size,
             seed=torch.initial_seed(),
+            rank=rank,
+            world_size=world,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,

@@ -11,7 +11,8 @@ random flips, as a run that was never interrupted. Two things make that so:
   iteration skips those batches.
 
 Exactness holds with ``num_workers=0`` and with workers alike: both the order and the per-sample
-seeds are fixed before any worker sees an index.
+seeds are fixed before any worker sees an index. Under DDP each rank takes its shard of the
+epoch's order (as ``DistributedSampler`` does), so the same holds per rank.
 """
 
 from __future__ import annotations
@@ -20,32 +21,52 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 __all__ = ["ResumableLoader"]
 
 _MIX = 0x9E3779B1  # odd 32-bit constant: spreads (seed, epoch) over distinct generator seeds
 
 
-class _EpochSampler(Sampler):
-    """Yields ``(index, item_seed)`` in the order fixed by ``(seed, epoch)``, from ``start`` on."""
+class _EpochSampler(DistributedSampler):
+    """Yields ``(index, item_seed)`` in the order fixed by ``(seed, epoch)``, from ``start`` on.
 
-    def __init__(self, n: int, seed: int) -> None:
+    With ``world_size > 1`` the order is padded by wrapping around to a multiple of ``world_size``
+    and rank ``r`` takes every ``world_size``-th position from ``r``, as ``DistributedSampler``.
+    It subclasses ``DistributedSampler`` only so that Lightning keeps it under DDP (Lightning
+    replaces any other sampler with its own); ``DistributedSampler.__init__`` is not called.
+    """
+
+    def __init__(self, n: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"ResumableLoader: rank must be in [0, {world_size}), got {rank}")
         self.n, self.seed, self.epoch, self.start = n, seed, 0, 0
+        self.rank, self.num_replicas = rank, world_size
+        self.shuffle, self.drop_last = True, False
+        self.num_samples = -(-n // world_size)
+        self.total_size = self.num_samples * world_size
 
     def set_epoch(self, epoch: int) -> None:  # Lightning calls this before every epoch
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.n
+        return self.num_samples
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         g = torch.Generator().manual_seed((self.seed * _MIX + self.epoch) % 2**63)
         order = torch.randperm(self.n, generator=g)
         item_seeds = torch.randint(0, 2**62, (self.n,), generator=g)
+        pad = self.total_size - self.n
+        if pad:
+            order, item_seeds = (
+                torch.cat([order, order[:pad]]),
+                torch.cat([item_seeds, item_seeds[:pad]]),
+            )
+        order = order[self.rank :: self.num_replicas].tolist()
+        item_seeds = item_seeds[self.rank :: self.num_replicas].tolist()
         start, self.start = self.start, 0
-        for p in range(start, self.n):
-            yield int(order[p]), int(item_seeds[p])
+        for p in range(start, len(order)):
+            yield order[p], item_seeds[p]
 
 
 class _SeededItems(Dataset):
@@ -71,6 +92,7 @@ class ResumableLoader(DataLoader):
         dataset: a map-style dataset; its transforms may use torch's global RNG.
         batch_size: as ``DataLoader``.
         seed: fixes every epoch's order and augmentation (independent of the global seed).
+        rank, world_size: this process's shard of every epoch (DDP).
         **kwargs: passed to ``DataLoader`` (``num_workers``, ``pin_memory``, ...); not ``shuffle``,
             ``sampler`` or ``batch_sampler``.
 
@@ -83,8 +105,16 @@ class ResumableLoader(DataLoader):
         True
     """
 
-    def __init__(self, dataset: Dataset, batch_size: int, seed: int = 0, **kwargs: Any) -> None:
-        sampler = _EpochSampler(len(dataset), seed)  # type: ignore[arg-type]
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        **kwargs: Any,
+    ) -> None:
+        sampler = _EpochSampler(len(dataset), seed, rank, world_size)  # type: ignore[arg-type]
         super().__init__(
             _SeededItems(dataset),
             batch_size=batch_size,

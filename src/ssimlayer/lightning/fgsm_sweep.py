@@ -77,8 +77,15 @@ class FGSMSweep(pl.Callback):
         return model
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.is_global_zero:
-            self.run(trainer, pl_module)
+        # Every rank runs the sweep, rank 0 writes it. Under DDP the accuracy metrics inside the
+        # sweep gather their counts over all ranks when they compute (torchmetrics does that
+        # whenever torch.distributed is initialised), so a sweep on rank 0 alone would wait for
+        # ranks that have moved on (gloo: "connection closed by peer"). All ranks attack the same
+        # full splits, so the gathered counts are each rank's times the number of ranks, and
+        # the accuracies are those of one process; on the trainer's own (sharded) loaders they
+        # add up to the whole split. The wall time is that of one sweep.
+        self.run(trainer, pl_module)
+        trainer.strategy.barrier("FGSMSweep")  # rank 0 has written its files before anyone exits
 
     def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[dict]:
         model = self._model(trainer, pl_module)
@@ -96,10 +103,12 @@ class FGSMSweep(pl.Callback):
                 desc=f"FGSM sweep ({split})",
             )
             self.rows += [{"split": split, **r} for r in rows]
-            for r in rows:
+            for r in rows if trainer.is_global_zero else []:
                 log.info(
                     "FGSM %s eps=%.4f top1=%.4f top5=%s", split, r["eps"], r["top1"], r.get("top5")
                 )
+        if not trainer.is_global_zero:
+            return self.rows
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self._write_csv()
         plot = self._plot()
