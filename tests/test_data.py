@@ -206,3 +206,22 @@ def test_real_cifar10_binary_copy():
     assert labels[:10].tolist() == [6, 9, 9, 4, 1, 1, 2, 7, 8, 3]  # the official order
     counts = torch.bincount(labels, minlength=10).tolist()
     assert counts == [1005, 974, 1032, 1016, 999, 937, 1030, 1001, 1025, 981]
+
+
+def test_resumable_loader_ranks_partition_each_epoch():
+    from torch.utils.data import DistributedSampler, TensorDataset
+
+    from ssimlayer.data.resumable import ResumableLoader
+
+    ds = TensorDataset(torch.arange(10))
+    shards = [
+        torch.cat([b[0] for b in ResumableLoader(ds, 2, seed=1, rank=r, world_size=3)])
+        for r in range(3)
+    ]
+    assert [len(s) for s in shards] == [4, 4, 4]  # padded by wrapping, as DistributedSampler
+    assert set(torch.cat(shards).tolist()) == set(range(10))
+    single = torch.cat([b[0] for b in ResumableLoader(ds, 2, seed=1)])
+    # rank r takes positions r, r + 3, ... of the one-process order
+    assert [int(shards[p % 3][p // 3]) for p in range(10)] == single.tolist()
+    # Lightning keeps a DistributedSampler under DDP instead of replacing it
+    assert isinstance(ResumableLoader(ds, 2, rank=1, world_size=2).sampler, DistributedSampler)
