@@ -66,6 +66,8 @@ class NonFiniteLossGuard(Callback):
     def on_before_backward(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Tensor
     ) -> None:
+        if len(self._where) >= self.check_every_n_steps:  # several backward passes per batch
+            self.check(trainer)
         n = len(self._where)
         if self._losses is None or self._losses.device != loss.device:
             self._losses = torch.empty(self.check_every_n_steps, device=loss.device)
