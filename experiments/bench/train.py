@@ -79,7 +79,6 @@ def compose_cfg(
                 *overrides,
                 f"data.batch_size={batch_size}",
                 f"data.device_resident={str(device_resident).lower()}",
-                "logger=none",
                 f"paths.output_dir={out_dir}",
             ],
         )
