@@ -20,7 +20,15 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["fused", "set_fusion", "fusion_enabled", "set_triton", "triton_eq8", "disable_triton"]
+__all__ = [
+    "fused",
+    "set_fusion",
+    "fusion_enabled",
+    "set_triton",
+    "triton_enabled",
+    "triton_eq8",
+    "disable_triton",
+]
 
 # Below this many output elements the eager passes cost less than a compiled call's guards.
 MIN_NUMEL = 1 << 16
@@ -43,6 +51,10 @@ def set_fusion(enabled: bool) -> None:
 
 def fusion_enabled() -> bool:
     return _enabled
+
+
+def triton_enabled() -> bool:
+    return _triton_ok
 
 
 def set_triton(enabled: bool) -> None:

@@ -226,10 +226,10 @@ def _input_box_kernel(
     for c0 in range(0, c_in_g, C_TILE):
         chans = c0 + tl.arange(0, C_TILE)
         chan = (g * c_in_g + chans).to(tl.int64)[:, None]
-        ok = (chans < c_in_g)[:, None] & inside[None, :]
-        xv = tl.load(x_ptr + x_pix + chan * sx_c, mask=ok)
+        tile_ok = (chans < c_in_g)[:, None] & inside[None, :]
+        xv = tl.load(x_ptr + x_pix + chan * sx_c, mask=tile_ok)
         gx = gx_ptr + gx_pix + chan * sgx_c
-        tl.store(gx, tl.load(gx, mask=ok) + p + q * xv, mask=ok)
+        tl.store(gx, tl.load(gx, mask=tile_ok) + p + q * xv, mask=tile_ok)
 
 
 @triton.jit

@@ -1,0 +1,74 @@
+"""Compile every Triton kernel of ssimlayer._triton_eq8 for a CUDA target, without a GPU.
+
+Run by tests/test_triton_kernels.py in a fresh process without ``TRITON_INTERPRET`` (the interpreter
+checks what the kernels compute, not whether Triton's compiler accepts them). Prints one line per
+kernel and configuration and exits non-zero if any fails.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+import ssimlayer._triton_eq8 as kernels
+
+POINTERS = {
+    "_filter_stats_kernel": ("w_ptr", "ystat_ptr"),
+    "_forward_kernel": ("x_ptr", "sxy_ptr", "out_ptr", "ystat_ptr", "box_ptr"),
+    "_backward_kernel": (
+        "grad_ptr",
+        "sxy_ptr",
+        "r_ptr",
+        "ystat_ptr",
+        "box_ptr",
+        "pq_ptr",
+        "part_ptr",
+    ),  # fmt: skip
+    "_input_box_kernel": ("gx_ptr", "x_ptr", "pq_ptr"),
+    "_filter_terms_kernel": ("gw_ptr", "w_ptr", "part_ptr"),
+}
+FLOATS = ("c1", "c2")
+# Integer arguments a plain layer (stride 1, dilation 1, one group) passes as 1: Triton specialises
+# those to constants, which changes the code it compiles.
+ONES = ("stride_h", "stride_w", "dil_h", "dil_w", "groups")
+CONFIGS = [
+    ("float32, k3, 1s specialised", "fp32", dict(KH=3, KW=3, BLOCK=128, C_TILE=8, K_TILE=16), True),
+    ("float32, k7, generic ints", "fp32", dict(KH=7, KW=7, BLOCK=64, C_TILE=4, K_TILE=16), False),
+    ("float64, 1x1 smallest tiles", "fp64", dict(KH=1, KW=1, BLOCK=16, C_TILE=2, K_TILE=2), False),
+]
+
+
+def compile_all() -> int:
+    target = GPUTarget("cuda", 90, 32)
+    failures = 0
+    for label, dtype, constexprs, ones in CONFIGS:
+        for name, pointers in POINTERS.items():
+            fn = getattr(kernels, name)
+            signature, constants = {}, {}
+            for index, arg in enumerate(fn.arg_names):
+                if arg in constexprs:
+                    signature[arg] = "constexpr"
+                    constants[(index,)] = constexprs[arg]
+                elif ones and arg in ONES:
+                    signature[arg] = "constexpr"
+                    constants[(index,)] = 1
+                elif arg in pointers:
+                    signature[arg] = f"*{dtype}"
+                elif arg in FLOATS:
+                    signature[arg] = "fp32"
+                else:
+                    signature[arg] = "i32"
+            try:
+                triton.compile(ASTSource(fn, signature, constexprs=constants), target=target)
+                print(f"OK    {name} ({label})")
+            except Exception as err:  # report every failure, not only the first
+                failures += 1
+                print(f"FAIL  {name} ({label}): {type(err).__name__}: {err}")
+    return failures
+
+
+if __name__ == "__main__":
+    sys.exit(1 if compile_all() else 0)
