@@ -121,7 +121,7 @@ def test_gradcheck_of_the_triton_autograd_function(kernels, device, case, fast):
     geometry = _geometry(geom)
 
     def layer(a, b):
-        return functional._SSIMConv2dEq8Triton.apply(a, b, 1e-3, 2e-3, geometry)
+        return functional._SSIMConv2dEq8Triton.apply(a, b, 1e-3, 2e-3, geometry, kernels)
 
     assert torch.autograd.gradcheck(layer, (x, w), fast_mode=fast)
 
@@ -132,7 +132,7 @@ def test_float32_kernels_agree_with_the_pytorch_path(kernels, device):
     x.requires_grad_()
     w.requires_grad_()
     geometry = _geometry(geom)
-    out = functional._SSIMConv2dEq8Triton.apply(x, w, 1e-4, 9e-4, geometry)
+    out = functional._SSIMConv2dEq8Triton.apply(x, w, 1e-4, 9e-4, geometry, kernels)
     grad = torch.randn_like(out)
     gx, gw = torch.autograd.grad(out, (x, w), grad)
     ref = functional._SSIMConv2dEq8.apply(x, w, 1e-4, 9e-4, geometry)
@@ -167,6 +167,98 @@ def test_a_failing_kernel_falls_back_with_a_warning(monkeypatch):
         out = functional.ssim_conv2d(x, w, padding=1)
     assert not _fusion._triton_ok
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+class _Counting:
+    """The real kernels, counting calls, with an optional error added to their results."""
+
+    def __init__(self, kernels, forward_error=0.0, backward_error=0.0):
+        self.kernels, self.calls = kernels, {"forward": 0, "backward": 0}
+        self.forward_error, self.backward_error = forward_error, backward_error
+
+    def eq8_forward(self, *args, **kwargs):
+        self.calls["forward"] += 1
+        out, *rest = self.kernels.eq8_forward(*args, **kwargs)
+        return (out + self.forward_error, *rest)
+
+    def eq8_backward(self, *args, **kwargs):
+        self.calls["backward"] += 1
+        return tuple(
+            None if g is None else g * (1 + self.backward_error)
+            for g in self.kernels.eq8_backward(*args, **kwargs)
+        )
+
+
+@pytest.fixture
+def routed(monkeypatch, kernels):
+    """Send float32 CPU tensors through the Triton path (interpreted), with fresh first-use checks."""
+    from ssimlayer import _fusion
+
+    def route(module):
+        monkeypatch.setattr(functional, "triton_eq8", lambda x, w: module)
+        return module
+
+    monkeypatch.setattr(_fusion, "_triton_ok", True)
+    _fusion.triton_checks.reset()
+    yield route
+    _fusion.triton_checks.reset()
+
+
+def _layer_step(x, w, layer=functional.ssim_conv2d):
+    x, w = x.clone().requires_grad_(), w.clone().requires_grad_()
+    out = layer(x, w, padding=1)
+    (
+        out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype, device=out.device).view_as(out)
+    ).sum().backward()
+    return out.detach(), x.grad, w.grad
+
+
+def _reference_step(x, w):
+    return _layer_step(x.cpu().double(), w.cpu().double(), ssim_conv2d_reference)
+
+
+def test_first_use_check_passes_for_correct_kernels(routed, kernels, device, recwarn):
+    from ssimlayer import _fusion
+
+    counting = routed(_Counting(kernels))
+    torch.manual_seed(4)
+    x, w = torch.randn(2, 3, 6, 6, device=device), torch.randn(4, 3, 3, 3, device=device)
+    for _ in range(2):
+        got = _layer_step(x, w)
+    assert counting.calls == {"forward": 2, "backward": 2}
+    assert not [r for r in recwarn if "disagree" in str(r.message)]
+    config = functional._triton_config(x, w, ((1, 1), (1, 1), (1, 1), 1))
+    assert _fusion.triton_checks.checked("forward", config)
+    assert _fusion.triton_checks.checked("backward", config)
+    assert _fusion.triton_checks.usable(config)
+    for a, b in zip(got, _reference_step(x, w)):
+        torch.testing.assert_close(a.cpu().double(), b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["forward", "backward"])
+def test_wrong_kernels_are_caught_on_first_use(routed, kernels, device, kind):
+    """A kernel that is off by more than float32 rounding: warned about, replaced, never used again."""
+    errors = {"forward_error": 0.01} if kind == "forward" else {"backward_error": 0.01}
+    counting = routed(_Counting(kernels, **errors))
+    torch.manual_seed(5)
+    x, w = torch.randn(2, 3, 6, 6, device=device), torch.randn(4, 3, 3, 3, device=device)
+    with pytest.warns(RuntimeWarning, match=f"Triton {kind} kernels disagree"):
+        first = _layer_step(x, w)
+    second = _layer_step(x, w)
+    assert counting.calls == {"forward": 1, "backward": 1 if kind == "backward" else 0}
+    expected = _reference_step(x, w)
+    for got in (first, second):
+        for a, b in zip(got, expected):
+            torch.testing.assert_close(a.cpu().double(), b, rtol=1e-4, atol=1e-4)
+
+
+def test_inference_is_checked_too(routed, kernels, device):
+    routed(_Counting(kernels, forward_error=0.01))
+    x, w = torch.randn(2, 3, 6, 6, device=device), torch.randn(4, 3, 3, 3, device=device)
+    with torch.no_grad(), pytest.warns(RuntimeWarning, match="Triton forward kernels disagree"):
+        out = functional.ssim_conv2d(x, w, padding=1)
+    expected = ssim_conv2d_reference(x.cpu().double(), w.cpu().double(), padding=1)
+    torch.testing.assert_close(out.cpu().double(), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_every_kernel_compiles_for_a_cuda_target():

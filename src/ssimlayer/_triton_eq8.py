@@ -372,6 +372,8 @@ def _eq8_backward(x, w, box, ystat, s_xy, grad_out, c1: float, c2: float, geomet
                 KH=kh, KW=kw, BLOCK=in_block, C_TILE=_tile(c_in_g, _C_TILE),
                 num_warps=_warps(in_block),
             )  # fmt: skip
+    grad_x = grad_x if needs[0] else None  # some backends fill the gradients not asked for
+    grad_w = grad_w if needs[1] else None
     if needs[1]:
         grad_w = grad_w.contiguous()
         w_block = _block(max(n, b * n_blocks))

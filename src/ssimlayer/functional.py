@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.modules.utils import _pair
 
-from ssimlayer._fusion import disable_triton, fused, triton_eq8
+from ssimlayer._fusion import disable_triton, fused, triton_checks, triton_eq8
 
 __all__ = ["ssim_conv2d", "DEFAULT_C1", "DEFAULT_C2"]
 
@@ -310,11 +310,17 @@ def _eq8(x: Tensor, w: Tensor, c1: float, c2: float, geometry) -> Tensor:
     """Eq. 8 through the fastest path that applies: Triton on CUDA, else compiled or eager PyTorch."""
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)
     kernels = triton_eq8(x, w)
-    if kernels is not None:
+    config = _triton_config(x, w, geometry)
+    if kernels is not None and triton_checks.usable(config):
         try:
+            w = w.contiguous()
             if needs_grad:
-                return _SSIMConv2dEq8Triton.apply(x, w.contiguous(), c1, c2, geometry)
-            return kernels.eq8_forward(x, w.contiguous(), c1, c2, geometry, False)[0]
+                return _SSIMConv2dEq8Triton.apply(x, w, c1, c2, geometry, kernels)
+            out = kernels.eq8_forward(x, w, c1, c2, geometry, False)[0]
+            if triton_checks.checked("forward", config):
+                return out
+            ref = _eq8_forward(x, w, c1, c2, geometry)[0]
+            return out if triton_checks.agree("forward", config, (out,), (ref,)) else ref
         except torch.OutOfMemoryError:
             raise
         except Exception as err:  # a Triton that cannot compile here: the other paths still work
@@ -322,6 +328,11 @@ def _eq8(x: Tensor, w: Tensor, c1: float, c2: float, geometry) -> Tensor:
     if needs_grad:
         return _SSIMConv2dEq8.apply(x, w, c1, c2, geometry)
     return fused(_eq8_forward, x, x, w, c1, c2, geometry)[0]  # inference: no cov
+
+
+def _triton_config(x: Tensor, w: Tensor, geometry) -> tuple:
+    """Everything that selects a compiled variant of the Triton kernels (not the batch size)."""
+    return (x.device, x.dtype, tuple(x.shape[1:]), x.stride()[1:], tuple(w.shape), geometry)
 
 
 class _SSIMConv2dEq8(torch.autograd.Function):
@@ -361,37 +372,50 @@ class _SSIMConv2dEq8Triton(torch.autograd.Function):
     """:class:`_SSIMConv2dEq8` with its work in the Triton kernels of :mod:`ssimlayer._triton_eq8`.
 
     Same maths and the same saving rule (Sxy instead of cov, see :func:`_keeps_cov`); the filter
-    statistics are saved too. If a backward kernel cannot run, the PyTorch backward takes over.
+    statistics are saved too. The first forward and the first backward of each configuration are
+    also computed by the PyTorch path and compared (see :mod:`ssimlayer._fusion`); a configuration
+    whose kernels disagree, or whose backward kernels cannot run, uses the PyTorch path instead.
     """
 
     @staticmethod
-    def forward(ctx, x, w, c1, c2, geometry):
-        from ssimlayer import _triton_eq8
-
+    def forward(ctx, x, w, c1, c2, geometry, kernels):
         keep = _keeps_cov(x, w, geometry)
-        out, box, ystat, s_xy = _triton_eq8.eq8_forward(x, w, c1, c2, geometry, save_sxy=keep)
+        out, box, ystat, s_xy = kernels.eq8_forward(x, w, c1, c2, geometry, save_sxy=keep)
+        config = _triton_config(x, w, geometry)
+        ctx.eager = False
+        if not triton_checks.checked("forward", config):
+            ref, ref_box, _ = _eq8_forward(x, w, c1, c2, geometry)
+            if not triton_checks.agree("forward", config, (out,), (ref,)):
+                out, box, ctx.eager = ref, ref_box, True
         ctx.save_for_backward(x, w, box, ystat, s_xy)
-        ctx.constants = (c1, c2, geometry)
+        ctx.constants = (c1, c2, geometry, kernels, config)
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        from ssimlayer import _triton_eq8
-
         x, w, box, ystat, s_xy = ctx.saved_tensors
-        c1, c2, geometry = ctx.constants
+        c1, c2, geometry, kernels, config = ctx.constants
         needs = tuple(ctx.needs_input_grad[:2])
+        if ctx.eager or not triton_checks.usable(config):
+            grads = _eq8_backward(x, w, box, None, grad_out, c1, c2, geometry, needs)
+            return *grads, None, None, None, None
         try:
-            grads = _triton_eq8.eq8_backward(
-                x, w, box, ystat, s_xy, grad_out, c1, c2, geometry, needs
-            )
+            grads = kernels.eq8_backward(x, w, box, ystat, s_xy, grad_out, c1, c2, geometry, needs)
         except torch.OutOfMemoryError:
             raise
         except Exception as err:
             disable_triton(err)
             grads = _eq8_backward(x, w, box, None, grad_out, c1, c2, geometry, needs)
-        return *grads, None, None, None
+            return *grads, None, None, None, None
+        if not triton_checks.checked("backward", config):
+            ref = _eq8_backward(x, w, box, None, grad_out, c1, c2, geometry, needs)
+            pairs = [(g, r) for g, r in zip(grads, ref) if r is not None]
+            if not triton_checks.agree(
+                "backward", config, [g for g, _ in pairs], [r for _, r in pairs]
+            ):
+                grads = ref
+        return *grads, None, None, None, None
 
 
 # Batch chunks of a backward that recomputes cov: bounds its output-sized temporaries to 1/4.
