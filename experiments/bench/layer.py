@@ -4,9 +4,11 @@
 
 For each shape, forward + backward of every implementation is timed alternately in one process (so
 machine load hits all of them alike) and the median of the repeats is kept; the number that matters is
-the ratio to nn.Conv2d on the same shapes. Peak memory: on CUDA the allocator's peak during one
-forward + backward beyond what was allocated before; on the CPU the peak of the profiler's memory
-timeline over one forward + backward (every tensor allocated in that step, compiled kernels' too).
+the ratio to nn.Conv2d on the same shapes. On CUDA "ssim" is the Triton path and "ssim_inductor" the
+torch.compile path beside it; "ssim_path" in each row says which path "ssim" really took. Peak
+memory: on CUDA the allocator's peak during one forward + backward beyond what was allocated before;
+on the CPU the peak of the profiler's memory timeline over one forward + backward (every tensor
+allocated in that step, compiled kernels' too).
 """
 
 from __future__ import annotations
