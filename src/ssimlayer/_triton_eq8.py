@@ -50,6 +50,46 @@ def _filter_stats_kernel(w_ptr, ystat_ptr, n, c_out, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def _program_tile(n_blocks, groups, size, BLOCK: tl.constexpr):
+    """This program's batch index, group and BLOCK flat positions (of ``size``) with their mask."""
+    pid = tl.program_id(0).to(tl.int64)
+    bg, block = pid // n_blocks, pid % n_blocks
+    offs = block * BLOCK + tl.arange(0, BLOCK)
+    return bg // groups, bg % groups, block, offs, offs < size
+
+
+@triton.jit
+def _patch_stats(s_x, s_xx, n):
+    """Mean and unbiased variance of each patch from Sx and Sxx, as ``(1, BLOCK)`` rows.
+
+    Scalars (n, c1, c2) come after a tensor in every expression of these kernels, so the arithmetic
+    stays in the tensors' dtype (float64 included) instead of Triton's float32 for scalar arguments.
+    """
+    mu = s_x / n
+    var = tl.maximum((s_xx - s_x * mu) / (n - 1), 0.0)
+    return mu[None, :], var[None, :]
+
+
+@triton.jit
+def _filter_tile(ystat_ptr, f, k_ok, c_out):
+    """Mean and variance of the filters ``f`` as ``(K_TILE, 1)`` columns."""
+    mu = tl.load(ystat_ptr + f, mask=k_ok, other=0.0)
+    var = tl.load(ystat_ptr + c_out + f, mask=k_ok, other=0.0)
+    return mu[:, None], var[:, None]
+
+
+@triton.jit
+def _eq8_terms(mu_x, var_x, mu_y, var_y, s_xy, n, c1, c2):
+    """A1, B1 (luminance) and A2, B2 (contrast-structure) of Eq. 17; cov is Eq. 7 from Sxy."""
+    cov = (s_xy - mu_x * mu_y * n) / (n - 1)
+    a1 = mu_x * mu_y * 2 + c1
+    b1 = mu_x * mu_x + mu_y * mu_y + c1
+    a2 = cov * 2 + c2
+    b2 = var_x + var_y + c2
+    return a1, b1, a2, b2
+
+
+@triton.jit
 def _forward_kernel(
     x_ptr, sxy_ptr, out_ptr, ystat_ptr, box_ptr,
     c_in_g, h, w, h_out, w_out, k_per_group, groups, n_blocks,
@@ -65,12 +105,8 @@ def _forward_kernel(
     Channels are read C_TILE at a time and filters handled K_TILE at a time, as 2-D tiles, so that
     many loads are in flight at once.
     """
-    pid = tl.program_id(0).to(tl.int64)
-    bg, block = pid // n_blocks, pid % n_blocks
-    b, g = bg // groups, bg % groups
+    b, g, block, offs, inside = _program_tile(n_blocks, groups, h_out * w_out, BLOCK)
     dt = x_ptr.dtype.element_ty
-    offs = block * BLOCK + tl.arange(0, BLOCK)
-    inside = offs < h_out * w_out
     oh, ow = offs // w_out, offs % w_out
 
     # Sx and Sxx of every patch: exactly the values conv2d multiplies, zero padding included.
@@ -96,26 +132,18 @@ def _forward_kernel(
     tl.store(box + g * (h_out * w_out), s_x, mask=inside)
     tl.store(box + (groups + g) * (h_out * w_out), s_xx, mask=inside)
 
-    # Scalars (n, c1, c2) come after a tensor in every expression, so the arithmetic stays in the
-    # tensors' dtype (float64 included) instead of Triton's float32 for scalar arguments.
-    mu_x = (s_x / n)[None, :]
-    var_x = tl.maximum((s_xx - s_x * (s_x / n)) / (n - 1), 0.0)[None, :]
+    mu_x, var_x = _patch_stats(s_x, s_xx, n)
     c_out = groups * k_per_group
     pos = (b * ss_b + oh * ss_h + ow * ss_w)[None, :]
     for k0 in range(0, k_per_group, K_TILE):
         ks = k0 + tl.arange(0, K_TILE)
         k_ok = ks < k_per_group
         f = g * k_per_group + ks
-        mu_y = tl.load(ystat_ptr + f, mask=k_ok, other=0.0)[:, None]
-        var_y = tl.load(ystat_ptr + c_out + f, mask=k_ok, other=0.0)[:, None]
+        mu_y, var_y = _filter_tile(ystat_ptr, f, k_ok, c_out)
         at = pos + f[:, None] * ss_c
         ok = k_ok[:, None] & inside[None, :]
         s_xy = tl.load(sxy_ptr + at, mask=ok, other=0.0)
-        cov = (s_xy - mu_x * mu_y * n) / (n - 1)
-        a1 = mu_x * mu_y * 2 + c1
-        b1 = mu_x * mu_x + mu_y * mu_y + c1
-        a2 = cov * 2 + c2
-        b2 = var_x + var_y + c2
+        a1, b1, a2, b2 = _eq8_terms(mu_x, var_x, mu_y, var_y, s_xy, n, c1, c2)
         tl.store(out_ptr + at, (a1 * a2) / (b1 * b2), mask=ok)
 
 
@@ -134,19 +162,14 @@ def _backward_kernel(
     filters (``pq``, laid out like ``box``) and this program's partial sums of the filter terms P'
     and Q' (row ``b * n_blocks + block`` of ``part``, ``(rows, 2 C_out)``).
     """
-    pid = tl.program_id(0).to(tl.int64)
-    bg, block = pid // n_blocks, pid % n_blocks
-    b, g = bg // groups, bg % groups
+    b, g, block, offs, inside = _program_tile(n_blocks, groups, h_out * w_out, BLOCK)
     dt = grad_ptr.dtype.element_ty
-    offs = block * BLOCK + tl.arange(0, BLOCK)
-    inside = offs < h_out * w_out
     oh, ow = offs // w_out, offs % w_out
 
     box = box_ptr + b * (2 * groups * h_out * w_out) + offs
     s_x = tl.load(box + g * (h_out * w_out), mask=inside, other=0.0)
     s_xx = tl.load(box + (groups + g) * (h_out * w_out), mask=inside, other=0.0)
-    mu_x = (s_x / n)[None, :]
-    var_x = tl.maximum((s_xx - s_x * (s_x / n)) / (n - 1), 0.0)[None, :]
+    mu_x, var_x = _patch_stats(s_x, s_xx, n)
     c_out = groups * k_per_group
     pos_s = (b * ss_b + oh * ss_h + ow * ss_w)[None, :]
     pos_g = (b * sg_b + oh * sg_h + ow * sg_w)[None, :]
@@ -157,16 +180,11 @@ def _backward_kernel(
         ks = k0 + tl.arange(0, K_TILE)
         k_ok = ks < k_per_group
         f = g * k_per_group + ks
-        mu_y = tl.load(ystat_ptr + f, mask=k_ok, other=0.0)[:, None]
-        var_y = tl.load(ystat_ptr + c_out + f, mask=k_ok, other=0.0)[:, None]
+        mu_y, var_y = _filter_tile(ystat_ptr, f, k_ok, c_out)
         ok = k_ok[:, None] & inside[None, :]
         grad = tl.load(grad_ptr + pos_g + f[:, None] * sg_c, mask=ok, other=0.0).to(dt)
         s_xy = tl.load(sxy_ptr + pos_s + f[:, None] * ss_c, mask=ok, other=0.0)
-        cov = (s_xy - mu_x * mu_y * n) / (n - 1)
-        a1 = mu_x * mu_y * 2 + c1
-        b1 = mu_x * mu_x + mu_y * mu_y + c1
-        a2 = cov * 2 + c2
-        b2 = var_x + var_y + c2
+        a1, b1, a2, b2 = _eq8_terms(mu_x, var_x, mu_y, var_y, s_xy, n, c1, c2)
         inv = grad / (b1 * b2)
         d_a1 = inv * a2  # g dS/dA1
         g_s = d_a1 * a1  # g S
@@ -197,12 +215,8 @@ def _input_box_kernel(
     KH: tl.constexpr, KW: tl.constexpr, BLOCK: tl.constexpr, C_TILE: tl.constexpr,
 ):  # fmt: skip
     """grad_x += P + Q x, with P and Q summed over every window that covers the pixel."""
-    pid = tl.program_id(0).to(tl.int64)
-    bg, block = pid // n_blocks, pid % n_blocks
-    b, g = bg // groups, bg % groups
+    b, g, _, offs, inside = _program_tile(n_blocks, groups, h * w, BLOCK)
     dt = x_ptr.dtype.element_ty
-    offs = block * BLOCK + tl.arange(0, BLOCK)
-    inside = offs < h * w
     ih, iw = offs // w, offs % w
 
     pq = pq_ptr + b * (2 * groups * h_out * w_out)
