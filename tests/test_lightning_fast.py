@@ -1,5 +1,5 @@
 """The pieces that keep the training step cheap (issue #6): sync-free metrics, the batched NaN
-guard, the time-based resume checkpoint and the throttled progress bar."""
+guard, the time-based resume checkpoint, the throttled progress bar and the no-op profiler."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 from pytorch_lightning.callbacks import ProgressBar
+from pytorch_lightning.profilers import PassThroughProfiler, SimpleProfiler
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -15,10 +17,11 @@ from ssimlayer.lightning import build_callbacks
 from ssimlayer.lightning.callbacks import ThrottledProgressBar
 from ssimlayer.lightning.checkpointing import ResumeCheckpoint
 from ssimlayer.lightning.module import TopKAccuracy, WeightedMean
+from ssimlayer.lightning.profiling import NullProfiler
 from ssimlayer.lightning.safety import NonFiniteLossError
 from ssimlayer.train import train
 from ssimlayer.utils import CONF_DIR
-from tests.test_reliability import TINY, compose_cfg
+from tests.test_reliability import TINY, compose_cfg, rows, stable
 
 
 @pytest.mark.parametrize("k", [1, 2, 5])
@@ -148,3 +151,39 @@ def test_default_callbacks_have_the_throttled_bar_unless_the_bar_is_off():
     assert not [c for c in build_callbacks(off) if isinstance(c, ProgressBar)]
     assert not [c for c in build_callbacks(on, skip=["progress_bar"]) if isinstance(c, ProgressBar)]
     assert isinstance(bars[0], pl.Callback)
+
+
+def test_default_trainer_has_the_null_profiler_and_simple_still_profiles(tmp_path):
+    default = instantiate(compose_cfg(tmp_path / "a", *TINY).trainer, logger=False)
+    assert isinstance(default.profiler, NullProfiler)
+    profiler = default.profiler
+    assert profiler.profile("a") is profiler.profile("b")  # one shared object, nothing recorded
+    simple = instantiate(
+        compose_cfg(tmp_path / "b", *TINY, "trainer.profiler=simple").trainer, logger=False
+    )
+    assert isinstance(simple.profiler, SimpleProfiler)
+    lightning = instantiate(
+        compose_cfg(tmp_path / "c", *TINY, "trainer.profiler=null").trainer, logger=False
+    )
+    assert type(lightning.profiler) is PassThroughProfiler  # Lightning's own default
+
+
+def test_null_profiler_trains_exactly_as_lightnings_default_profiler(tmp_path):
+    runs = {}
+    for name, profiler in (("null", []), ("lightning", ["trainer.profiler=null"])):
+        out = tmp_path / name
+        metrics = train(compose_cfg(out, *TINY, "~callbacks.fgsm_sweep", *profiler))
+        state = torch.load(
+            out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
+        )
+        runs[name] = (stable(metrics), rows(out / "epochs.csv"), state)
+    (m1, r1, s1), (m2, r2, s2) = runs["null"], runs["lightning"]
+    assert m1["global_step"] == 16 and m1 == m2 and r1 == r2
+    assert s1["state_dict"].keys() == s2["state_dict"].keys()
+    assert all(torch.equal(v, s2["state_dict"][k]) for k, v in s1["state_dict"].items())
+    momentum = [s["optimizer_states"][0]["state"] for s in (s1, s2)]
+    assert momentum[0].keys() == momentum[1].keys() and momentum[0]
+    assert all(
+        torch.equal(momentum[0][i]["momentum_buffer"], momentum[1][i]["momentum_buffer"])
+        for i in momentum[0]
+    )
