@@ -63,6 +63,7 @@ def test_bench_train_smoke_writes_rows(tmp_path):
         "ModelCheckpoint",
     } <= set(row["lightning_callbacks"])
     assert "FGSMSweep" not in row["lightning_callbacks"] and "FGSM" in row["lightning_differs"]
+    assert row["lightning_profiler"] == "NullProfiler"  # conf/trainer's, as in a real run
 
 
 def test_bench_train_overhead_mode_shrinks_the_model(tmp_path):

@@ -117,8 +117,9 @@ def overhead_overrides(overrides: list[str], model: str) -> list[str]:
     ]
 
 
-def time_lightning(cfg: DictConfig, warmup: int, steps: int) -> tuple[float, list[str]]:
-    """Seconds for ``steps`` steps after ``warmup``, and the names of the callbacks that ran."""
+def time_lightning(cfg: DictConfig, warmup: int, steps: int) -> tuple[float, list[str], str]:
+    """Seconds for ``steps`` steps after ``warmup``, the names of the callbacks that ran and the
+    trainer's profiler."""
     pl.seed_everything(cfg.seed)
     dm, model = instantiate(cfg.data), instantiate(cfg.model)
     timer = StepTimer(warmup, steps)
@@ -141,7 +142,8 @@ def time_lightning(cfg: DictConfig, warmup: int, steps: int) -> tuple[float, lis
         finish_wandb(loggers)
     if timer.t0 is None or timer.t1 is None:
         raise RuntimeError("bench: Lightning stopped before the timed steps were done")
-    return timer.t1 - timer.t0, [type(c).__name__ for c in trainer.callbacks]
+    callbacks = [type(c).__name__ for c in trainer.callbacks]
+    return timer.t1 - timer.t0, callbacks, type(trainer.profiler).__name__
 
 
 def time_bare(cfg: DictConfig, warmup: int, steps: int, device: torch.device) -> float:
@@ -234,7 +236,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 warmup = args.warmup or (2 if smoke else 20)
                 light, bare = math.inf, math.inf
                 for _ in range(args.repeats):
-                    t, callbacks = time_lightning(cfg, warmup, steps)
+                    t, callbacks, profiler = time_lightning(cfg, warmup, steps)
                     light = min(light, t)
                     bare = min(bare, time_bare(cfg, warmup, steps, device))
                 row = {
@@ -265,6 +267,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     "overhead_mode": args.overhead,
                     "lightning_callbacks": callbacks,
                     "lightning_loggers": sorted(cfg.get("logger") or {}),
+                    "lightning_profiler": profiler,
                     "lightning_differs": LIGHTNING_DIFFERS,
                 }
                 rows.append(row)
