@@ -2,7 +2,7 @@
 PY ?= .venv/bin/python
 ARGS ?=
 
-.PHONY: install test test-all check lint bench bench-train train reproduce-table1 reproduce-shallow reproduce-nonlinearity reproduce-table2 robustness
+.PHONY: install test test-all check lint bench gpu-check bench-train train reproduce-table1 reproduce-shallow reproduce-nonlinearity reproduce-table2 robustness
 
 install:  ## create .venv and install the package with every dependency
 	python3.11 -m venv .venv
@@ -24,6 +24,14 @@ lint:
 
 bench:  ## layer speed/memory vs nn.Conv2d -> outputs/bench/layer.json
 	$(PY) experiments/bench/layer.py $(ARGS)
+
+# On a CUDA machine, everything the layer's GPU path needs checked, with full logs, in one command.
+gpu-check:  ## GPU tests (compiled Triton kernels too), host overhead, CUDA bench -> outputs/gpu_check/
+	mkdir -p outputs/gpu_check
+	-$(PY) -m pytest -q -rfE --tb=short -m "not slow" tests/test_gpu.py tests/test_triton_kernels.py > outputs/gpu_check/tests.log 2>&1
+	tail -n 40 outputs/gpu_check/tests.log
+	$(PY) experiments/bench/host_overhead.py --out outputs/gpu_check/host_overhead.json
+	$(PY) experiments/bench/layer.py --device cuda --out outputs/gpu_check/layer.json
 
 # Reproduction pipeline (conf/, src/ssimlayer/train.py). Each reproduce-* target trains both models of
 # its pair in one Hydra multirun, then runs the FGSM sweep; runs land in outputs/<experiment>/multirun/.
