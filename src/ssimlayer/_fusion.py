@@ -143,14 +143,17 @@ class TritonChecks:
     """First-use checks of the Triton kernels against the PyTorch path, one per configuration.
 
     The first forward and the first backward of each configuration (device, dtype, input shape
-    without the batch, strides, filter shape, geometry: what selects a compiled variant) are also
-    computed by the PyTorch path. If the two disagree beyond float32 rounding, the configuration
-    uses the PyTorch path for the rest of the process and a warning says so; otherwise it is never
-    checked again. This costs one extra forward and backward per configuration, not per step.
+    without the batch, strides, filter shape, geometry: what selects a compiled variant) are run
+    again by both the kernels and the PyTorch path, with full-float32 convolutions. If the two
+    disagree beyond float32 rounding, the configuration uses the PyTorch path for the rest of the
+    process and a warning says so; otherwise it is never checked again. This costs two extra
+    forwards and backwards per configuration, not per step.
     """
 
-    RTOL = 1e-3
-    ATOL = 1e-4  # relative to the largest magnitude of the reference
+    # Loose enough for float32 rounding in two summation orders, tight enough for any indexing or
+    # formula error, which moves results by a sizeable fraction of their range.
+    RTOL = 1e-2
+    ATOL = 1e-3  # relative to the largest magnitude of the reference
 
     def __init__(self) -> None:
         self._done: dict[tuple, bool] = {}

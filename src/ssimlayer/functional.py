@@ -20,6 +20,7 @@ conv backward plus elementwise work. Nothing of size ``N x positions`` is ever m
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 
@@ -317,10 +318,11 @@ def _eq8(x: Tensor, w: Tensor, c1: float, c2: float, geometry) -> Tensor:
             if needs_grad:
                 return _SSIMConv2dEq8Triton.apply(x, w, c1, c2, geometry, kernels)
             out = kernels.eq8_forward(x, w, c1, c2, geometry, False)[0]
-            if triton_checks.checked("forward", config):
+            if triton_checks.checked("forward", config) or _check_forward(
+                kernels, x, w, c1, c2, geometry, config
+            ):
                 return out
-            ref = _eq8_forward(x, w, c1, c2, geometry)[0]
-            return out if triton_checks.agree("forward", config, (out,), (ref,)) else ref
+            return _eq8_forward(x, w, c1, c2, geometry)[0]
         except torch.OutOfMemoryError:
             raise
         except Exception as err:  # a Triton that cannot compile here: the other paths still work
@@ -328,6 +330,47 @@ def _eq8(x: Tensor, w: Tensor, c1: float, c2: float, geometry) -> Tensor:
     if needs_grad:
         return _SSIMConv2dEq8.apply(x, w, c1, c2, geometry)
     return fused(_eq8_forward, x, x, w, c1, c2, geometry)[0]  # inference: no cov
+
+
+@contextlib.contextmanager
+def _ieee_float32_convolutions():
+    """cuDNN convolutions in full float32 (no TF32) inside the block, the caller's setting after."""
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):  # torch >= 2.9
+        saved = conv.fp32_precision
+        conv.fp32_precision = "ieee"
+        try:
+            yield
+        finally:
+            conv.fp32_precision = saved
+    else:
+        saved = torch.backends.cudnn.allow_tf32
+        torch.backends.cudnn.allow_tf32 = False
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.allow_tf32 = saved
+
+
+def _check_forward(kernels, x, w, c1, c2, geometry, config) -> bool:
+    """First use of a configuration: the Triton forward against the PyTorch one.
+
+    Both run again with full-float32 convolutions, so that TF32 (on by default for cuDNN) does not
+    make two correct paths differ.
+    """
+    with torch.no_grad(), _ieee_float32_convolutions():
+        fast = kernels.eq8_forward(x, w, c1, c2, geometry, False)[0]
+        ref = _eq8_forward(x, w, c1, c2, geometry)[0]
+    return triton_checks.agree("forward", config, (fast,), (ref,))
+
+
+def _check_backward(kernels, x, w, box, ystat, grad_out, c1, c2, geometry, needs, config) -> bool:
+    """First use of a configuration: the Triton backward against the PyTorch one (as above)."""
+    with _ieee_float32_convolutions():
+        fast = kernels.eq8_backward(x, w, box, ystat, None, grad_out, c1, c2, geometry, needs)
+        ref = _eq8_backward(x, w, box, None, grad_out, c1, c2, geometry, needs)
+    pairs = [(f, r) for f, r in zip(fast, ref) if r is not None]
+    return triton_checks.agree("backward", config, [f for f, _ in pairs], [r for _, r in pairs])
 
 
 def _triton_config(x: Tensor, w: Tensor, geometry) -> tuple:
@@ -382,11 +425,12 @@ class _SSIMConv2dEq8Triton(torch.autograd.Function):
         keep = _keeps_cov(x, w, geometry)
         out, box, ystat, s_xy = kernels.eq8_forward(x, w, c1, c2, geometry, save_sxy=keep)
         config = _triton_config(x, w, geometry)
-        ctx.eager = False
-        if not triton_checks.checked("forward", config):
-            ref, ref_box, _ = _eq8_forward(x, w, c1, c2, geometry)
-            if not triton_checks.agree("forward", config, (out,), (ref,)):
-                out, box, ctx.eager = ref, ref_box, True
+        ctx.eager = not (
+            triton_checks.checked("forward", config)
+            or _check_forward(kernels, x, w, c1, c2, geometry, config)
+        )
+        if ctx.eager:
+            out, box, _ = _eq8_forward(x, w, c1, c2, geometry)
         ctx.save_for_backward(x, w, box, ystat, s_xy)
         ctx.constants = (c1, c2, geometry, kernels, config)
         return out
@@ -408,13 +452,11 @@ class _SSIMConv2dEq8Triton(torch.autograd.Function):
             disable_triton(err)
             grads = _eq8_backward(x, w, box, None, grad_out, c1, c2, geometry, needs)
             return *grads, None, None, None, None
-        if not triton_checks.checked("backward", config):
-            ref = _eq8_backward(x, w, box, None, grad_out, c1, c2, geometry, needs)
-            pairs = [(g, r) for g, r in zip(grads, ref) if r is not None]
-            if not triton_checks.agree(
-                "backward", config, [g for g, _ in pairs], [r for _, r in pairs]
-            ):
-                grads = ref
+        if not (
+            triton_checks.checked("backward", config)
+            or _check_backward(kernels, x, w, box, ystat, grad_out, c1, c2, geometry, needs, config)
+        ):
+            grads = _eq8_backward(x, w, box, None, grad_out, c1, c2, geometry, needs)
         return *grads, None, None, None, None
 
 
