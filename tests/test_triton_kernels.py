@@ -121,7 +121,8 @@ def test_gradcheck_of_the_triton_autograd_function(kernels, device, case, fast):
     geometry = _geometry(geom)
 
     def layer(a, b):
-        return functional._SSIMConv2dEq8Triton.apply(a, b, 1e-3, 2e-3, geometry, kernels)
+        config = functional._triton_config(a, b, geometry)
+        return functional._SSIMConv2dEq8Triton.apply(a, b, 1e-3, 2e-3, geometry, kernels, config)
 
     assert torch.autograd.gradcheck(layer, (x, w), fast_mode=fast)
 
@@ -132,7 +133,8 @@ def test_float32_kernels_agree_with_the_pytorch_path(kernels, device):
     x.requires_grad_()
     w.requires_grad_()
     geometry = _geometry(geom)
-    out = functional._SSIMConv2dEq8Triton.apply(x, w, 1e-4, 9e-4, geometry, kernels)
+    config = functional._triton_config(x, w, geometry)
+    out = functional._SSIMConv2dEq8Triton.apply(x, w, 1e-4, 9e-4, geometry, kernels, config)
     grad = torch.randn_like(out)
     gx, gw = torch.autograd.grad(out, (x, w), grad)
     ref = functional._SSIMConv2dEq8.apply(x, w, 1e-4, 9e-4, geometry)

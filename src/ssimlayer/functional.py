@@ -311,12 +311,12 @@ def _eq8(x: Tensor, w: Tensor, c1: float, c2: float, geometry) -> Tensor:
     """Eq. 8 through the fastest path that applies: Triton on CUDA, else compiled or eager PyTorch."""
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)
     kernels = triton_eq8(x, w)
-    config = _triton_config(x, w, geometry)
+    config = None if kernels is None else _triton_config(x, w, geometry)
     if kernels is not None and triton_checks.usable(config):
         try:
             w = w.contiguous()
             if needs_grad:
-                return _SSIMConv2dEq8Triton.apply(x, w, c1, c2, geometry, kernels)
+                return _SSIMConv2dEq8Triton.apply(x, w, c1, c2, geometry, kernels, config)
             out = kernels.eq8_forward(x, w, c1, c2, geometry, False)[0]
             if triton_checks.checked("forward", config) or _check_forward(
                 kernels, x, w, c1, c2, geometry, config
@@ -421,10 +421,9 @@ class _SSIMConv2dEq8Triton(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, w, c1, c2, geometry, kernels):
+    def forward(ctx, x, w, c1, c2, geometry, kernels, config):
         keep = _keeps_cov(x, w, geometry)
         out, box, ystat, s_xy = kernels.eq8_forward(x, w, c1, c2, geometry, save_sxy=keep)
-        config = _triton_config(x, w, geometry)
         ctx.eager = not (
             triton_checks.checked("forward", config)
             or _check_forward(kernels, x, w, c1, c2, geometry, config)
@@ -443,7 +442,7 @@ class _SSIMConv2dEq8Triton(torch.autograd.Function):
         needs = tuple(ctx.needs_input_grad[:2])
         if ctx.eager or not triton_checks.usable(config):
             grads = _eq8_backward(x, w, box, None, grad_out, c1, c2, geometry, needs)
-            return *grads, None, None, None, None
+            return *grads, None, None, None, None, None
         try:
             grads = kernels.eq8_backward(x, w, box, ystat, s_xy, grad_out, c1, c2, geometry, needs)
         except torch.OutOfMemoryError:
@@ -451,13 +450,13 @@ class _SSIMConv2dEq8Triton(torch.autograd.Function):
         except Exception as err:
             disable_triton(err)
             grads = _eq8_backward(x, w, box, None, grad_out, c1, c2, geometry, needs)
-            return *grads, None, None, None, None
+            return *grads, None, None, None, None, None
         if not (
             triton_checks.checked("backward", config)
             or _check_backward(kernels, x, w, box, ystat, grad_out, c1, c2, geometry, needs, config)
         ):
             grads = _eq8_backward(x, w, box, None, grad_out, c1, c2, geometry, needs)
-        return *grads, None, None, None, None
+        return *grads, None, None, None, None, None
 
 
 # Batch chunks of a backward that recomputes cov: bounds its output-sized temporaries to 1/4.
