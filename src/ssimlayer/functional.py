@@ -318,9 +318,7 @@ def _eq8(x: Tensor, w: Tensor, c1: float, c2: float, geometry) -> Tensor:
             if needs_grad:
                 return _SSIMConv2dEq8Triton.apply(x, w, c1, c2, geometry, kernels, config)
             out = kernels.eq8_forward(x, w, c1, c2, geometry, False)[0]
-            if triton_checks.checked("forward", config) or _check_forward(
-                kernels, x, w, c1, c2, geometry, config
-            ):
+            if _forward_agrees(kernels, x, w, c1, c2, geometry, config):
                 return out
             return _eq8_forward(x, w, c1, c2, geometry)[0]
         except torch.OutOfMemoryError:
@@ -352,20 +350,24 @@ def _ieee_float32_convolutions():
             torch.backends.cudnn.allow_tf32 = saved
 
 
-def _check_forward(kernels, x, w, c1, c2, geometry, config) -> bool:
-    """First use of a configuration: the Triton forward against the PyTorch one.
+def _forward_agrees(kernels, x, w, c1, c2, geometry, config) -> bool:
+    """Whether the Triton forward agrees with the PyTorch one for this configuration.
 
-    Both run again with full-float32 convolutions, so that TF32 (on by default for cuDNN) does not
-    make two correct paths differ.
+    Checked on first use only (the verdict is kept): both run again with full-float32
+    convolutions, so that TF32 (on by default for cuDNN) does not make two correct paths differ.
     """
+    if triton_checks.checked("forward", config):
+        return triton_checks.usable(config)
     with torch.no_grad(), _ieee_float32_convolutions():
         fast = kernels.eq8_forward(x, w, c1, c2, geometry, False)[0]
         ref = _eq8_forward(x, w, c1, c2, geometry)[0]
     return triton_checks.agree("forward", config, (fast,), (ref,))
 
 
-def _check_backward(kernels, x, w, box, ystat, grad_out, c1, c2, geometry, needs, config) -> bool:
-    """First use of a configuration: the Triton backward against the PyTorch one (as above)."""
+def _backward_agrees(kernels, x, w, box, ystat, grad_out, c1, c2, geometry, needs, config) -> bool:
+    """Whether the Triton backward agrees with the PyTorch one (checked as the forward is)."""
+    if triton_checks.checked("backward", config):
+        return triton_checks.usable(config)
     with _ieee_float32_convolutions():
         fast = kernels.eq8_backward(x, w, box, ystat, None, grad_out, c1, c2, geometry, needs)
         ref = _eq8_backward(x, w, box, None, grad_out, c1, c2, geometry, needs)
@@ -424,10 +426,7 @@ class _SSIMConv2dEq8Triton(torch.autograd.Function):
     def forward(ctx, x, w, c1, c2, geometry, kernels, config):
         keep = _keeps_cov(x, w, geometry)
         out, box, ystat, s_xy = kernels.eq8_forward(x, w, c1, c2, geometry, save_sxy=keep)
-        ctx.eager = not (
-            triton_checks.checked("forward", config)
-            or _check_forward(kernels, x, w, c1, c2, geometry, config)
-        )
+        ctx.eager = not _forward_agrees(kernels, x, w, c1, c2, geometry, config)
         if ctx.eager:
             out, box, _ = _eq8_forward(x, w, c1, c2, geometry)
         ctx.save_for_backward(x, w, box, ystat, s_xy)
@@ -440,22 +439,20 @@ class _SSIMConv2dEq8Triton(torch.autograd.Function):
         x, w, box, ystat, s_xy = ctx.saved_tensors
         c1, c2, geometry, kernels, config = ctx.constants
         needs = tuple(ctx.needs_input_grad[:2])
-        if ctx.eager or not triton_checks.usable(config):
-            grads = _eq8_backward(x, w, box, None, grad_out, c1, c2, geometry, needs)
-            return *grads, None, None, None, None, None
-        try:
-            grads = kernels.eq8_backward(x, w, box, ystat, s_xy, grad_out, c1, c2, geometry, needs)
-        except torch.OutOfMemoryError:
-            raise
-        except Exception as err:
-            disable_triton(err)
-            grads = _eq8_backward(x, w, box, None, grad_out, c1, c2, geometry, needs)
-            return *grads, None, None, None, None, None
-        if not (
-            triton_checks.checked("backward", config)
-            or _check_backward(kernels, x, w, box, ystat, grad_out, c1, c2, geometry, needs, config)
-        ):
-            grads = _eq8_backward(x, w, box, None, grad_out, c1, c2, geometry, needs)
+        if not ctx.eager and triton_checks.usable(config):
+            try:
+                grads = kernels.eq8_backward(
+                    x, w, box, ystat, s_xy, grad_out, c1, c2, geometry, needs
+                )
+                if _backward_agrees(
+                    kernels, x, w, box, ystat, grad_out, c1, c2, geometry, needs, config
+                ):
+                    return *grads, None, None, None, None, None
+            except torch.OutOfMemoryError:
+                raise
+            except Exception as err:
+                disable_triton(err)
+        grads = _eq8_backward(x, w, box, None, grad_out, c1, c2, geometry, needs)
         return *grads, None, None, None, None, None
 
 
