@@ -18,6 +18,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from ssimlayer.lightning.callbacks import build_callbacks
 from ssimlayer.lightning.checkpointing import (
@@ -43,6 +44,7 @@ USER_ERRORS = (
     NonFiniteLossError,
     OmegaConfBaseException,
     InstantiationException,
+    MisconfigurationException,  # Lightning's "these trainer settings do not go together"
 )
 
 

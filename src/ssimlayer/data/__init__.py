@@ -11,11 +11,13 @@ from ssimlayer.data.cifar10_files import (
     verify_cifar10,
 )
 from ssimlayer.data.device_loader import DeviceLoader, DeviceSampler
+from ssimlayer.data.groups import BatchGroups
 from ssimlayer.data.imagefolder import ImageFolderDataModule
 from ssimlayer.data.synthetic import SyntheticDataModule
 
 __all__ = [
     "ArrayDataset",
+    "BatchGroups",
     "ImageClassificationDataModule",
     "CIFAR10DataModule",
     "DeviceLoader",

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from ssimlayer.data.device_loader import DeviceLoader, DeviceSampler
+from ssimlayer.data.groups import BatchGroups
 from ssimlayer.data.resumable import ResumableLoader
 
 __all__ = ["ArrayDataset", "ImageClassificationDataModule"]
@@ -57,6 +58,11 @@ class ImageClassificationDataModule(pl.LightningDataModule):
     With ``device_resident=True`` the train and val loaders are ``DeviceLoader`` objects: the
     ``uint8`` split on the trainer's device, order and flips drawn there, no worker processes. Only
     an :class:`ArrayDataset` with no transform or a horizontal flip can be served that way.
+
+    When the model being fitted has ``steps_per_execution = k > 1`` (see
+    :class:`ssimlayer.lightning.ClassifierModule`), the train loader hands out lists of ``k``
+    batches (:class:`ssimlayer.data.groups.BatchGroups`): the same batches, ``k`` per Lightning
+    iteration.
     """
 
     def __init__(
@@ -116,7 +122,14 @@ class ImageClassificationDataModule(pl.LightningDataModule):
             device=device,
         )
 
-    def train_dataloader(self) -> DataLoader | DeviceLoader:
+    def train_dataloader(self) -> DataLoader | DeviceLoader | BatchGroups:
+        loader = self._train_loader()
+        trainer = getattr(self, "trainer", None)
+        module = trainer.lightning_module if trainer is not None else None
+        k = getattr(module, "steps_per_execution", 1)
+        return BatchGroups(loader, k) if k > 1 else loader
+
+    def _train_loader(self) -> DataLoader | DeviceLoader:
         if self.device_resident:
             return self._device_loader(self.train_set, shuffle=True)
         if self.train_set is None:

@@ -53,7 +53,8 @@ class ResumeCheckpoint(Checkpoint):
 
     Args:
         dirpath: the run's checkpoint folder.
-        every_n_train_steps: save when the global step is a multiple of this; ``None`` or 0: never.
+        every_n_train_steps: save when the global step reaches a multiple of this (at the first
+            batch end at or after it, with ``steps_per_execution > 1``); ``None`` or 0: never.
         every_n_seconds: save when this much time has passed since the last save (or the start of
             training); ``None``: never. With several processes rank 0's clock decides, looked at
             every ``DIST_TIME_CHECK_EVERY`` steps.
@@ -77,7 +78,7 @@ class ResumeCheckpoint(Checkpoint):
         self.dirpath = Path(dirpath)
         self.every_n_train_steps = every_n_train_steps or 0
         self.every_n_seconds = every_n_seconds
-        self._last_saved_step = -1
+        self._last_saved_step = self._last_time_check = -1
         self._last_saved_time = time.monotonic()
 
     @property
@@ -101,13 +102,16 @@ class ResumeCheckpoint(Checkpoint):
             return False
         if trainer.world_size == 1:
             return time.monotonic() - self._last_saved_time >= self.every_n_seconds
-        if trainer.global_step % DIST_TIME_CHECK_EVERY:
+        step = trainer.global_step  # steps may advance several at a time (steps_per_execution)
+        if step // DIST_TIME_CHECK_EVERY <= self._last_time_check // DIST_TIME_CHECK_EVERY:
             return False
+        self._last_time_check = step
         due = time.monotonic() - self._last_saved_time >= self.every_n_seconds
         return bool(trainer.strategy.broadcast(due))  # the ranks must save together
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._last_saved_time = time.monotonic()
+        self._last_saved_step = self._last_time_check = trainer.global_step
 
     def on_train_batch_end(
         self,
@@ -122,7 +126,9 @@ class ResumeCheckpoint(Checkpoint):
             return
         if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             return
-        if (n and step % n == 0) or self._time_due(trainer):
+        # a multiple of n reached since the last save: the global step advances several at a
+        # time with steps_per_execution > 1, and may step over the multiple itself
+        if (n and step // n > self._last_saved_step // n) or self._time_due(trainer):
             self._save(trainer)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

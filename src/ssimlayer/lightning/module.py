@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import Metric
 
+from ssimlayer.lightning.checkpointing import CheckpointMismatchError
+
 __all__ = ["ClassifierModule", "TopKAccuracy", "WeightedMean"]
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
@@ -107,6 +109,17 @@ class ClassifierModule(pl.LightningModule):
             its keys, so checkpoints load with or without it).
         channels_last: keep weights and inputs in channels-last memory format (faster convolutions
             on recent GPUs, especially with bf16).
+        steps_per_execution: optimiser steps per Lightning iteration, ``>= 1``. With ``k > 1``
+            the train loader hands out lists of ``k`` batches (``ssimlayer.data``'s datamodules do
+            this when the model asks, see :class:`ssimlayer.data.BatchGroups`) and
+            :meth:`training_step` runs one ordinary step on each, so Lightning's per-iteration
+            host cost (about a millisecond, a whole GPU step at batch 32) is paid once per ``k``
+            steps. Same batches, same updates, same metrics; ``trainer.global_step`` still counts
+            optimiser steps. Uses manual optimisation, so ``trainer.gradient_clip_val`` and
+            ``trainer.accumulate_grad_batches`` are not available with it; LR schedulers are
+            stepped here as Lightning would (per epoch or per step, with their frequency).
+            Checkpoints, the NaN guard and other per-batch hooks act between groups; a run resumes
+            only with the same choice of ``1`` or ``> 1``.
     """
 
     def __init__(
@@ -118,8 +131,16 @@ class ClassifierModule(pl.LightningModule):
         name: str = "model",
         compile: bool = False,
         channels_last: bool = False,
+        steps_per_execution: int = 1,
     ) -> None:
         super().__init__()
+        if not isinstance(steps_per_execution, int) or steps_per_execution < 1:
+            raise ValueError(
+                f"steps_per_execution must be an int >= 1 (optimiser steps per Lightning "
+                f"iteration), got {steps_per_execution!r}"
+            )
+        self.steps_per_execution = steps_per_execution
+        self.automatic_optimization = steps_per_execution == 1
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"], logger=False)
         self.net, self.optimizer_factory, self.scheduler_factory = net, optimizer, scheduler
         self.name, self.channels_last = name, channels_last
@@ -159,8 +180,56 @@ class ClassifierModule(pl.LightningModule):
                 self.log(f"{split}/{name}", metric, on_step=False, on_epoch=True, prog_bar=True)
         return loss
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self._step(batch, "train")
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
+        if self.automatic_optimization:
+            return self._step(batch, "train")
+        if not isinstance(batch, list) or any(isinstance(part, Tensor) for part in batch):
+            raise TypeError(
+                f"steps_per_execution={self.steps_per_execution} needs a train loader that hands "
+                f"out lists of batches; got one batch. Wrap the loader in "
+                f"ssimlayer.data.BatchGroups(loader, {self.steps_per_execution}) (ssimlayer's "
+                f"datamodules do it themselves) or set steps_per_execution=1"
+            )
+        optimizer = self.optimizers()
+        for x_y in batch:  # one ordinary training step per batch, as Lightning's automatic loop
+            max_steps = self.trainer.max_steps
+            if 0 <= max_steps <= self.trainer.global_step:
+                break
+            loss = self._step(x_y, "train")
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+            optimizer.step()
+            self._step_schedulers("step")
+        return None
+
+    def on_train_epoch_end(self) -> None:
+        if not self.automatic_optimization:
+            self._step_schedulers("epoch")
+
+    def _step_schedulers(self, interval: str) -> None:
+        """Step the LR schedulers due at this step or epoch end (manual optimisation only).
+
+        What Lightning's automatic loop does: a scheduler with ``interval`` "step" steps after
+        every ``frequency``-th optimiser step, one with "epoch" after every ``frequency``-th epoch;
+        ``ReduceLROnPlateau`` gets its ``monitor`` metric.
+        """
+        trainer = self.trainer
+        for config in trainer.lr_scheduler_configs:
+            if config.interval != interval:
+                continue
+            count = trainer.global_step if interval == "step" else trainer.current_epoch + 1
+            if count % config.frequency:
+                continue
+            if not config.reduce_on_plateau:
+                config.scheduler.step()
+                continue
+            value = trainer.callback_metrics.get(config.monitor)
+            if value is None:
+                raise ValueError(
+                    f"ReduceLROnPlateau monitors {config.monitor!r}, which was not logged by this "
+                    f"{interval}; logged: {sorted(trainer.callback_metrics)}"
+                )
+            config.scheduler.step(value)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._step(batch, "val")
@@ -193,6 +262,16 @@ class ClassifierModule(pl.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        written_with = checkpoint.get("hyper_parameters", {}).get("steps_per_execution", 1)
+        if "loops" in checkpoint and (written_with == 1) != self.automatic_optimization:
+            # Lightning keeps the optimiser-step count (global_step) in a different place for
+            # automatic and manual optimisation: a cross-over would restart it at 0.
+            raise CheckpointMismatchError(
+                f"this checkpoint was written with steps_per_execution={written_with}; resume it "
+                f"with steps_per_execution={1 if written_with == 1 else 'k > 1'} (now "
+                f"{self.steps_per_execution}): Lightning counts optimiser steps differently for "
+                f"1 and k > 1, so the run would restart its step count"
+            )
         saved = checkpoint.get("train_epoch_metrics", {})
         for name, metric in self._train_accumulators().items():
             if name not in saved:
