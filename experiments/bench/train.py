@@ -21,7 +21,10 @@ Timing: ``W`` warm-up steps (compilation, cuDNN autotuning, allocator) are run a
 ``N`` steps are timed (synchronising the device at both ends; they may cross an epoch boundary)
 and scaled to one epoch, ``ceil(len(train split) / batch)`` steps: ``epoch_s = time / N * steps
 per epoch``. ``N`` defaults to one epoch's steps (``trainer.limit_train_batches`` when set, as in
-``debug=smoke``). With ``--repeats R`` the sides alternate R times and each keeps its fastest run.
+``debug=smoke``). With ``model.steps_per_execution=k`` Lightning's batch ends come every k steps,
+so its timed span starts and ends at the first batch end at or after those steps and its time is
+divided by the optimiser steps it really covered. With ``--repeats R`` the sides alternate R times
+and each keeps its fastest run.
 Target: ``lightning_over_bare <= 1.25``. Each row also gives ``overhead_ms_per_step``, the
 Lightning time per step minus the bare one.
 
@@ -90,19 +93,22 @@ def sync(device: torch.device) -> None:
 
 
 class StepTimer(pl.Callback):
-    """Wall time from the end of step ``warmup`` to the end of step ``warmup + steps``."""
+    """Wall time and optimiser steps from the first batch end at or after step ``warmup`` to the
+    first at or after step ``warmup + steps`` (with ``steps_per_execution = k`` a batch end comes
+    every k steps, so the timed span is rounded to whole groups and its step count recorded)."""
 
     def __init__(self, warmup: int, steps: int) -> None:
-        self.warmup, self.steps, self.t0, self.t1 = warmup, steps, None, None
+        self.warmup, self.steps = warmup, steps
+        self.t0 = self.t1 = self.step0 = self.step1 = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step in (self.warmup, self.warmup + self.steps):
+        step = trainer.global_step
+        if self.t0 is None and step >= self.warmup:
             sync(pl_module.device)
-            t = time.perf_counter()
-            if trainer.global_step == self.warmup:
-                self.t0 = t
-            else:
-                self.t1 = t
+            self.t0, self.step0 = time.perf_counter(), step
+        elif self.t1 is None and self.t0 is not None and step >= self.warmup + self.steps:
+            sync(pl_module.device)
+            self.t1, self.step1 = time.perf_counter(), step
 
 
 def overhead_overrides(overrides: list[str], model: str) -> list[str]:
@@ -118,8 +124,8 @@ def overhead_overrides(overrides: list[str], model: str) -> list[str]:
 
 
 def time_lightning(cfg: DictConfig, warmup: int, steps: int) -> tuple[float, list[str], str]:
-    """Seconds for ``steps`` steps after ``warmup``, the names of the callbacks that ran and the
-    trainer's profiler."""
+    """Seconds per step over about ``steps`` steps after ``warmup`` (see :class:`StepTimer`), the
+    names of the callbacks that ran and the trainer's profiler."""
     pl.seed_everything(cfg.seed)
     dm, model = instantiate(cfg.data), instantiate(cfg.model)
     timer = StepTimer(warmup, steps)
@@ -130,7 +136,7 @@ def time_lightning(cfg: DictConfig, warmup: int, steps: int) -> tuple[float, lis
             cfg.trainer,
             callbacks=[*callbacks, timer],
             logger=loggers or False,
-            max_steps=warmup + steps,
+            max_steps=warmup + steps + int(cfg.model.get("steps_per_execution", 1)),
             max_epochs=-1,
             limit_train_batches=None,
             limit_val_batches=0,
@@ -143,10 +149,12 @@ def time_lightning(cfg: DictConfig, warmup: int, steps: int) -> tuple[float, lis
     if timer.t0 is None or timer.t1 is None:
         raise RuntimeError("bench: Lightning stopped before the timed steps were done")
     callbacks = [type(c).__name__ for c in trainer.callbacks]
-    return timer.t1 - timer.t0, callbacks, type(trainer.profiler).__name__
+    per_step = (timer.t1 - timer.t0) / (timer.step1 - timer.step0)
+    return per_step, callbacks, type(trainer.profiler).__name__
 
 
 def time_bare(cfg: DictConfig, warmup: int, steps: int, device: torch.device) -> float:
+    """Seconds per step over ``steps`` steps after ``warmup``."""
     pl.seed_everything(cfg.seed)
     dm, model = instantiate(cfg.data), instantiate(cfg.model)
     dm.setup("fit")
@@ -185,7 +193,7 @@ def time_bare(cfg: DictConfig, warmup: int, steps: int, device: torch.device) ->
                 break
         epoch += 1
     sync(device)
-    return time.perf_counter() - t0
+    return (time.perf_counter() - t0) / steps
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -247,12 +255,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         if on_gpu
                         else f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
                     ),
-                    "lightning_epoch_s": round(light / steps * per_epoch, 3),
-                    "bare_epoch_s": round(bare / steps * per_epoch, 3),
+                    "lightning_epoch_s": round(light * per_epoch, 3),
+                    "bare_epoch_s": round(bare * per_epoch, 3),
                     "lightning_over_bare": round(light / bare, 3),
-                    "lightning_step_ms": round(light / steps * 1e3, 4),
-                    "bare_step_ms": round(bare / steps * 1e3, 4),
-                    "overhead_ms_per_step": round((light - bare) / steps * 1e3, 4),
+                    "lightning_step_ms": round(light * 1e3, 4),
+                    "bare_step_ms": round(bare * 1e3, 4),
+                    "overhead_ms_per_step": round((light - bare) * 1e3, 4),
+                    "steps_per_execution": int(cfg.model.get("steps_per_execution", 1)),
                     "steps_timed": steps,
                     "warmup_steps": warmup,
                     "steps_per_epoch": per_epoch,
