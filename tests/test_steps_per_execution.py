@@ -7,6 +7,8 @@ checkpoints' contents, same resume. Runs are the tiny ones of ``tests/test_relia
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -16,6 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from ssimlayer.data import BatchGroups, DeviceLoader
 from ssimlayer.lightning import ClassifierModule
 from ssimlayer.lightning.checkpointing import CheckpointMismatchError
+from ssimlayer.lightning.safety import NonFiniteLossError
 from ssimlayer.train import train
 from tests.test_reliability import TINY, compose_cfg, rows, stable
 
@@ -204,3 +207,27 @@ def test_gradient_clipping_with_many_steps_per_iteration_is_a_clear_error(tmp_pa
                 "+trainer.gradient_clip_val=1.0",
             )
         )
+
+
+def test_nan_guard_names_the_same_bad_step_and_keeps_a_finite_state(tmp_path):
+    # The guard sees each step's loss (manual_backward calls its hook); the state it saves is from
+    # a group end, the last one whose losses were all finite.
+    diverging = (
+        *RESIDENT,
+        "model=shallow_conv",
+        "model.optimizer.lr=1e30",
+        "model.optimizer.momentum=0.0",
+        "callbacks.nonfinite_guard.check_every_n_steps=1",
+    )
+    found = {}
+    for k in (1, 4):
+        run = tmp_path / f"k{k}"
+        cfg = compose_cfg(run, *diverging, f"model.steps_per_execution={k}")
+        with pytest.raises(NonFiniteLossError, match=r"at global step (\d+) ") as e:
+            train(cfg)
+        found[k] = int(re.search(r"at global step (\d+) ", str(e.value)).group(1))
+        (ckpt,) = (run / "checkpoints").glob("nonfinite-step*.ckpt")
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        assert state["global_step"] <= found[k]
+        assert all(torch.isfinite(v).all() for v in state["state_dict"].values())
+    assert found[1] == found[4]
