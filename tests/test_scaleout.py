@@ -58,7 +58,8 @@ def test_speed_flags_default_off_and_train(make_cfg):
 
 
 @pytest.mark.slow
-def test_ddp_two_cpu_processes_gloo(tmp_path):
+@pytest.mark.parametrize("steps_per_execution", [1, 2])
+def test_ddp_two_cpu_processes_gloo(tmp_path, steps_per_execution):
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     cmd = [
         sys.executable,
@@ -76,6 +77,7 @@ def test_ddp_two_cpu_processes_gloo(tmp_path):
         "callbacks.fgsm_sweep.max_batches=1",
         "callbacks.fgsm_sweep.progress=false",
         f"paths.output_root={tmp_path}",
+        f"model.steps_per_execution={steps_per_execution}",
     ]  # the sweep runs on rank 0 while rank 1 waits at a barrier
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
