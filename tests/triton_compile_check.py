@@ -27,17 +27,32 @@ POINTERS = {
         "pq_ptr",
         "part_ptr",
     ),  # fmt: skip
-    "_input_box_kernel": ("gx_ptr", "x_ptr", "pq_ptr"),
-    "_filter_terms_kernel": ("gw_ptr", "w_ptr", "part_ptr"),
+    "_window_terms_kernel": ("gx_ptr", "x_ptr", "pq_ptr", "gw_ptr", "w_ptr", "part_ptr"),
 }
 FLOATS = ("c1", "c2")
 # Integer arguments a plain layer (stride 1, dilation 1, one group) passes as 1: Triton specialises
 # those to constants, which changes the code it compiles.
 ONES = ("stride_h", "stride_w", "dil_h", "dil_w", "groups")
+BOTH = dict(INPUT=True, FILTER=True)
 CONFIGS = [
-    ("float32, k3, 1s specialised", "fp32", dict(KH=3, KW=3, BLOCK=128, C_TILE=8, K_TILE=16), True),
-    ("float32, k7, generic ints", "fp32", dict(KH=7, KW=7, BLOCK=64, C_TILE=4, K_TILE=16), False),
-    ("float64, 1x1 smallest tiles", "fp64", dict(KH=1, KW=1, BLOCK=16, C_TILE=2, K_TILE=2), False),
+    (
+        "float32, k3, 1s specialised",
+        "fp32",
+        dict(KH=3, KW=3, BLOCK=128, C_TILE=8, K_TILE=16, W_BLOCK=128, **BOTH),
+        True,
+    ),
+    (
+        "float32, k7, generic ints, input gradient only",
+        "fp32",
+        dict(KH=7, KW=7, BLOCK=64, C_TILE=4, K_TILE=16, W_BLOCK=64, INPUT=True, FILTER=False),
+        False,
+    ),
+    (
+        "float64, 1x1 smallest tiles, filter gradient only",
+        "fp64",
+        dict(KH=1, KW=1, BLOCK=16, C_TILE=2, K_TILE=2, W_BLOCK=16, INPUT=False, FILTER=True),
+        False,
+    ),
 ]
 
 

@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
         rows["one tiny Triton launch (filter stats)"] = per_call_us(
             lambda: _triton_eq8._filter_stats(w)
         )
-        rows["eq8_backward: 3 Triton launches + convolution_backward"] = per_call_us(
+        rows["eq8_backward: 2 Triton launches + convolution_backward"] = per_call_us(
             lambda: _triton_eq8.eq8_backward(
                 x, w, saved[1], saved[2], saved[3], grad, 1e-4, 9e-4, geometry, (True, True)
             )

@@ -4,8 +4,8 @@ The maths is :mod:`ssimlayer.functional`'s (the same five sums, the same closed-
 the scheduling differs. A forward is one tiny kernel for the filter statistics, the convolution for
 Sxy and one kernel that computes Sx and Sxx of every patch in registers and applies Eq. 8 for all
 filters of a group. A backward is one kernel for the gradient coefficients, one
-``convolution_backward`` for the input and filter terms of R, one kernel that adds the box terms to
-the input gradient and one that adds the per-filter terms to the filter gradient. At the sizes of the
+``convolution_backward`` for the input and filter terms of R, and one kernel whose programs add the
+window terms to the input gradient or the per-filter terms to the filter gradient. At the sizes of the
 paper (a conv forward plus backward under a millisecond on a current GPU) the step is bound by how many
 kernels are launched, which is why this path exists; tests compare it with the float64 reference,
 also on the CPU through ``TRITON_INTERPRET=1``.
@@ -50,9 +50,8 @@ def _filter_stats_kernel(w_ptr, ystat_ptr, n, c_out, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _program_tile(n_blocks, groups, size, BLOCK: tl.constexpr):
-    """This program's batch index, group and BLOCK flat positions (of ``size``) with their mask."""
-    pid = tl.program_id(0).to(tl.int64)
+def _program_tile(pid, n_blocks, groups, size, BLOCK: tl.constexpr):
+    """Program ``pid``'s batch index, group and BLOCK flat positions (of ``size``) with their mask."""
     bg, block = pid // n_blocks, pid % n_blocks
     offs = block * BLOCK + tl.arange(0, BLOCK)
     return bg // groups, bg % groups, block, offs, offs < size
@@ -105,7 +104,8 @@ def _forward_kernel(
     Channels are read C_TILE at a time and filters handled K_TILE at a time, as 2-D tiles, so that
     many loads are in flight at once.
     """
-    b, g, block, offs, inside = _program_tile(n_blocks, groups, h_out * w_out, BLOCK)
+    pid = tl.program_id(0).to(tl.int64)
+    b, g, block, offs, inside = _program_tile(pid, n_blocks, groups, h_out * w_out, BLOCK)
     dt = x_ptr.dtype.element_ty
     oh, ow = offs // w_out, offs % w_out
 
@@ -162,7 +162,8 @@ def _backward_kernel(
     filters (``pq``, laid out like ``box``) and this program's partial sums of the filter terms P'
     and Q' (row ``b * n_blocks + block`` of ``part``, ``(rows, 2 C_out)``).
     """
-    b, g, block, offs, inside = _program_tile(n_blocks, groups, h_out * w_out, BLOCK)
+    pid = tl.program_id(0).to(tl.int64)
+    b, g, block, offs, inside = _program_tile(pid, n_blocks, groups, h_out * w_out, BLOCK)
     dt = grad_ptr.dtype.element_ty
     oh, ow = offs // w_out, offs % w_out
 
@@ -206,16 +207,17 @@ def _backward_kernel(
 
 
 @triton.jit
-def _input_box_kernel(
-    gx_ptr, x_ptr, pq_ptr,
+def _input_window_terms(
+    pid, gx_ptr, x_ptr, pq_ptr,
     c_in_g, h, w, h_out, w_out, groups, n_blocks,
     sx_b, sx_c, sx_h, sx_w,
     sgx_b, sgx_c, sgx_h, sgx_w,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     KH: tl.constexpr, KW: tl.constexpr, BLOCK: tl.constexpr, C_TILE: tl.constexpr,
 ):  # fmt: skip
-    """grad_x += P + Q x, with P and Q summed over every window that covers the pixel."""
-    b, g, _, offs, inside = _program_tile(n_blocks, groups, h * w, BLOCK)
+    """grad_x += P + Q x for program ``pid``'s pixels, with P and Q summed over every window that
+    covers the pixel."""
+    b, g, _, offs, inside = _program_tile(pid, n_blocks, groups, h * w, BLOCK)
     dt = x_ptr.dtype.element_ty
     ih, iw = offs // w, offs % w
 
@@ -247,9 +249,8 @@ def _input_box_kernel(
 
 
 @triton.jit
-def _filter_terms_kernel(gw_ptr, w_ptr, part_ptr, rows, n, c_out, BLOCK: tl.constexpr):
+def _filter_terms(f, gw_ptr, w_ptr, part_ptr, rows, n, c_out, BLOCK: tl.constexpr):
     """grad_w[f] += P'_f + Q'_f w[f], with P', Q' summed over the partial rows (fixed order)."""
-    f = tl.program_id(0)
     dt = w_ptr.dtype.element_ty
     p = tl.zeros([BLOCK], dtype=dt)
     q = tl.zeros([BLOCK], dtype=dt)
@@ -267,6 +268,36 @@ def _filter_terms_kernel(gw_ptr, w_ptr, part_ptr, rows, n, c_out, BLOCK: tl.cons
         gw = tl.load(gw_ptr + base + offs, mask=ok)
         wv = tl.load(w_ptr + base + offs, mask=ok)
         tl.store(gw_ptr + base + offs, gw + p_f + q_f * wv, mask=ok)
+
+
+@triton.jit
+def _window_terms_kernel(
+    gx_ptr, x_ptr, pq_ptr, gw_ptr, w_ptr, part_ptr,
+    c_in_g, h, w, h_out, w_out, groups, n_blocks, input_programs,
+    sx_b, sx_c, sx_h, sx_w,
+    sgx_b, sgx_c, sgx_h, sgx_w,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    rows, n, c_out,
+    KH: tl.constexpr, KW: tl.constexpr, BLOCK: tl.constexpr, C_TILE: tl.constexpr,
+    W_BLOCK: tl.constexpr, INPUT: tl.constexpr, FILTER: tl.constexpr,
+):  # fmt: skip
+    """The backward's last step in one launch: programs ``[0, input_programs)`` add the window
+    terms to ``grad_x`` (if INPUT), the next ``C_out`` programs the per-filter terms to ``grad_w``
+    (if FILTER). Both read only what the backward kernel and the convolution wrote before."""
+    pid = tl.program_id(0).to(tl.int64)
+    if INPUT:
+        if pid < input_programs:
+            _input_window_terms(
+                pid, gx_ptr, x_ptr, pq_ptr,
+                c_in_g, h, w, h_out, w_out, groups, n_blocks,
+                sx_b, sx_c, sx_h, sx_w,
+                sgx_b, sgx_c, sgx_h, sgx_w,
+                stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+                KH, KW, BLOCK, C_TILE,
+            )  # fmt: skip
+    if FILTER:
+        if pid >= input_programs:
+            _filter_terms(pid - input_programs, gw_ptr, w_ptr, part_ptr, rows, n, c_out, W_BLOCK)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -375,23 +406,22 @@ def _eq8_backward(x, w, box, ystat, s_xy, grad_out, c1: float, c2: float, geomet
         r, x, w, None, stride, padding, dilation, False, [0, 0], groups,
         [needs[0], needs[1], False],
     )  # fmt: skip
-    if needs[0]:
-        in_block = _block(h * w_in)
-        in_blocks = _cdiv(h * w_in, in_block)
-        if b * groups * in_blocks:
-            _input_box_kernel[(b * groups * in_blocks,)](
-                grad_x, x, pq,
-                c_in_g, h, w_in, h_out, w_out, groups, in_blocks,
-                *x.stride(), *grad_x.stride(), *stride, *padding, *dilation,
-                KH=kh, KW=kw, BLOCK=in_block, C_TILE=_tile(c_in_g, _C_TILE),
-                num_warps=_warps(in_block),
-            )  # fmt: skip
     grad_x = grad_x if needs[0] else None  # some backends fill the gradients not asked for
-    grad_w = grad_w if needs[1] else None
-    if needs[1]:
-        grad_w = grad_w.contiguous()
+    grad_w = grad_w.contiguous() if needs[1] else None
+    in_block = _block(h * w_in)
+    in_blocks = _cdiv(h * w_in, in_block)
+    input_programs = b * groups * in_blocks if needs[0] else 0
+    filter_programs = c_out if needs[1] else 0
+    if input_programs + filter_programs:
         w_block = _block(max(n, b * n_blocks))
-        _filter_terms_kernel[(c_out,)](
-            grad_w, w, part, b * n_blocks, n, c_out, BLOCK=w_block, num_warps=_warps(w_block)
-        )
+        gx = grad_x if needs[0] else x  # an unused pointer where a gradient is not needed
+        _window_terms_kernel[(input_programs + filter_programs,)](
+            gx, x, pq, grad_w if needs[1] else w, w, part,
+            c_in_g, h, w_in, h_out, w_out, groups, in_blocks, input_programs,
+            *x.stride(), *gx.stride(), *stride, *padding, *dilation,
+            b * n_blocks, n, c_out,
+            KH=kh, KW=kw, BLOCK=in_block, C_TILE=_tile(c_in_g, _C_TILE), W_BLOCK=w_block,
+            INPUT=bool(needs[0]), FILTER=bool(needs[1]),
+            num_warps=max(_warps(in_block), _warps(w_block)),
+        )  # fmt: skip
     return grad_x, grad_w
