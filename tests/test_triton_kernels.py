@@ -278,7 +278,7 @@ def test_every_kernel_compiles_for_a_cuda_target():
         timeout=600,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("OK ") == 4 * 3, result.stdout  # 4 kernels x 3 configurations
+    assert result.stdout.count("OK ") == 3 * 3, result.stdout  # 3 kernels x 3 configurations
 
 
 def test_first_use_checks_run_with_full_float32_convolutions():

@@ -16,8 +16,7 @@ from triton.compiler import ASTSource
 import ssimlayer._triton_eq8 as kernels
 
 POINTERS = {
-    "_filter_stats_kernel": ("w_ptr", "ystat_ptr"),
-    "_forward_kernel": ("x_ptr", "sxy_ptr", "out_ptr", "ystat_ptr", "box_ptr"),
+    "_forward_kernel": ("x_ptr", "w_ptr", "sxy_ptr", "out_ptr", "ystat_ptr", "box_ptr"),
     "_backward_kernel": (
         "grad_ptr",
         "sxy_ptr",
@@ -38,19 +37,39 @@ CONFIGS = [
     (
         "float32, k3, 1s specialised",
         "fp32",
-        dict(KH=3, KW=3, BLOCK=128, C_TILE=8, K_TILE=16, W_BLOCK=128, **BOTH),
+        dict(KH=3, KW=3, BLOCK=128, C_TILE=8, K_TILE=16, N_BLOCK=64, W_BLOCK=128, **BOTH),
         True,
     ),
     (
         "float32, k7, generic ints, input gradient only",
         "fp32",
-        dict(KH=7, KW=7, BLOCK=64, C_TILE=4, K_TILE=16, W_BLOCK=64, INPUT=True, FILTER=False),
+        dict(
+            KH=7,
+            KW=7,
+            BLOCK=64,
+            C_TILE=4,
+            K_TILE=16,
+            N_BLOCK=32,
+            W_BLOCK=64,
+            INPUT=True,
+            FILTER=False,
+        ),
         False,
     ),
     (
         "float64, 1x1 smallest tiles, filter gradient only",
         "fp64",
-        dict(KH=1, KW=1, BLOCK=16, C_TILE=2, K_TILE=2, W_BLOCK=16, INPUT=False, FILTER=True),
+        dict(
+            KH=1,
+            KW=1,
+            BLOCK=16,
+            C_TILE=2,
+            K_TILE=2,
+            N_BLOCK=2,
+            W_BLOCK=16,
+            INPUT=False,
+            FILTER=True,
+        ),
         False,
     ),
 ]

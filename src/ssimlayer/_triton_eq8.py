@@ -1,14 +1,14 @@
 """Eq. 8 on CUDA with hand-written Triton kernels: few launches, one convolution each way.
 
 The maths is :mod:`ssimlayer.functional`'s (the same five sums, the same closed-form backward); only
-the scheduling differs. A forward is one tiny kernel for the filter statistics, the convolution for
-Sxy and one kernel that computes Sx and Sxx of every patch in registers and applies Eq. 8 for all
-filters of a group. A backward is one kernel for the gradient coefficients, one
-``convolution_backward`` for the input and filter terms of R, and one kernel whose programs add the
-window terms to the input gradient or the per-filter terms to the filter gradient. At the sizes of the
-paper (a conv forward plus backward under a millisecond on a current GPU) the step is bound by how many
-kernels are launched, which is why this path exists; tests compare it with the float64 reference,
-also on the CPU through ``TRITON_INTERPRET=1``.
+the scheduling differs. A forward is the convolution for Sxy and one kernel that computes the filter
+statistics and Sx and Sxx of every patch in registers and applies Eq. 8 for all filters of a group.
+A backward is one kernel for the gradient coefficients, one ``convolution_backward`` for the input
+and filter terms of R, and one kernel whose programs add the window terms to the input gradient or
+the per-filter terms to the filter gradient. At the sizes of the paper (a conv forward plus backward
+under a millisecond on a current GPU) the step is bound by how many kernels are launched, which is
+why this path exists; tests compare it with the float64 reference, also on the CPU through
+``TRITON_INTERPRET=1``.
 
 Layouts: ``box`` is ``(B, 2 G, Ho, Wo)`` with Sx for group g at channel g and Sxx at ``G + g`` (as in
 :func:`ssimlayer.functional._patch_sums`); ``ystat`` is ``(2, C_out)``, the mean and unbiased
@@ -28,25 +28,25 @@ __all__ = ["eq8_forward", "eq8_backward"]
 _BLOCK = 128  # output (or input) positions per program
 _C_TILE = 8  # input channels read at once by the forward kernel
 _K_TILE = 16  # filters handled at once
+_N_BLOCK = 64  # values of each filter read at once for its statistics
 
 
 @triton.jit
-def _filter_stats_kernel(w_ptr, ystat_ptr, n, c_out, BLOCK: tl.constexpr):
-    """Mean and unbiased variance of filter ``pid`` (a contiguous row of ``n`` values)."""
-    f = tl.program_id(0)
+def _filter_stats_tile(w_ptr, f, k_ok, n, K_TILE: tl.constexpr, N_BLOCK: tl.constexpr):
+    """Mean and unbiased variance of the filters ``f`` (contiguous rows of ``n`` values), as
+    ``(K_TILE,)`` vectors: read N_BLOCK values of each row at a time."""
     dt = w_ptr.dtype.element_ty
-    row = w_ptr + f.to(tl.int64) * n
-    s = tl.zeros([BLOCK], dtype=dt)
-    ss = tl.zeros([BLOCK], dtype=dt)
-    for start in range(0, n, BLOCK):
-        offs = start + tl.arange(0, BLOCK)
-        v = tl.load(row + offs, mask=offs < n, other=0.0)
+    rows = w_ptr + f.to(tl.int64)[:, None] * n
+    s = tl.zeros([K_TILE, N_BLOCK], dtype=dt)
+    ss = tl.zeros([K_TILE, N_BLOCK], dtype=dt)
+    for start in range(0, n, N_BLOCK):
+        offs = start + tl.arange(0, N_BLOCK)
+        v = tl.load(rows + offs[None, :], mask=k_ok[:, None] & (offs < n)[None, :], other=0.0)
         s += v
         ss += v * v
-    mu = tl.sum(s, 0) / n
-    var = tl.maximum((tl.sum(ss, 0) - n * mu * mu) / (n - 1), 0.0)
-    tl.store(ystat_ptr + f, mu)
-    tl.store(ystat_ptr + c_out + f, var)
+    mu = tl.sum(s, 1) / n
+    var = tl.maximum((tl.sum(ss, 1) - mu * mu * n) / (n - 1), 0.0)
+    return mu, var
 
 
 @triton.jit
@@ -71,7 +71,7 @@ def _patch_stats(s_x, s_xx, n):
 
 @triton.jit
 def _filter_tile(ystat_ptr, f, k_ok, c_out):
-    """Mean and variance of the filters ``f`` as ``(K_TILE, 1)`` columns."""
+    """Mean and variance of the filters ``f`` as ``(K_TILE, 1)`` columns, from ``ystat``."""
     mu = tl.load(ystat_ptr + f, mask=k_ok, other=0.0)
     var = tl.load(ystat_ptr + c_out + f, mask=k_ok, other=0.0)
     return mu[:, None], var[:, None]
@@ -90,19 +90,21 @@ def _eq8_terms(mu_x, var_x, mu_y, var_y, s_xy, n, c1, c2):
 
 @triton.jit
 def _forward_kernel(
-    x_ptr, sxy_ptr, out_ptr, ystat_ptr, box_ptr,
+    x_ptr, w_ptr, sxy_ptr, out_ptr, ystat_ptr, box_ptr,
     c_in_g, h, w, h_out, w_out, k_per_group, groups, n_blocks,
     sx_b, sx_c, sx_h, sx_w,
     ss_b, ss_c, ss_h, ss_w,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     n, c1, c2,
     KH: tl.constexpr, KW: tl.constexpr, BLOCK: tl.constexpr, C_TILE: tl.constexpr,
-    K_TILE: tl.constexpr,
+    K_TILE: tl.constexpr, N_BLOCK: tl.constexpr,
 ):  # fmt: skip
     """One program: BLOCK output positions of one (batch, group), all filters of the group.
 
     Channels are read C_TILE at a time and filters handled K_TILE at a time, as 2-D tiles, so that
-    many loads are in flight at once.
+    many loads are in flight at once. Each program computes the statistics of its group's filters
+    itself (re-reading the filters, which stay in cache, costs less than a separate launch at these
+    sizes); the first program of each group also writes them to ``ystat`` for the backward.
     """
     pid = tl.program_id(0).to(tl.int64)
     b, g, block, offs, inside = _program_tile(pid, n_blocks, groups, h_out * w_out, BLOCK)
@@ -135,11 +137,15 @@ def _forward_kernel(
     mu_x, var_x = _patch_stats(s_x, s_xx, n)
     c_out = groups * k_per_group
     pos = (b * ss_b + oh * ss_h + ow * ss_w)[None, :]
+    first = (b == 0) & (block == 0)
     for k0 in range(0, k_per_group, K_TILE):
         ks = k0 + tl.arange(0, K_TILE)
         k_ok = ks < k_per_group
         f = g * k_per_group + ks
-        mu_y, var_y = _filter_tile(ystat_ptr, f, k_ok, c_out)
+        mu_f, var_f = _filter_stats_tile(w_ptr, f, k_ok, n, K_TILE, N_BLOCK)
+        tl.store(ystat_ptr + f, mu_f, mask=k_ok & first)
+        tl.store(ystat_ptr + c_out + f, var_f, mask=k_ok & first)
+        mu_y, var_y = mu_f[:, None], var_f[:, None]
         at = pos + f[:, None] * ss_c
         ok = k_ok[:, None] & inside[None, :]
         s_xy = tl.load(sxy_ptr + at, mask=ok, other=0.0)
@@ -333,14 +339,6 @@ def _on_device_of(t: torch.Tensor):
     return contextlib.nullcontext()
 
 
-def _filter_stats(w: torch.Tensor) -> torch.Tensor:
-    c_out, n = w.shape[0], w[0].numel()
-    ystat = torch.empty(2, c_out, device=w.device, dtype=w.dtype)
-    block = _block(n)
-    _filter_stats_kernel[(c_out,)](w, ystat, n, c_out, BLOCK=block, num_warps=_warps(block))
-    return ystat
-
-
 def eq8_forward(x, w, c1: float, c2: float, geometry, save_sxy: bool):
     """Eq. 8 ``(B, C_out, Ho, Wo)``, the patch sums ``box``, the filter stats and (if asked) Sxy.
 
@@ -362,7 +360,7 @@ def _eq8_forward(x, w, c1: float, c2: float, geometry, save_sxy: bool):
     b, c_in, h, w_in = x.shape
     c_out, c_in_g, kh, kw = w.shape
     n = c_in_g * kh * kw
-    ystat = _filter_stats(w)
+    ystat = torch.empty(2, c_out, device=x.device, dtype=x.dtype)  # written by the kernel
     s_xy = torch.nn.functional.conv2d(x, w, None, stride, padding, dilation, groups)
     h_out, w_out = s_xy.shape[2:]
     out = torch.empty_like(s_xy) if save_sxy else s_xy  # overwritten in place when not needed
@@ -371,12 +369,13 @@ def _eq8_forward(x, w, c1: float, c2: float, geometry, save_sxy: bool):
     n_blocks = _cdiv(h_out * w_out, block)
     if b * groups * n_blocks:
         _forward_kernel[(b * groups * n_blocks,)](
-            x, s_xy, out, ystat, box,
+            x, w, s_xy, out, ystat, box,
             c_in_g, h, w_in, h_out, w_out, c_out // groups, groups, n_blocks,
             *x.stride(), *s_xy.stride(), *stride, *padding, *dilation,
             n, float(c1), float(c2),
             KH=kh, KW=kw, BLOCK=block, C_TILE=_tile(c_in_g, _C_TILE),
-            K_TILE=_tile(c_out // groups, _K_TILE), num_warps=_warps(block),
+            K_TILE=_tile(c_out // groups, _K_TILE), N_BLOCK=_tile(n, _N_BLOCK),
+            num_warps=_warps(block),
         )  # fmt: skip
     return out, box, ystat, (s_xy if save_sxy else None)
 
