@@ -87,13 +87,16 @@ def test_k_steps_per_iteration_train_exactly_as_one(tmp_path, loader):
         torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
+SCHEDULED = (
+    "+model.scheduler._target_=torch.optim.lr_scheduler.StepLR",
+    "+model.scheduler._partial_=true",
+    "+model.scheduler.step_size=1",
+    "+model.scheduler.gamma=0.5",
+)
+
+
 def test_epoch_schedulers_step_as_in_automatic_optimisation(tmp_path):
-    sched = (
-        "+model.scheduler._target_=torch.optim.lr_scheduler.StepLR",
-        "+model.scheduler._partial_=true",
-        "+model.scheduler.step_size=1",
-        "+model.scheduler.gamma=0.5",
-    )
+    sched = SCHEDULED
     train(compose_cfg(tmp_path / "one", *RESIDENT, *sched))
     train(compose_cfg(tmp_path / "four", *RESIDENT, *sched, "model.steps_per_execution=4"))
     for run in ("one", "four"):
@@ -110,6 +113,26 @@ def tiny_loader(n: int) -> DataLoader:
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(n, 4, generator=g), torch.randint(0, 3, (n,), generator=g)
     return DataLoader(TensorDataset(x, y), batch_size=4)
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_resume_from_an_epoch_end_keeps_the_schedule(tmp_path, k):
+    # The epoch-end checkpoint is written before the epoch's scheduler step; the resumed run must
+    # still take it, as an uninterrupted run does.
+    run = (*RESIDENT, *SCHEDULED, f"model.steps_per_execution={k}")
+    train(compose_cfg(tmp_path / "first", *run, "trainer.max_epochs=1"))
+    ckpt = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    train(compose_cfg(tmp_path / "resumed", *run, f"ckpt_path={ckpt}"))
+    train(compose_cfg(tmp_path / "reference", *run))
+    resumed, reference = (
+        torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=False)
+        for name in ("resumed", "reference")
+    )
+    assert resumed["global_step"] == reference["global_step"] == 16
+    for state in (resumed, reference):
+        assert state["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(0.01 / 4)
+    for name, value in reference["state_dict"].items():
+        torch.testing.assert_close(resumed["state_dict"][name], value, msg=name)
 
 
 class StepScheduled(ClassifierModule):
