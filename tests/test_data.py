@@ -225,3 +225,24 @@ def test_resumable_loader_ranks_partition_each_epoch():
     assert [int(shards[p % 3][p // 3]) for p in range(10)] == single.tolist()
     # Lightning keeps a DistributedSampler under DDP instead of replacing it
     assert isinstance(ResumableLoader(ds, 2, rank=1, world_size=2).sampler, DistributedSampler)
+
+
+def test_resumable_items_are_drawn_as_under_torch_manual_seed():
+    # Each sample is augmented with only the CPU generator seeded (no CUDA/MTIA/XPU reseed): the
+    # same draws as torch.manual_seed(item_seed) gave, and the caller's random stream is untouched.
+    from torchvision.transforms import v2
+
+    from ssimlayer.data import ArrayDataset
+    from ssimlayer.data.resumable import _SeededItems
+
+    images = torch.randint(0, 256, (8, 3, 4, 4), dtype=torch.uint8)
+    flipped = ArrayDataset(images, torch.arange(8), v2.RandomHorizontalFlip())
+    items = _SeededItems(flipped)
+    before = torch.get_rng_state()
+    for seed in range(20):
+        got = items[(seed % 8, seed)][0]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            want = flipped[seed % 8][0]
+        assert torch.equal(got, want), seed
+    assert torch.equal(torch.get_rng_state(), before)
