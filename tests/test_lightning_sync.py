@@ -116,3 +116,17 @@ def test_counter_sees_the_nan_guards_batched_checks(tmp_path):
     calls = count_host_reads(tmp_path, 5, 35, "callbacks.nonfinite_guard.check_every_n_steps=10")
     assert sum(calls.values()) == 3, calls  # after steps 10, 20 and 30: one read each
     assert all("safety.py" in where for where in calls), calls
+
+
+def test_steps_per_execution_reads_nothing_from_the_device_either(tmp_path):
+    # Groups of 4: the window opens at the group end after step 4 and closes after step 36.
+    assert count_host_reads(tmp_path, 4, 36, "model.steps_per_execution=4") == {}
+    # ... and it is open: the guard's checks after 10, 20 and 30 losses are seen.
+    calls = count_host_reads(
+        tmp_path,
+        4,
+        36,
+        "model.steps_per_execution=4",
+        "callbacks.nonfinite_guard.check_every_n_steps=10",
+    )
+    assert sum(calls.values()) == 3 and all("safety.py" in where for where in calls), calls
