@@ -118,8 +118,10 @@ class ClassifierModule(pl.LightningModule):
             optimiser steps. Uses manual optimisation, so ``trainer.gradient_clip_val`` and
             ``trainer.accumulate_grad_batches`` are not available with it; LR schedulers are
             stepped here as Lightning would (per epoch or per step, with their frequency).
-            Checkpoints, the NaN guard and other per-batch hooks act between groups; a run resumes
-            only with the same choice of ``1`` or ``> 1``.
+            Checkpoints, the NaN guard and other per-batch hooks act between groups, and
+            Lightning's batch counts (``limit_train_batches``, the progress bar) count groups;
+            ``max_steps`` still counts optimiser steps. A run resumes only with the same choice of
+            ``1`` or ``> 1``.
     """
 
     def __init__(
