@@ -192,10 +192,9 @@ class ClassifierModule(pl.LightningModule):
                 f"ssimlayer.data.BatchGroups(loader, {self.steps_per_execution}) (ssimlayer's "
                 f"datamodules do it themselves) or set steps_per_execution=1"
             )
-        optimizer = self.optimizers()
+        optimizer, trainer = self.optimizers(), self.trainer
         for x_y in batch:  # one ordinary training step per batch, as Lightning's automatic loop
-            max_steps = self.trainer.max_steps
-            if 0 <= max_steps <= self.trainer.global_step:
+            if 0 <= trainer.max_steps <= trainer.global_step:
                 break
             loss = self._step(x_y, "train")
             optimizer.zero_grad()
