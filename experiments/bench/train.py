@@ -26,7 +26,9 @@ so its timed span starts and ends at the first batch end at or after those steps
 divided by the optimiser steps it really covered. With ``--repeats R`` the sides alternate R times
 and each keeps its fastest run.
 Target: ``lightning_over_bare <= 1.25``. Each row also gives ``overhead_ms_per_step``, the
-Lightning time per step minus the bare one.
+Lightning time per step minus the bare one. ``--steps-per-execution 1 8`` times Lightning with each
+of those ``model.steps_per_execution`` values, alternating in one process with one bare loop, and
+writes a row for each.
 
 ``--overhead`` measures that per-step overhead with the compute made negligible: every layer one
 filter wide, 8x8 images, batch 2 (unless ``--batch-sizes`` is given), on whatever device is
@@ -196,6 +198,18 @@ def time_bare(cfg: DictConfig, warmup: int, steps: int, device: torch.device) ->
     return (time.perf_counter() - t0) / steps
 
 
+def timing_fields(light: float, bare: float, per_epoch: int) -> dict[str, float]:
+    """The timing columns of a row from seconds per step of each side."""
+    return {
+        "lightning_epoch_s": round(light * per_epoch, 3),
+        "bare_epoch_s": round(bare * per_epoch, 3),
+        "lightning_over_bare": round(light / bare, 3),
+        "lightning_step_ms": round(light * 1e3, 4),
+        "bare_step_ms": round(bare * 1e3, 4),
+        "overhead_ms_per_step": round((light - bare) * 1e3, 4),
+    }
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=MODELS)
@@ -203,6 +217,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--steps", type=int, default=0, help="timed steps (0: see the docstring)")
     parser.add_argument("--warmup", type=int, default=0, help="untimed steps (0: 20, smoke 2)")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument(
+        "--steps-per-execution",
+        nargs="+",
+        type=int,
+        default=None,
+        help="time Lightning with each of these model.steps_per_execution values, alternating "
+        "in one process with one bare loop (default: the configured value)",
+    )
     parser.add_argument(
         "--overhead",
         action="store_true",
@@ -242,26 +264,24 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 smoke = cfg.trainer.get("limit_train_batches") is not None
                 steps = args.steps or (int(cfg.trainer.limit_train_batches) if smoke else per_epoch)
                 warmup = args.warmup or (2 if smoke else 20)
-                light, bare = math.inf, math.inf
-                for _ in range(args.repeats):
-                    t, callbacks, profiler = time_lightning(cfg, warmup, steps)
-                    light = min(light, t)
+                ks = args.steps_per_execution or [int(cfg.model.get("steps_per_execution", 1))]
+                cfgs = {
+                    k: compose_cfg(
+                        [*model_overrides, f"model.steps_per_execution={k}"],
+                        model_name,
+                        bs,
+                        resident,
+                        tmp,
+                    )
+                    for k in ks
+                }
+                light, bare = dict.fromkeys(ks, math.inf), math.inf
+                for _ in range(args.repeats):  # every k and the bare loop alternate
+                    for k in ks:
+                        t, callbacks, profiler = time_lightning(cfgs[k], warmup, steps)
+                        light[k] = min(light[k], t)
                     bare = min(bare, time_bare(cfg, warmup, steps, device))
-                row = {
-                    "model": model_name,
-                    "batch_size": bs,
-                    "device": (
-                        torch.cuda.get_device_name(device)
-                        if on_gpu
-                        else f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
-                    ),
-                    "lightning_epoch_s": round(light * per_epoch, 3),
-                    "bare_epoch_s": round(bare * per_epoch, 3),
-                    "lightning_over_bare": round(light / bare, 3),
-                    "lightning_step_ms": round(light * 1e3, 4),
-                    "bare_step_ms": round(bare * 1e3, 4),
-                    "overhead_ms_per_step": round((light - bare) * 1e3, 4),
-                    "steps_per_execution": int(cfg.model.get("steps_per_execution", 1)),
+                setting = {
                     "steps_timed": steps,
                     "warmup_steps": warmup,
                     "steps_per_epoch": per_epoch,
@@ -279,14 +299,27 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     "lightning_profiler": profiler,
                     "lightning_differs": LIGHTNING_DIFFERS,
                 }
-                rows.append(row)
-                print(
-                    f"{model_name:17s} b{bs:<4d} lightning {row['lightning_epoch_s']:9.2f} s/epoch"
-                    f"  bare {row['bare_epoch_s']:9.2f} s/epoch  ratio "
-                    f"{row['lightning_over_bare']:.2f}  overhead "
-                    f"{row['overhead_ms_per_step']:.3f} ms/step",
-                    flush=True,
-                )
+                for k in ks:
+                    row = {
+                        "model": model_name,
+                        "batch_size": bs,
+                        "device": (
+                            torch.cuda.get_device_name(device)
+                            if on_gpu
+                            else f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
+                        ),
+                        **timing_fields(light[k], bare, per_epoch),
+                        "steps_per_execution": k,
+                        **setting,
+                    }
+                    rows.append(row)
+                    print(
+                        f"{model_name:17s} b{bs:<4d} k{k:<3d} lightning "
+                        f"{row['lightning_epoch_s']:9.2f} s/epoch  bare {row['bare_epoch_s']:9.2f} "
+                        f"s/epoch  ratio {row['lightning_over_bare']:.2f}  overhead "
+                        f"{row['overhead_ms_per_step']:.3f} ms/step",
+                        flush=True,
+                    )
 
     result = {
         "overrides": overrides,
@@ -299,13 +332,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(
-        f"\n{'model':17s} {'batch':>5s} {'device':24s} {'lightning s/ep':>14s} "
+        f"\n{'model':17s} {'batch':>5s} {'k':>3s} {'device':24s} {'lightning s/ep':>14s} "
         f"{'bare s/ep':>10s} {'ratio':>6s} {'overhead ms/step':>16s}"
     )
     for r in rows:
         flag = "" if r["lightning_over_bare"] <= TARGET else f"  > {TARGET}"
         print(
-            f"{r['model']:17s} {r['batch_size']:5d} {r['device'][:24]:24s} "
+            f"{r['model']:17s} {r['batch_size']:5d} {r['steps_per_execution']:3d} "
+            f"{r['device'][:24]:24s} "
             f"{r['lightning_epoch_s']:14.2f} {r['bare_epoch_s']:10.2f} "
             f"{r['lightning_over_bare']:6.2f} {r['overhead_ms_per_step']:16.3f}{flag}"
         )
