@@ -35,11 +35,11 @@ gpu-check:  ## GPU tests (compiled Triton kernels too), host overhead, CUDA benc
 
 # On a CUDA machine: Lightning vs the bare loop at batch 32 and 128 for the paper's three main models,
 # with k=1 and k=8 optimiser steps per Lightning iteration (CIFAR-size synthetic data on the GPU).
-gpu-check-train:  ## issue-6 GPU bench, steps_per_execution 1 and 8 -> outputs/gpu_check/train_k*.json
+gpu-check-train:  ## issue-6 GPU bench, steps_per_execution 1 and 8 -> outputs/gpu_check/train.json
 	mkdir -p outputs/gpu_check
-	for k in 1 8; do $(PY) experiments/bench/train.py --device cuda --warmup 32 --steps 800 \
-		--models fig4_plain fig4_ssim shallow_ssim --out outputs/gpu_check/train_k$$k.json \
-		data=synthetic data.num_train=50000 data.num_val=1000 model.steps_per_execution=$$k $(ARGS); done
+	$(PY) experiments/bench/train.py --device cuda --warmup 32 --steps 800 --steps-per-execution 1,8 \
+		--models fig4_plain fig4_ssim shallow_ssim --out outputs/gpu_check/train.json \
+		data=synthetic data.num_train=50000 data.num_val=1000 $(ARGS)
 
 # Reproduction pipeline (conf/, src/ssimlayer/train.py). Each reproduce-* target trains both models of
 # its pair in one Hydra multirun, then runs the FGSM sweep; runs land in outputs/<experiment>/multirun/.

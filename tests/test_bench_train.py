@@ -83,7 +83,7 @@ def test_bench_train_alternates_steps_per_execution_values(tmp_path):
     bench = load_bench()
     rows = bench.main(
         ["debug=smoke", "--overhead", "--models", "fig4_plain", "--steps", "4", "--warmup", "2"]
-        + ["--steps-per-execution", "1", "2", "--out", str(tmp_path / "train.json")]
+        + ["--steps-per-execution", "1,2", "--out", str(tmp_path / "train.json")]
     )
     assert [r["steps_per_execution"] for r in rows] == [1, 2]
     assert rows[0]["bare_step_ms"] == rows[1]["bare_step_ms"]  # one bare loop for both

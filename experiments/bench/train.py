@@ -26,7 +26,7 @@ so its timed span starts and ends at the first batch end at or after those steps
 divided by the optimiser steps it really covered. With ``--repeats R`` the sides alternate R times
 and each keeps its fastest run.
 Target: ``lightning_over_bare <= 1.25``. Each row also gives ``overhead_ms_per_step``, the
-Lightning time per step minus the bare one. ``--steps-per-execution 1 8`` times Lightning with each
+Lightning time per step minus the bare one. ``--steps-per-execution 1,8`` times Lightning with each
 of those ``model.steps_per_execution`` values, alternating in one process with one bare loop, and
 writes a row for each.
 
@@ -219,11 +219,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument(
         "--steps-per-execution",
-        nargs="+",
-        type=int,
+        type=lambda text: [int(k) for k in text.split(",")],
         default=None,
-        help="time Lightning with each of these model.steps_per_execution values, alternating "
-        "in one process with one bare loop (default: the configured value)",
+        metavar="K[,K...]",
+        help="time Lightning with each of these model.steps_per_execution values (e.g. 1,8), "
+        "alternating in one process with one bare loop (default: the configured value)",
     )
     parser.add_argument(
         "--overhead",
