@@ -173,10 +173,19 @@ class CrashAtStep(pl.Callback):
             raise RuntimeError(f"crash at step {self.step}")
 
 
-def test_crash_mid_epoch_then_resume_with_the_device_resident_loader(tmp_path):
+@pytest.mark.parametrize("steps_per_execution", [1, 4])
+def test_crash_mid_epoch_then_resume_with_the_device_resident_loader(tmp_path, steps_per_execution):
     # The same check as the SIGKILL test, in this process, with data.device_resident=true: the
     # DeviceLoader's position is in the checkpoint, so the resumed run sees the same batches.
-    resident = (*TINY, "data.device_resident=true", "~callbacks.fgsm_sweep")
+    # With groups of 4 steps (0-3, 4-7 | 8-11, 12-15) the crash falls mid-group, and last.ckpt is
+    # still the one after step 12 (every_n_train_steps=3 saves at the first group end past each
+    # multiple of 3).
+    resident = (
+        *TINY,
+        "data.device_resident=true",
+        "~callbacks.fgsm_sweep",
+        f"model.steps_per_execution={steps_per_execution}",
+    )
     crashed = tmp_path / "crashed"
     cfg = compose_cfg(
         crashed,

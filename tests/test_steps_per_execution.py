@@ -169,28 +169,8 @@ def test_max_steps_stops_inside_a_group(tmp_path):
 # --- checkpoints and resume -------------------------------------------------------------------
 
 
-def test_crash_mid_group_then_resume_matches_an_uninterrupted_run(tmp_path):
-    # Groups of 4: steps 0-3, 4-7 (epoch 0), 8-11, 12-15 (epoch 1). A crash during step 13 leaves
-    # last.ckpt at step 12 (every_n_train_steps=3: saved at the group ends 4 and 12, each past a
-    # multiple of 3, and at the end of epoch 0, step 8).
-    k4 = (*RESIDENT, "model.steps_per_execution=4")
-    crashed = tmp_path / "crashed"
-    cfg = compose_cfg(
-        crashed,
-        *k4,
-        "+callbacks.crash._target_=tests.test_reliability.CrashAtStep",
-        "+callbacks.crash.step=13",
-    )
-    with pytest.raises(RuntimeError, match="crash at step 13"):
-        train(cfg)
-    ckpt = crashed / "checkpoints" / "last.ckpt"
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
-    assert (state["global_step"], state["epoch"]) == (12, 1)
-
-    resumed = train(compose_cfg(tmp_path / "resumed", *k4, f"ckpt_path={ckpt}"))
-    reference = train(compose_cfg(tmp_path / "reference", *k4))
-    assert reference["global_step"] == 16 and stable(resumed) == stable(reference)
-    assert rows(tmp_path / "resumed" / "epochs.csv") == rows(tmp_path / "reference" / "epochs.csv")
+# A crash mid-group resumed exactly: tests/test_reliability.py
+# (test_crash_mid_epoch_then_resume_with_the_device_resident_loader, steps_per_execution=4).
 
 
 def test_resuming_across_one_and_many_steps_per_iteration_is_a_clear_error(tmp_path):
