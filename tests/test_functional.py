@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from ssimlayer import functional
 from ssimlayer.functional import (
     DEFAULT_C1,
     DEFAULT_C2,
@@ -282,8 +283,36 @@ BAD_CALLS = [
 def test_bad_arguments_raise_clear_errors(kwargs, error, match):
     kwargs = dict(kwargs)
     x, w = torch.randn(*kwargs.pop("x")), torch.randn(*kwargs.pop("w"))
-    with pytest.raises(error, match=match):
-        ssim_conv2d(x, w, **kwargs)
+    for _ in range(2):  # checks run once per configuration: a failed one must not be remembered
+        with pytest.raises(error, match=match):
+            ssim_conv2d(x, w, **kwargs)
+
+
+def test_checks_are_remembered_per_configuration_only(monkeypatch):
+    x, w = torch.randn(2, 3, 8, 8), torch.randn(4, 3, 3, 3)
+    monkeypatch.setattr(functional, "_checked", {})
+    ssim_conv2d(x, w, padding=1)
+    assert len(functional._checked) == 1
+    ssim_conv2d(x, w, padding=1)  # the same configuration: nothing new
+    assert len(functional._checked) == 1
+    with pytest.raises(ValueError, match="c1 must be"):  # any argument changed is checked again
+        ssim_conv2d(x, w, padding=1, c1=0.0)
+    with pytest.raises(ValueError, match="bias must have shape"):
+        ssim_conv2d(x, w, torch.zeros(3), padding=1)
+    with pytest.raises(ValueError, match="extent 3"):
+        ssim_conv2d(x[..., :1, :1], w)
+    # Lists cannot be remembered: checked every time, same result.
+    assert torch.equal(ssim_conv2d(x, w, padding=[1, 1]), ssim_conv2d(x, w, padding=1))
+    assert len(functional._checked) == 1
+    monkeypatch.setattr(functional, "_CHECKED_MAX", 2)
+    for size in (5, 6, 7):
+        ssim_conv2d(torch.randn(1, 3, size, size), w)
+    assert len(functional._checked) <= 2
+
+
+def test_non_tensor_input_raises_type_error():
+    with pytest.raises(TypeError, match="must be tensors, got list"):
+        ssim_conv2d([[1.0]], torch.randn(4, 3, 3, 3))
 
 
 def test_integer_input_raises_type_error():

@@ -156,15 +156,20 @@ class TritonChecks:
     ATOL = 1e-3  # relative to the largest magnitude of the reference
 
     def __init__(self) -> None:
-        self._done: dict[tuple, bool] = {}
+        self._done: set[tuple] = set()  # (kind, config) pairs checked
+        self._failed: set[tuple] = set()  # configurations whose kernels disagreed
 
     def usable(self, config: tuple) -> bool:
-        return self._done.get(("forward", config), True) and self._done.get(
-            ("backward", config), True
-        )
+        return config not in self._failed
 
     def checked(self, kind: str, config: tuple) -> bool:
         return (kind, config) in self._done
+
+    def record(self, kind: str, config: tuple, ok: bool) -> None:
+        """Remember a verdict: ``config`` was checked for ``kind`` ("forward" or "backward")."""
+        self._done.add((kind, config))
+        if not ok:
+            self._failed.add(config)
 
     def agree(self, kind: str, config: tuple, fast, reference) -> bool:
         """Compare the two paths' tensors, remember the verdict, warn on a disagreement."""
@@ -178,7 +183,7 @@ class TritonChecks:
                 a, b, rtol=self.RTOL, atol=self.ATOL * max(scale, 1.0), equal_nan=True
             )
             worst = max(worst, float((a - b).abs().nan_to_num(0.0, 0.0, 0.0).max()))
-        self._done[(kind, config)] = ok
+        self.record(kind, config, ok)
         if not ok:
             device, dtype, in_shape, _, w_shape, geometry = config
             warnings.warn(
@@ -194,6 +199,7 @@ class TritonChecks:
 
     def reset(self) -> None:
         self._done.clear()
+        self._failed.clear()
 
 
 triton_checks = TritonChecks()

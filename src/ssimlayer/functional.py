@@ -21,6 +21,7 @@ conv backward plus elementwise work. Nothing of size ``N x positions`` is ever m
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Sequence
 
@@ -117,13 +118,19 @@ def ssim_conv2d(
         1.0
     """
     c3 = c2 / 2 if c3 is None else c3
-    _check_scalars(c1, c2, c3, alpha, beta, gamma)
+    if not isinstance(input, Tensor) or not isinstance(weight, Tensor):
+        raise TypeError(
+            f"ssim_conv2d: input and weight must be tensors, got {type(input).__name__} "
+            f"and {type(weight).__name__}"
+        )
     unbatched = input.dim() == 3
     if unbatched:
         input = input.unsqueeze(0)
-    input, padding = _resolve_padding(input, weight, padding, stride, dilation)
-    stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
-    _check_shapes(input, weight, bias, stride, padding, dilation, groups)
+    if isinstance(padding, str):
+        input, padding = _resolve_padding(input, weight, padding, stride, dilation)
+    stride, padding, dilation = _checked_arguments(
+        input, weight, bias, stride, padding, dilation, groups, (c1, c2, c3, alpha, beta, gamma)
+    )
 
     device_type = input.device.type
     autocast = torch.is_autocast_enabled(device_type)
@@ -240,12 +247,17 @@ def _keeps_cov(x: Tensor, w: Tensor, geometry) -> bool:
     backward recomputes cov with one more convolution instead: cheap exactly there, since the cost
     of that convolution scales with C_in / groups.
     """
+    return _keeps_cov_for(x.shape[1:], w.shape, geometry)
+
+
+@functools.lru_cache(maxsize=1024)  # called every step with the same few shapes
+def _keeps_cov_for(in_shape, w_shape, geometry) -> bool:
     stride, padding, dilation, groups = geometry
     h_out, w_out = (
         (size + 2 * p - d * (k - 1) - 1) // s + 1
-        for size, k, p, d, s in zip(x.shape[2:], w.shape[2:], padding, dilation, stride)
+        for size, k, p, d, s in zip(in_shape[1:], w_shape[2:], padding, dilation, stride)
     )
-    return w.shape[0] * h_out * w_out <= 2 * x.shape[1] * x.shape[2] * x.shape[3]
+    return w_shape[0] * h_out * w_out <= 2 * in_shape[0] * in_shape[1] * in_shape[2]
 
 
 def _signed_pow(t: Tensor, p: float) -> Tensor:
@@ -511,6 +523,35 @@ def _eq8_backward_part(x, w, box, cov, grad_out, c1: float, c2: float, geometry,
 # ---------------------------------------------------------------------------------------------
 # Argument checks: every message says what was received and what would work
 
+# Configurations whose arguments passed every check, with their (stride, padding, dilation) as
+# pairs. A layer is called again and again with the same shapes; on a GPU at small sizes the host
+# time of the checks is a visible part of a step, so they run once per configuration.
+_checked: dict[tuple, tuple] = {}
+_CHECKED_MAX = 4096
+
+
+def _checked_arguments(input, weight, bias, stride, padding, dilation, groups, scalars):
+    """``(stride, padding, dilation)`` as pairs, once every argument has passed the checks."""
+    key = (
+        input.shape, input.dtype, weight.shape, weight.dtype,
+        None if bias is None else (bias.shape, bias.dtype),
+        stride, padding, dilation, groups, scalars,
+    )  # fmt: skip
+    try:
+        found = _checked.get(key)
+    except TypeError:  # unhashable arguments (lists, say): check them every time
+        key = found = None
+    if found is not None:
+        return found
+    _check_scalars(*scalars)
+    geometry = _pair(stride), _pair(padding), _pair(dilation)
+    _check_shapes(input, weight, bias, *geometry, groups)
+    if key is not None:
+        if len(_checked) >= _CHECKED_MAX:
+            _checked.clear()
+        _checked[key] = geometry
+    return geometry
+
 
 def _check_scalars(c1, c2, c3, alpha, beta, gamma) -> None:
     for name, value in (("c1", c1), ("c2", c2), ("c3", c3)):
@@ -550,11 +591,6 @@ def _resolve_padding(input: Tensor, weight: Tensor, padding, stride, dilation):
 
 
 def _check_shapes(input, weight, bias, stride, padding, dilation, groups) -> None:
-    if not isinstance(input, Tensor) or not isinstance(weight, Tensor):
-        raise TypeError(
-            f"ssim_conv2d: input and weight must be tensors, got {type(input).__name__} "
-            f"and {type(weight).__name__}"
-        )
     if input.dim() != 4:
         raise ValueError(
             f"ssim_conv2d: expected input of shape (B, C_in, H, W) or (C_in, H, W), "
