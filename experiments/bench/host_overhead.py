@@ -8,16 +8,24 @@ many times without synchronising (the GPU work of these shapes is shorter than i
 loop measures the host) and reports microseconds per call. The shape is the benchmark's smallest
 (128, 64->64, 8x8, k3).
 
-It also profiles 300 SSIM steps with cProfile and stores the 30 functions with the most own time,
-so that a GPU session shows where the host time of a step goes (Triton's launcher, the autograd
-Function, this package's wrapper) without a second run.
+Beside the per-call rows it stores what splits a step's time between host and GPU:
+
+- the conv and SSIM steps with the backward on the calling thread
+  (``torch.autograd.set_multithreading_enabled(False)``) instead of the autograd engine's CUDA
+  device thread, which must take the GIL to run the SSIM layer's Python backward;
+- the GPU time of each step, from replaying it captured in a CUDA graph (``cuda_graph.py``);
+- a cProfile of 300 SSIM steps with the backward on the calling thread (cProfile sees one thread
+  only), the 30 functions with the most own time;
+- torch.profiler tables of 50 SSIM steps: every thread's operators by own host time, and the
+  kernels by GPU time.
 
     python experiments/bench/host_overhead.py --python-only [--device cpu]
 
 times the Triton path's Python alone, on any device: the Triton kernels are replaced by stubs that
 return empty tensors of the right shapes (no launch, no convolution), so what remains is
-``ssim_conv2d``'s checks and dispatch, the autograd Function and the engine. This is how changes to
-that Python are measured without a GPU.
+``ssim_conv2d``'s checks and dispatch, the autograd Function and the engine. A bare autograd
+Function around the same stubs runs alternately with it: the difference is this package's own
+Python. This is how changes to that Python are measured without a GPU.
 """
 
 from __future__ import annotations
@@ -36,7 +44,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT))
 
+from experiments.bench.cuda_graph import try_graphed_step_ms  # noqa: E402
 from ssimlayer import SSIMConv2d, _fusion  # noqa: E402
 
 
@@ -98,6 +108,43 @@ class StubKernels:
         )
 
 
+_GEOMETRY = ((1, 1), (1, 1), (1, 1), 1)
+
+
+class _BareFunction(torch.autograd.Function):
+    """The least an autograd Function around the stub kernels can cost: the floor for ours."""
+
+    @staticmethod
+    def forward(ctx, x, w):
+        out, box, ystat, s_xy = StubKernels.eq8_forward(x, w, 1e-4, 9e-4, _GEOMETRY, True)
+        ctx.save_for_backward(x, w, box, ystat, s_xy)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, w, box, ystat, s_xy = ctx.saved_tensors
+        return StubKernels.eq8_backward(x, w, box, ystat, s_xy, grad_out, 0, 0, _GEOMETRY, (1, 1))
+
+
+def alternated_us(fns: dict, calls: int = 200, rounds: int = 30) -> dict[str, float]:
+    """Microseconds per call of each function, the functions alternated round by round in one
+    process (so that machine load hits all alike); the fastest round of each is kept, the
+    least disturbed measure of a fixed amount of Python work."""
+    for fn in fns.values():
+        for _ in range(calls):
+            fn()
+    sync()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            sync()
+            times[name].append((time.perf_counter() - start) / calls * 1e6)
+    return {name: min(ts) for name, ts in times.items()}
+
+
 def python_only(device: str, out: Path) -> None:
     """Host time of the Triton path's Python with stub kernels (see the module docstring)."""
     from ssimlayer import functional
@@ -119,18 +166,37 @@ def python_only(device: str, out: Path) -> None:
             ssim.zero_grad(set_to_none=True)
             ssim(x).backward(grad)
 
-        with torch.no_grad():
-            forward_us = per_call_us(lambda: ssim(x), calls=2000)
-        rows = {
-            "ssim forward (no grad), stub kernels": forward_us,
-            "ssim forward+backward step, stub kernels": per_call_us(step, calls=2000),
-        }
+        def bare_step():
+            x.grad = None
+            ssim.zero_grad(set_to_none=True)
+            _BareFunction.apply(x, ssim.weight).backward(grad)
+
+        def forward():
+            with torch.no_grad():
+                ssim(x)
+
+        def bare_forward():
+            with torch.no_grad():
+                StubKernels.eq8_forward(x, ssim.weight, 1e-4, 9e-4, _GEOMETRY, False)
+
+        rows = alternated_us(
+            {
+                "ssim forward (no grad), stub kernels": forward,
+                "stub forward alone (no grad)": bare_forward,
+                "ssim forward+backward step, stub kernels": step,
+                "bare autograd Function step, same stubs": bare_step,
+            }
+        )
+        rows["ssim step over bare Function step"] = (
+            rows["ssim forward+backward step, stub kernels"]
+            - rows["bare autograd Function step, same stubs"]
+        )
         profile = top_own_time(step, calls=2000)
     finally:
         functional.triton_eq8 = real
         triton_checks.reset()
     for name, us in rows.items():
-        print(f"{name:42s} {us:8.1f} us/call")
+        print(f"{name:42s} {us:8.1f} us")
     print("\n".join(profile[:20]))
     write(out, {"device": device, "us_per_call": rows, "cprofile_step_top": profile})
 
@@ -217,11 +283,27 @@ def main(argv: list[str] | None = None) -> None:
     rows["conv forward+backward step"] = per_call_us(step(conv))
     rows["ssim forward+backward step (Triton)"] = per_call_us(step(ssim))
     rows["ssim forward+backward step (torch.compile)"] = per_call_us(without_triton(step(ssim)))
-    profile = top_own_time(step(ssim))
+    # Backward on the calling thread instead of the autograd engine's CUDA device thread: shows
+    # what handing the backward (and, for the SSIM layer, the GIL) to that thread costs.
+    with torch.autograd.set_multithreading_enabled(False):
+        rows["conv step, backward on the calling thread"] = per_call_us(step(conv))
+        rows["ssim step (Triton), backward on the calling thread"] = per_call_us(step(ssim))
+        # cProfile sees the calling thread only: with the backward there, it sees all of it.
+        profile = top_own_time(step(ssim))
+    gpu_ms = {
+        "conv step": try_graphed_step_ms(step(conv)),
+        "ssim step (Triton)": try_graphed_step_ms(step(ssim)),
+    }
+    torch_profile = torch_profiler_tables(step(ssim))
     width = max(map(len, rows))
     for name, us in rows.items():
         print(f"{name:{width}}  {us:8.1f} us/call")
+    for name, ms in gpu_ms.items():
+        print(
+            f"GPU time per {name} (CUDA graph replay): {ms if isinstance(ms, str) else f'{ms * 1e3:.1f} us'}"
+        )
     print("\n".join(profile[:20]))
+    print("\n".join(torch_profile["by_self_cpu"]))
     write(
         args.out,
         {
@@ -229,12 +311,36 @@ def main(argv: list[str] | None = None) -> None:
             "shape": "x (128, 64, 8, 8), 64 filters 3x3, padding 1",
             "timing": "host time per call: median over 7 loops of 300 calls, synchronised per loop",
             "us_per_call": rows,
+            "gpu_us_per_step_cuda_graph": {
+                name: (ms if isinstance(ms, str) else ms * 1e3) for name, ms in gpu_ms.items()
+            },
             "cprofile_ssim_step_top": profile,
+            "cprofile_note": "autograd multithreading off, so the backward's Python is included",
+            "torch_profiler_ssim_step": torch_profile,
         },
     )
     # The same path with stub kernels on the GPU: its Python and the autograd engine's device
     # thread, without launches.
     python_only("cuda", args.out.with_name(args.out.stem + "_python_only.json"))
+
+
+def torch_profiler_tables(fn, calls: int = 50, rows: int = 25) -> dict[str, list[str]]:
+    """torch.profiler over ``calls`` calls: every thread's operators (the autograd device thread's
+    too) by own host time, and the CUDA kernels by GPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    sync()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        sync()
+    events = prof.key_averages()
+    return {
+        "calls": [str(calls)],
+        "by_self_cpu": events.table(sort_by="self_cpu_time_total", row_limit=rows).splitlines(),
+        "by_self_gpu": events.table(sort_by="self_device_time_total", row_limit=rows).splitlines(),
+    }
 
 
 if __name__ == "__main__":

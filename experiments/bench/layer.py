@@ -5,7 +5,9 @@
 For each shape, forward + backward of every implementation is timed alternately in one process (so
 machine load hits all of them alike) and the median of the repeats is kept; the number that matters is
 the ratio to nn.Conv2d on the same shapes. On CUDA "ssim" is the Triton path and "ssim_inductor" the
-torch.compile path beside it; "ssim_path" in each row says which path "ssim" really took. Peak
+torch.compile path beside it; "ssim_path" in each row says which path "ssim" really took. CUDA rows
+also give the GPU's own share: the summed kernel time of one step (profiler), and the wall time of
+the step replayed from a CUDA graph, where no host work is left ("ssim_over_conv_graphed"). Peak
 memory: on CUDA the allocator's peak during one forward + backward beyond what was allocated before;
 on the CPU the peak of the profiler's memory timeline over one forward + backward (every tensor
 allocated in that step, compiled kernels' too).
@@ -30,6 +32,7 @@ from torch.profiler import ProfilerActivity, profile
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from experiments.bench.cuda_graph import try_graphed_step_ms  # noqa: E402
 from ssimlayer import SSIMConv2d, _fusion  # noqa: E402
 from tests.reference import ssim_conv2d_unfold  # noqa: E402
 
@@ -138,6 +141,15 @@ def cuda_kernel_ms(shape, impl: str) -> float:
     return statistics.median(totals)
 
 
+def cuda_graph_ms(shape, impl: str) -> float | str:
+    """Wall time of one forward + backward replayed from a CUDA graph (no host work per step)."""
+    b, c_in, c_out, size, k, p = shape
+    module = build(impl, c_in, c_out, k, p, "cuda")
+    x = torch.randn(b, c_in, size, size, device="cuda", requires_grad=True)
+    grad = torch.randn_like(module(x)).detach()
+    return try_graphed_step_ms(lambda: step(module, x, grad))
+
+
 def cuda_peak(shape, impl: str) -> int:
     b, c_in, c_out, size, k, p = shape
     module = build(impl, c_in, c_out, k, p, "cuda")
@@ -184,6 +196,7 @@ def bench_device(device: str, repeats: int) -> list[dict]:
         peak = {impl: (cuda_peak if device == "cuda" else cpu_peak)(shape, impl) for impl in impls}
         if device == "cuda":
             kernel = {impl: cuda_kernel_ms(shape, impl) for impl in ("conv", "ssim")}
+            graphed = {impl: cuda_graph_ms(shape, impl) for impl in ("conv", "ssim")}
         if device == "cuda" and not _fusion.triton_enabled():
             print("WARNING: the Triton kernels failed; 'ssim' below is the torch.compile path")
         target = TARGETS[device].get(index)
@@ -224,6 +237,13 @@ def bench_device(device: str, repeats: int) -> list[dict]:
                         "conv_kernel_ms": kernel["conv"],
                         "ssim_kernel_ms": kernel["ssim"],
                         "ssim_over_conv_kernel_time": kernel["ssim"] / kernel["conv"],
+                        "conv_graph_ms": graphed["conv"],
+                        "ssim_graph_ms": graphed["ssim"],
+                        "ssim_over_conv_graphed": (
+                            graphed["ssim"] / graphed["conv"]
+                            if not any(isinstance(v, str) for v in graphed.values())
+                            else None
+                        ),
                     }
                     if device == "cuda"
                     else {}
@@ -255,6 +275,8 @@ def print_row(r: dict) -> None:
             f"   GPU kernel time ssim/conv {r['ssim_over_conv_kernel_time']:.2f}"
             f"   inductor/conv {r['ssim_inductor_over_conv']:.2f}"
         )
+        graphed = r["ssim_over_conv_graphed"]
+        line += f"   CUDA-graph ssim/conv {'-' if graphed is None else f'{graphed:.2f}'}"
     print(line, flush=True)
 
 

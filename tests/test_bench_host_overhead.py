@@ -1,0 +1,34 @@
+"""experiments/bench/host_overhead.py --python-only: the layer's own Python, timed without a GPU."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+from ssimlayer import _fusion, functional
+
+BENCH = Path(__file__).resolve().parents[1] / "experiments" / "bench" / "host_overhead.py"
+
+
+def test_python_only_times_the_layer_against_a_bare_function_and_restores_the_kernels(tmp_path):
+    spec = importlib.util.spec_from_file_location("bench_host_overhead", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    real = functional.triton_eq8
+    out = tmp_path / "host.json"
+    bench.main(["--python-only", "--device", "cpu", "--out", str(out)])
+    result = json.loads(out.read_text())
+    rows = result["us_per_call"]
+    timed = [name for name in rows if name != "ssim step over bare Function step"]
+    assert len(timed) == 4 and all(0 < rows[name] < 1e5 for name in timed)
+    difference = (
+        rows["ssim forward+backward step, stub kernels"]
+        - rows["bare autograd Function step, same stubs"]
+    )
+    assert math.isclose(rows["ssim step over bare Function step"], difference)
+    assert any("ssim_conv2d" in line for line in result["cprofile_step_top"])
+    # The stubs and the pretended first-use verdicts are gone again.
+    assert functional.triton_eq8 is real
+    assert not _fusion.triton_checks._done
