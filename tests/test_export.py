@@ -1,10 +1,12 @@
 """torch.compile and ONNX: the layer survives the two ways researchers ship models."""
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
 
-from ssimlayer import SSIMConv2d
+from ssimlayer import SSIMConv2d, ssim_conv2d
 
 
 def _small_model():
@@ -32,6 +34,26 @@ def test_torch_compile_equals_eager_forward_and_backward():
     compiled(x).sum().backward()
     for p, g in zip(model.parameters(), eager_grads):
         torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-5)
+
+
+def test_torch_compile_traces_one_graph_without_warnings_or_recompiles():
+    # The layer's eager caches (argument checks, keep-cov rule) stay out of the trace: no Dynamo
+    # warning about them, no guard on them, so a new entry does not recompile the model.
+    graphs = []
+
+    def backend(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return graph_module.forward
+
+    model = _small_model()
+    compiled = torch.compile(model, backend=backend, fullgraph=True)
+    x = torch.rand(4, 3, 12, 12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        compiled(x)
+        ssim_conv2d(torch.randn(2, 3, 9, 9), torch.randn(4, 3, 3, 3))  # new eager cache entries
+        torch.testing.assert_close(compiled(x), model(x))
+    assert len(graphs) == 1
 
 
 def test_onnx_export_matches_pytorch(tmp_path):

@@ -247,6 +247,8 @@ def _keeps_cov(x: Tensor, w: Tensor, geometry) -> bool:
     backward recomputes cov with one more convolution instead: cheap exactly there, since the cost
     of that convolution scales with C_in / groups.
     """
+    if torch.compiler.is_compiling():  # traced once, no cache needed (Dynamo warns about one)
+        return _keeps_cov_for.__wrapped__(x.shape[1:], w.shape, geometry)
     return _keeps_cov_for(x.shape[1:], w.shape, geometry)
 
 
@@ -532,6 +534,27 @@ _CHECKED_MAX = 4096
 
 def _checked_arguments(input, weight, bias, stride, padding, dilation, groups, scalars):
     """``(stride, padding, dilation)`` as pairs, once every argument has passed the checks."""
+    key = None
+    if not torch.compiler.is_compiling():  # a trace checks once anyway; a cache would add guards
+        key = (
+            input.shape, input.dtype, weight.shape, weight.dtype,
+            None if bias is None else (bias.shape, bias.dtype),
+            stride, padding, dilation, groups, scalars,
+        )  # fmt: skip
+        try:
+            found = _checked.get(key)
+        except TypeError:  # unhashable arguments (lists, say): check them every time
+            key = found = None
+        if found is not None:
+            return found
+    _check_scalars(*scalars)
+    geometry = _pair(stride), _pair(padding), _pair(dilation)
+    _check_shapes(input, weight, bias, *geometry, groups)
+    if key is not None:
+        if len(_checked) >= _CHECKED_MAX:
+            _checked.clear()
+        _checked[key] = geometry
+    return geometry
     key = (
         input.shape, input.dtype, weight.shape, weight.dtype,
         None if bias is None else (bias.shape, bias.dtype),
