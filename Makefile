@@ -25,21 +25,15 @@ lint:
 bench:  ## layer speed/memory vs nn.Conv2d -> outputs/bench/layer.json
 	$(PY) experiments/bench/layer.py $(ARGS)
 
-# On a CUDA machine, everything the layer's GPU path needs checked, with full logs, in one command.
-gpu-check:  ## GPU tests (compiled Triton kernels too), host overhead, CUDA bench -> outputs/gpu_check/
-	mkdir -p outputs/gpu_check
-	-$(PY) -m pytest -q -rfE --tb=short -m "not slow" tests/test_gpu.py tests/test_triton_kernels.py > outputs/gpu_check/tests.log 2>&1
-	tail -n 40 outputs/gpu_check/tests.log
-	$(PY) experiments/bench/host_overhead.py --out outputs/gpu_check/host_overhead.json
-	$(PY) experiments/bench/layer.py --device cuda --out outputs/gpu_check/layer.json
+# On a CUDA machine, what the layer's GPU path needs checked and measured, with full logs, in one
+# command (experiments/bench/gpu_session.sh: each part under a time limit, one lease's worth).
+gpu-check:  ## host overhead, CUDA layer bench, GPU tests (compiled Triton kernels) -> outputs/gpu_check/
+	OUT=outputs/gpu_check PY=$(PY) bash experiments/bench/gpu_session.sh layer
 
 # On a CUDA machine: Lightning vs the bare loop at batch 32 and 128 for the paper's three main models,
 # with k=1 and k=8 optimiser steps per Lightning iteration (CIFAR-size synthetic data on the GPU).
 gpu-check-train:  ## issue-6 GPU bench, steps_per_execution 1 and 8 -> outputs/gpu_check/train.json
-	mkdir -p outputs/gpu_check
-	$(PY) experiments/bench/train.py --device cuda --warmup 32 --steps 800 --steps-per-execution 1,8 \
-		--models fig4_plain fig4_ssim shallow_ssim --out outputs/gpu_check/train.json \
-		data=synthetic data.num_train=50000 data.num_val=1000 $(ARGS)
+	OUT=outputs/gpu_check PY=$(PY) bash experiments/bench/gpu_session.sh train
 
 # Reproduction pipeline (conf/, src/ssimlayer/train.py). Each reproduce-* target trains both models of
 # its pair in one Hydra multirun, then runs the FGSM sweep; runs land in outputs/<experiment>/multirun/.

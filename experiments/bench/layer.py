@@ -185,8 +185,8 @@ def cpu_peak(shape, impl: str) -> int:
     return max(sum(s) for s in sizes)
 
 
-def bench_device(device: str, repeats: int) -> list[dict]:
-    rows = []
+def bench_device(device: str, repeats: int, on_row) -> None:
+    """Time every shape on ``device``; ``on_row`` gets each row as soon as it is measured."""
     for index, base_shape in enumerate(SHAPES):
         shape = (128, *base_shape[1:]) if device == "cuda" else base_shape
         impls = ["conv", "ssim", "ssim_eager", "unfold"]
@@ -202,58 +202,56 @@ def bench_device(device: str, repeats: int) -> list[dict]:
         target = TARGETS[device].get(index)
         ratio = times["ssim"] / times["conv"]
         mem_ratio = peak["ssim"] / max(peak["conv"], 1)
-        rows.append(
-            {
-                "device": device,
-                "batch": shape[0],
-                "c_in": shape[1],
-                "c_out": shape[2],
-                "size": shape[3],
-                "kernel": shape[4],
-                "padding": shape[5],
-                "conv_ms": 1e3 * times["conv"],
-                "ssim_ms": 1e3 * times["ssim"],
-                "unfold_ms": 1e3 * times["unfold"],
-                "ssim_eager_ms": 1e3 * times["ssim_eager"],
-                "ssim_eager_over_conv": times["ssim_eager"] / times["conv"],
-                "ssim_over_conv": ratio,
-                "unfold_over_conv": times["unfold"] / times["conv"],
-                "conv_peak_mib": peak["conv"] / 2**20,
-                "ssim_peak_mib": peak["ssim"] / 2**20,
-                "unfold_peak_mib": peak["unfold"] / 2**20,
-                "ssim_eager_peak_mib": peak["ssim_eager"] / 2**20,
-                "ssim_peak_over_conv": mem_ratio,
-                "ssim_path": (
-                    ("triton" if _fusion.triton_enabled() else "torch.compile (Triton failed)")
-                    if device == "cuda"
-                    else "torch.compile"
-                ),
-                "time_target": target,
-                **(
-                    {
-                        "ssim_inductor_ms": 1e3 * times["ssim_inductor"],
-                        "ssim_inductor_over_conv": times["ssim_inductor"] / times["conv"],
-                        "ssim_inductor_peak_mib": peak["ssim_inductor"] / 2**20,
-                        "conv_kernel_ms": kernel["conv"],
-                        "ssim_kernel_ms": kernel["ssim"],
-                        "ssim_over_conv_kernel_time": kernel["ssim"] / kernel["conv"],
-                        "conv_graph_ms": graphed["conv"],
-                        "ssim_graph_ms": graphed["ssim"],
-                        "ssim_over_conv_graphed": (
-                            graphed["ssim"] / graphed["conv"]
-                            if not any(isinstance(v, str) for v in graphed.values())
-                            else None
-                        ),
-                    }
-                    if device == "cuda"
-                    else {}
-                ),
-                "meets_time_target": None if target is None else ratio <= target,
-                "meets_memory_target": mem_ratio <= MEMORY_TARGET,
-            }
-        )
-        print_row(rows[-1])
-    return rows
+        row = {
+            "device": device,
+            "batch": shape[0],
+            "c_in": shape[1],
+            "c_out": shape[2],
+            "size": shape[3],
+            "kernel": shape[4],
+            "padding": shape[5],
+            "conv_ms": 1e3 * times["conv"],
+            "ssim_ms": 1e3 * times["ssim"],
+            "unfold_ms": 1e3 * times["unfold"],
+            "ssim_eager_ms": 1e3 * times["ssim_eager"],
+            "ssim_eager_over_conv": times["ssim_eager"] / times["conv"],
+            "ssim_over_conv": ratio,
+            "unfold_over_conv": times["unfold"] / times["conv"],
+            "conv_peak_mib": peak["conv"] / 2**20,
+            "ssim_peak_mib": peak["ssim"] / 2**20,
+            "unfold_peak_mib": peak["unfold"] / 2**20,
+            "ssim_eager_peak_mib": peak["ssim_eager"] / 2**20,
+            "ssim_peak_over_conv": mem_ratio,
+            "ssim_path": (
+                ("triton" if _fusion.triton_enabled() else "torch.compile (Triton failed)")
+                if device == "cuda"
+                else "torch.compile"
+            ),
+            "time_target": target,
+            **(
+                {
+                    "ssim_inductor_ms": 1e3 * times["ssim_inductor"],
+                    "ssim_inductor_over_conv": times["ssim_inductor"] / times["conv"],
+                    "ssim_inductor_peak_mib": peak["ssim_inductor"] / 2**20,
+                    "conv_kernel_ms": kernel["conv"],
+                    "ssim_kernel_ms": kernel["ssim"],
+                    "ssim_over_conv_kernel_time": kernel["ssim"] / kernel["conv"],
+                    "conv_graph_ms": graphed["conv"],
+                    "ssim_graph_ms": graphed["ssim"],
+                    "ssim_over_conv_graphed": (
+                        graphed["ssim"] / graphed["conv"]
+                        if not any(isinstance(v, str) for v in graphed.values())
+                        else None
+                    ),
+                }
+                if device == "cuda"
+                else {}
+            ),
+            "meets_time_target": None if target is None else ratio <= target,
+            "meets_memory_target": mem_ratio <= MEMORY_TARGET,
+        }
+        print_row(row)
+        on_row(row)
 
 
 HEADER = (
@@ -295,18 +293,25 @@ def main(argv: list[str] | None = None) -> None:
             parser.error("--device cuda: no CUDA device is visible")
         devices.remove("cuda")
     print(HEADER)
-    rows = [row for device in devices for row in bench_device(device, args.repeats)]
-    result = {
-        "torch": torch.__version__,
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_threads": torch.get_num_threads(),
-        "cuda_device": torch.cuda.get_device_name() if "cuda" in devices else None,
-        "repeats": args.repeats,
-        "timing": "forward+backward, median of repeats, implementations alternated in one process",
-        "rows": rows,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    rows: list[dict] = []
+
+    def write(row: dict) -> None:  # after every row: a cut-short run keeps what it measured
+        rows.append(row)
+        result = {
+            "torch": torch.__version__,
+            "cpu": platform.processor() or platform.machine(),
+            "cpu_threads": torch.get_num_threads(),
+            "cuda_device": torch.cuda.get_device_name() if "cuda" in devices else None,
+            "repeats": args.repeats,
+            "timing": "forward+backward, median of repeats, implementations alternated in one "
+            "process",
+            "rows": rows,
+        }
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2))
+
+    for device in devices:
+        bench_device(device, args.repeats, write)
     print(f"wrote {args.out}")
 
 

@@ -246,6 +246,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
     batch_sizes = args.batch_sizes or ([2] if args.overhead else [32, 128])
 
     rows = []
+
+    def write() -> None:  # after every model and batch size: a cut-short run keeps its rows
+        result = {
+            "overrides": overrides,
+            "torch": torch.__version__,
+            "lightning": pl.__version__,
+            "python": platform.python_version(),
+            "target_ratio": TARGET,
+            "rows": rows,
+        }
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2))
+
     with tempfile.TemporaryDirectory() as tmp:
         for model_name in args.models:
             model_overrides = (
@@ -320,17 +333,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         f"{row['overhead_ms_per_step']:.3f} ms/step",
                         flush=True,
                     )
+                write()
 
-    result = {
-        "overrides": overrides,
-        "torch": torch.__version__,
-        "lightning": pl.__version__,
-        "python": platform.python_version(),
-        "target_ratio": TARGET,
-        "rows": rows,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    write()
     print(
         f"\n{'model':17s} {'batch':>5s} {'k':>3s} {'device':24s} {'lightning s/ep':>14s} "
         f"{'bare s/ep':>10s} {'ratio':>6s} {'overhead ms/step':>16s}"
