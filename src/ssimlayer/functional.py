@@ -555,25 +555,6 @@ def _checked_arguments(input, weight, bias, stride, padding, dilation, groups, s
             _checked.clear()
         _checked[key] = geometry
     return geometry
-    key = (
-        input.shape, input.dtype, weight.shape, weight.dtype,
-        None if bias is None else (bias.shape, bias.dtype),
-        stride, padding, dilation, groups, scalars,
-    )  # fmt: skip
-    try:
-        found = _checked.get(key)
-    except TypeError:  # unhashable arguments (lists, say): check them every time
-        key = found = None
-    if found is not None:
-        return found
-    _check_scalars(*scalars)
-    geometry = _pair(stride), _pair(padding), _pair(dilation)
-    _check_shapes(input, weight, bias, *geometry, groups)
-    if key is not None:
-        if len(_checked) >= _CHECKED_MAX:
-            _checked.clear()
-        _checked[key] = geometry
-    return geometry
 
 
 def _check_scalars(c1, c2, c3, alpha, beta, gamma) -> None:
