@@ -2,8 +2,8 @@
 # One GPU lease, prepared: what issues 2 and 6 still need measured on a GPU, most important first,
 # each part under its own time limit, its log and JSON under $OUT.
 #
-#   bash experiments/bench/gpu_session.sh layer   # about 5 min: host overhead, layer bench, GPU tests
-#   bash experiments/bench/gpu_session.sh train   # about 5 min: Lightning vs the bare loop, k = 1 and 8
+#   bash experiments/bench/gpu_session.sh layer   # at most 6.5 min: host overhead, layer bench, GPU tests
+#   bash experiments/bench/gpu_session.sh train   # at most 5 min: Lightning vs the bare loop, k = 1 and 8
 #
 # `make gpu-check` and `make gpu-check-train` run the two parts with OUT=outputs/gpu_check.
 # On a lent machine without this project installed: its python3 holds torch, Triton and Lightning;
@@ -38,14 +38,14 @@ part() {
 
 case "${1:-layer}" in
 layer)
-    part host_overhead 150 "$PY" experiments/bench/host_overhead.py --out "$OUT/host_overhead.json"
-    part layer_bench 200 "$PY" experiments/bench/layer.py --device cuda --repeats 8 \
+    part host_overhead 120 "$PY" experiments/bench/host_overhead.py --out "$OUT/host_overhead.json"
+    part layer_bench 150 "$PY" experiments/bench/layer.py --device cuda --repeats 8 \
         --out "$OUT/layer.json"
-    part gpu_tests 180 "$PY" -m pytest -q -rfE --tb=short -p no:cacheprovider -m "not slow" \
+    part gpu_tests 120 "$PY" -m pytest -q -rfE --tb=short -p no:cacheprovider -m "not slow" \
         tests/test_gpu.py tests/test_triton_kernels.py
     ;;
 train)
-    part train_bench 540 "$PY" experiments/bench/train.py --device cuda --warmup 32 --steps 800 \
+    part train_bench 300 "$PY" experiments/bench/train.py --device cuda --warmup 32 --steps 800 \
         --repeats 2 --steps-per-execution 1,8 --models fig4_plain fig4_ssim shallow_ssim \
         --out "$OUT/train.json" data=synthetic data.num_train=50000 data.num_val=1000 logger=csv
     ;;
