@@ -157,7 +157,7 @@ def python_only(device: str, out: Path) -> None:
     real = functional.triton_eq8
     functional.triton_eq8 = lambda x, w: StubKernels
     try:
-        config = functional._triton_config(x, ssim.weight, ((1, 1), (1, 1), (1, 1), 1))
+        config = functional._triton_config(x, ssim.weight, _GEOMETRY)
         for kind in ("forward", "backward"):  # as if the first-use checks had passed
             triton_checks.record(kind, config, True)
 
@@ -290,18 +290,21 @@ def main(argv: list[str] | None = None) -> None:
         rows["ssim step (Triton), backward on the calling thread"] = per_call_us(step(ssim))
         # cProfile sees the calling thread only: with the backward there, it sees all of it.
         profile = top_own_time(step(ssim))
-    gpu_ms = {
-        "conv step": try_graphed_step_ms(step(conv)),
-        "ssim step (Triton)": try_graphed_step_ms(step(ssim)),
+    # Microseconds per replay, or the message of a capture that failed.
+    gpu_us = {
+        name: (ms if isinstance(ms, str) else ms * 1e3)
+        for name, ms in (
+            ("conv step", try_graphed_step_ms(step(conv))),
+            ("ssim step (Triton)", try_graphed_step_ms(step(ssim))),
+        )
     }
     torch_profile = torch_profiler_tables(step(ssim))
     width = max(map(len, rows))
     for name, us in rows.items():
         print(f"{name:{width}}  {us:8.1f} us/call")
-    for name, ms in gpu_ms.items():
-        print(
-            f"GPU time per {name} (CUDA graph replay): {ms if isinstance(ms, str) else f'{ms * 1e3:.1f} us'}"
-        )
+    for name, us in gpu_us.items():
+        shown = us if isinstance(us, str) else f"{us:.1f} us"
+        print(f"GPU time per {name} (CUDA graph replay): {shown}")
     print("\n".join(profile[:20]))
     print("\n".join(torch_profile["by_self_cpu"]))
     write(
@@ -311,9 +314,7 @@ def main(argv: list[str] | None = None) -> None:
             "shape": "x (128, 64, 8, 8), 64 filters 3x3, padding 1",
             "timing": "host time per call: median over 7 loops of 300 calls, synchronised per loop",
             "us_per_call": rows,
-            "gpu_us_per_step_cuda_graph": {
-                name: (ms if isinstance(ms, str) else ms * 1e3) for name, ms in gpu_ms.items()
-            },
+            "gpu_us_per_step_cuda_graph": gpu_us,
             "cprofile_ssim_step_top": profile,
             "cprofile_note": "autograd multithreading off, so the backward's Python is included",
             "torch_profiler_ssim_step": torch_profile,

@@ -123,12 +123,18 @@ def time_shape(shape, device: str, repeats: int, impls: list[str]) -> dict[str, 
     return {impl: statistics.median(ts) for impl, ts in times.items()}
 
 
+def one_case(shape, impl: str, device: str):
+    """A fresh module of ``impl`` for ``shape``, an input that requires grad, and an output grad."""
+    b, c_in, c_out, size, k, p = shape
+    module = build(impl, c_in, c_out, k, p, device)
+    x = torch.randn(b, c_in, size, size, device=device, requires_grad=True)
+    grad = torch.randn_like(module(x)).detach()
+    return module, x, grad
+
+
 def cuda_kernel_ms(shape, impl: str) -> float:
     """GPU time of one forward + backward: the sum of its kernels' durations (no launch gaps)."""
-    b, c_in, c_out, size, k, p = shape
-    module = build(impl, c_in, c_out, k, p, "cuda")
-    x = torch.randn(b, c_in, size, size, device="cuda", requires_grad=True)
-    grad = torch.randn_like(module(x)).detach()
+    module, x, grad = one_case(shape, impl, "cuda")
     for _ in range(3):
         step(module, x, grad)
     totals = []
@@ -143,18 +149,12 @@ def cuda_kernel_ms(shape, impl: str) -> float:
 
 def cuda_graph_ms(shape, impl: str) -> float | str:
     """Wall time of one forward + backward replayed from a CUDA graph (no host work per step)."""
-    b, c_in, c_out, size, k, p = shape
-    module = build(impl, c_in, c_out, k, p, "cuda")
-    x = torch.randn(b, c_in, size, size, device="cuda", requires_grad=True)
-    grad = torch.randn_like(module(x)).detach()
+    module, x, grad = one_case(shape, impl, "cuda")
     return try_graphed_step_ms(lambda: step(module, x, grad))
 
 
 def cuda_peak(shape, impl: str) -> int:
-    b, c_in, c_out, size, k, p = shape
-    module = build(impl, c_in, c_out, k, p, "cuda")
-    x = torch.randn(b, c_in, size, size, device="cuda", requires_grad=True)
-    grad = torch.randn_like(module(x)).detach()
+    module, x, grad = one_case(shape, impl, "cuda")
     step(module, x, grad)
     x.grad = None
     module.zero_grad(set_to_none=True)
@@ -168,10 +168,7 @@ def cuda_peak(shape, impl: str) -> int:
 
 def cpu_peak(shape, impl: str) -> int:
     """Peak of the profiler's CPU memory timeline over one (warm) forward + backward."""
-    b, c_in, c_out, size, k, p = shape
-    module = build(impl, c_in, c_out, k, p, "cpu")
-    x = torch.randn(b, c_in, size, size, requires_grad=True)
-    grad = torch.randn_like(module(x)).detach()
+    module, x, grad = one_case(shape, impl, "cpu")
     step(module, x, grad)
     with profile(
         activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True
