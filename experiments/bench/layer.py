@@ -5,9 +5,13 @@
 For each shape, forward + backward of every implementation is timed alternately in one process (so
 machine load hits all of them alike) and the median of the repeats is kept; the number that matters is
 the ratio to nn.Conv2d on the same shapes. On CUDA "ssim" is the Triton path and "ssim_inductor" the
-torch.compile path beside it; "ssim_path" in each row says which path "ssim" really took. CUDA rows
-also give the GPU's own share: the summed kernel time of one step (profiler), and the wall time of
-the step replayed from a CUDA graph, where no host work is left ("ssim_over_conv_graphed"). Peak
+torch.compile path beside it; "ssim_path" in each row says which path "ssim" really took. Each timing
+synchronises before and after one step: that step's latency. CUDA rows also give the throughput of
+50 steps issued back to back, synchronised once, as a training loop runs them
+("ssim_over_conv_back_to_back": whichever is longer per step, host or GPU time, with no per-step
+synchronisation latency added to both sides), the GPU's own share: the summed kernel time of one
+step (profiler), and the wall time of the step replayed from a CUDA graph, where no host work is
+left ("ssim_over_conv_graphed"). Peak
 memory: on CUDA the allocator's peak during one forward + backward beyond what was allocated before;
 on the CPU the peak of the profiler's memory timeline over one forward + backward (every tensor
 allocated in that step, compiled kernels' too).
@@ -40,6 +44,8 @@ from tests.reference import ssim_conv2d_unfold  # noqa: E402
 SHAPES = [(32, 64, 64, 32, 3, 1), (32, 3, 64, 32, 7, 3), (32, 64, 64, 8, 3, 1)]
 TARGETS = {"cpu": {0: 1.3, 1: 2.5}, "cuda": {0: 1.5, 1: 1.5, 2: 1.5}}
 MEMORY_TARGET = 2.0
+# Steps per timing for the CUDA back-to-back rows (a training loop's throughput, see time_shape).
+BACK_TO_BACK = 50
 
 
 class UnfoldSSIM(nn.Module):
@@ -103,7 +109,15 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_shape(shape, device: str, repeats: int, impls: list[str]) -> dict[str, float]:
+def time_shape(
+    shape, device: str, repeats: int, impls: list[str], steps: int = 1
+) -> dict[str, float]:
+    """Seconds per forward + backward of each implementation, median of ``repeats``, alternated.
+
+    Each repeat issues ``steps`` steps and synchronises before and after them. With ``steps=1`` that
+    is one step's latency; with many it is the throughput of a training loop, in which nothing waits
+    for the GPU between steps, so a step costs whichever is longer, its host or its GPU time.
+    """
     b, c_in, c_out, size, k, p = shape
     torch.manual_seed(0)
     x = torch.randn(b, c_in, size, size, device=device, requires_grad=True)
@@ -117,9 +131,10 @@ def time_shape(shape, device: str, repeats: int, impls: list[str]) -> dict[str, 
         for impl, module in modules.items():
             sync(device)
             start = time.perf_counter()
-            step(module, x, grad)
+            for _ in range(steps):
+                step(module, x, grad)
             sync(device)
-            times[impl].append(time.perf_counter() - start)
+            times[impl].append((time.perf_counter() - start) / steps)
     return {impl: statistics.median(ts) for impl, ts in times.items()}
 
 
@@ -194,6 +209,7 @@ def bench_device(device: str, repeats: int, on_row) -> None:
         if device == "cuda":
             kernel = {impl: cuda_kernel_ms(shape, impl) for impl in ("conv", "ssim")}
             graphed = {impl: cuda_graph_ms(shape, impl) for impl in ("conv", "ssim")}
+            back_to_back = time_shape(shape, device, repeats, ["conv", "ssim"], BACK_TO_BACK)
         if device == "cuda" and not _fusion.triton_enabled():
             print("WARNING: the Triton kernels failed; 'ssim' below is the torch.compile path")
         target = TARGETS[device].get(index)
@@ -233,6 +249,9 @@ def bench_device(device: str, repeats: int, on_row) -> None:
                     "conv_kernel_ms": kernel["conv"],
                     "ssim_kernel_ms": kernel["ssim"],
                     "ssim_over_conv_kernel_time": kernel["ssim"] / kernel["conv"],
+                    "conv_back_to_back_ms": 1e3 * back_to_back["conv"],
+                    "ssim_back_to_back_ms": 1e3 * back_to_back["ssim"],
+                    "ssim_over_conv_back_to_back": back_to_back["ssim"] / back_to_back["conv"],
                     "conv_graph_ms": graphed["conv"],
                     "ssim_graph_ms": graphed["ssim"],
                     "ssim_over_conv_graphed": (
@@ -270,6 +289,7 @@ def print_row(r: dict) -> None:
             f"   GPU kernel time ssim/conv {r['ssim_over_conv_kernel_time']:.2f}"
             f"   inductor/conv {r['ssim_inductor_over_conv']:.2f}"
         )
+        line += f"   back-to-back ssim/conv {r['ssim_over_conv_back_to_back']:.2f}"
         graphed = r["ssim_over_conv_graphed"]
         line += f"   CUDA-graph ssim/conv {'-' if graphed is None else f'{graphed:.2f}'}"
     print(line, flush=True)

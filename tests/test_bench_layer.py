@@ -1,0 +1,39 @@
+"""experiments/bench/layer.py: the timing helper, on a tiny CPU shape."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "experiments" / "bench" / "layer.py"
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_layer", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def test_time_shape_returns_seconds_per_step_for_single_and_back_to_back_steps(monkeypatch):
+    bench = _bench()
+    calls = []
+    real_step = bench.step
+
+    def counting_step(module, x, grad):
+        calls.append(type(module).__name__)
+        real_step(module, x, grad)
+
+    monkeypatch.setattr(bench, "step", counting_step)
+    shape = (2, 3, 4, 6, 3, 1)  # batch, c_in, c_out, size, kernel, padding
+    single = bench.time_shape(shape, "cpu", repeats=3, impls=["conv", "ssim"])
+    warmup = 3 * 2  # three warm-up steps per implementation
+    assert len(calls) == warmup + 3 * 2
+    calls.clear()
+    per_step = bench.time_shape(shape, "cpu", repeats=3, impls=["conv", "ssim"], steps=5)
+    assert len(calls) == warmup + 3 * 2 * 5
+    # Alternated: each repeat runs conv's steps, then the SSIM layer's.
+    assert calls[warmup : warmup + 10] == ["Conv2d"] * 5 + ["SSIMConv2d"] * 5
+    for times in (single, per_step):
+        assert set(times) == {"conv", "ssim"}
+        assert all(0 < t < 10 for t in times.values())
