@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
+from experiments.bench import host_overhead as bench
 from ssimlayer import _fusion, functional
-
-BENCH = Path(__file__).resolve().parents[1] / "experiments" / "bench" / "host_overhead.py"
 
 
 def test_python_only_times_the_layer_against_a_bare_function_and_restores_the_kernels(tmp_path):
-    spec = importlib.util.spec_from_file_location("bench_host_overhead", BENCH)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
     real = functional.triton_eq8
     out = tmp_path / "host.json"
     bench.main(["--python-only", "--device", "cpu", "--out", str(out)])

@@ -2,21 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-BENCH = Path(__file__).resolve().parents[1] / "experiments" / "bench" / "layer.py"
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_layer", BENCH)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
+from experiments.bench import layer as bench
 
 
 def test_time_shape_returns_seconds_per_step_for_single_and_back_to_back_steps(monkeypatch):
-    bench = _bench()
     calls = []
     real_step = bench.step
 

@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[1] / "experiments" / "bench" / "train.py"
-
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_train", BENCH)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
+from experiments.bench import train as bench
 
 
 def test_bench_train_smoke_writes_rows(tmp_path):
-    bench = load_bench()
     out = tmp_path / "train.json"
     bench.main(
         [
@@ -67,7 +57,6 @@ def test_bench_train_smoke_writes_rows(tmp_path):
 
 
 def test_bench_train_overhead_mode_shrinks_the_model(tmp_path):
-    bench = load_bench()
     overrides = bench.overhead_overrides(["debug=smoke"], "shallow_ssim")
     assert "model.net.widths=[1,1]" in overrides and "data.image_size=8" in overrides
     out = tmp_path / "train.json"
@@ -80,7 +69,6 @@ def test_bench_train_overhead_mode_shrinks_the_model(tmp_path):
 
 
 def test_bench_train_alternates_steps_per_execution_values(tmp_path):
-    bench = load_bench()
     rows = bench.main(
         ["debug=smoke", "--overhead", "--models", "fig4_plain", "--steps", "4", "--warmup", "2"]
         + ["--steps-per-execution", "1,2", "--out", str(tmp_path / "train.json")]
