@@ -32,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from ssimlayer.robustness import corruption_sweep, default_specs, masking_checks, robustness_sweep
-from ssimlayer.utils import CONF_DIR, register_resolvers
+from ssimlayer.utils import CONF_DIR, register_resolvers, retain_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -271,6 +271,8 @@ def _log_wandb(cfg: DictConfig, out_dir: Path, tables: dict[str, list[dict]]) ->
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate every run of ``cfg.runs`` / ``cfg.ckpt_path``; return the summary rows."""
+    if cfg.get("retain_freed_memory", False):
+        retain_freed_memory()
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ev = cfg.eval

@@ -28,7 +28,13 @@ from ssimlayer.lightning.checkpointing import (
 )
 from ssimlayer.lightning.loggers import build_loggers, finish_wandb
 from ssimlayer.lightning.safety import NonFiniteLossError
-from ssimlayer.utils import CONF_DIR, PROJECT_ROOT, register_resolvers, write_provenance
+from ssimlayer.utils import (
+    CONF_DIR,
+    PROJECT_ROOT,
+    register_resolvers,
+    retain_freed_memory,
+    write_provenance,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +78,8 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit the configured model; return the ``metrics.json`` summary."""
+    if cfg.get("retain_freed_memory", False) and not retain_freed_memory():
+        log.info("retain_freed_memory: not glibc's malloc here; the C library's default stays")
     pl.seed_everything(cfg.seed, workers=True)
     write_provenance(cfg, cfg.paths.output_dir, PROJECT_ROOT)
     datamodule = instantiate(cfg.data)
