@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from experiments.bench.cuda_graph import try_graphed_step_ms  # noqa: E402
 from ssimlayer import SSIMConv2d, _fusion  # noqa: E402
+from ssimlayer.utils import retain_freed_memory  # noqa: E402
 from tests.reference import ssim_conv2d_unfold  # noqa: E402
 
 # (batch, c_in, c_out, size, kernel, padding); CUDA uses batch 128.
@@ -301,7 +302,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench" / "layer.json")
+    parser.add_argument(
+        "--malloc",
+        choices=["retain", "default"],
+        default="retain",
+        help="retain: keep freed CPU memory in the process, as the training pipeline does "
+        "(ssimlayer.utils.retain_freed_memory); default: the C library's own policy",
+    )
     args = parser.parse_args(argv)
+    retained = args.malloc == "retain" and retain_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
@@ -320,6 +329,7 @@ def main(argv: list[str] | None = None) -> None:
             "cpu_threads": torch.get_num_threads(),
             "cuda_device": torch.cuda.get_device_name() if "cuda" in devices else None,
             "repeats": args.repeats,
+            "retain_freed_memory": retained,
             "timing": "forward+backward, median of repeats, implementations alternated in one "
             "process",
             "rows": rows,

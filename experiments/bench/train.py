@@ -60,7 +60,7 @@ from omegaconf import DictConfig  # noqa: E402
 from ssimlayer.data import DeviceLoader  # noqa: E402
 from ssimlayer.lightning import build_callbacks, build_loggers  # noqa: E402
 from ssimlayer.lightning.loggers import finish_wandb  # noqa: E402
-from ssimlayer.utils import CONF_DIR, register_resolvers  # noqa: E402
+from ssimlayer.utils import CONF_DIR, register_resolvers, retain_freed_memory  # noqa: E402
 
 MODELS = ["fig4_plain", "fig4_ssim", "fig4_ssim_norelu", "shallow_conv", "shallow_ssim"]
 TARGET = 1.25
@@ -266,6 +266,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             )
             for bs in batch_sizes:
                 probe = compose_cfg(model_overrides, model_name, bs, False, tmp)
+                # As ssimlayer.train does, for both sides alike (process-wide, lasting).
+                retained = bool(probe.get("retain_freed_memory")) and retain_freed_memory()
                 on_gpu = probe.trainer.accelerator in ("gpu", "cuda")
                 device = torch.device("cuda" if on_gpu else "cpu")
                 resident = any(o.startswith("data.device_resident=") for o in overrides)
@@ -307,6 +309,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     "compile": bool(cfg.model.get("compile", False)),
                     "channels_last": bool(cfg.model.get("channels_last", False)),
                     "overhead_mode": args.overhead,
+                    "retain_freed_memory": retained,
                     "lightning_callbacks": callbacks,
                     "lightning_loggers": sorted(cfg.get("logger") or {}),
                     "lightning_profiler": profiler,
