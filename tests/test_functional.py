@@ -333,3 +333,18 @@ def test_grid_covers_batch_kernel_and_geometry():
     assert any(c[3] != c[4] for c in GRID)
     assert {c[6] for c in GRID} - {1} and {c[8] for c in GRID} - {1} and {c[9] for c in GRID} - {1}
     assert list(itertools.chain(GRID))
+
+
+def test_backward_copies_nothing_input_sized():
+    """The backward's convolutions get the real input and filters, not expanded stand-ins that the
+    CPU backend would first copy into full-size tensors."""
+    from torch.profiler import ProfilerActivity, profile
+
+    x = torch.randn(4, 8, 16, 16, requires_grad=True)
+    w = torch.randn(8, 8, 3, 3, requires_grad=True)
+    out = ssim_conv2d(x, w, padding=1)
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        out.backward(torch.randn_like(out))
+    copies = [e.input_shapes for e in prof.events() if e.name in ("aten::copy_", "aten::clone")]
+    assert not [s for s in copies if s and list(s[0]) in (list(x.shape), [4, 2, 16, 16])], copies
+    assert x.grad is not None and w.grad is not None

@@ -504,22 +504,33 @@ def _eq8_backward_part(x, w, box, cov, grad_out, c1: float, c2: float, geometry,
     grad = grad_out.to(cov.dtype).reshape(cov.shape)  # (B, g, K, Ho, Wo)
     r, pq, p_y, q_y = _eq8_grad_terms(grad, cov, box, mu_y, var_y, n, c1, c2)
     r = r.reshape(grad_out.shape)  # (B, C_out, Ho, Wo)
-    grad_x = grad_w = None
-    if needs[0]:
-        # Input: sum over (position, filter) of P + Q x_i + R y_i.
-        grad_x = torch.nn.grad.conv2d_input(x.shape, w, r, stride, padding, dilation, groups)
+    # The R terms of both gradients, as an ordinary conv backward computes them: the input's sum over
+    # (position, filter) of R y_i, the filter's sum over (batch, position) of R x_i. (Called with the
+    # real input and filters: torch.nn.grad.conv2d_input / conv2d_weight pass expanded stand-ins,
+    # which the CPU backend copies into full-size tensors first.)
+    grad_x, grad_w, _ = _conv_backward(r, x, w, geometry, needs[0], needs[1])
+    if needs[0]:  # + P + Q x_i, P and Q summed over every window that covers the pixel
         ones = x.new_ones(2 * groups, 1, *w.shape[2:])
-        box_shape = (x.shape[0], 2 * groups, *x.shape[2:])
-        box_t = torch.nn.grad.conv2d_input(
-            box_shape, ones, pq, stride, padding, dilation, 2 * groups
-        )  # (B, 2g, H, W): P and Q summed over every window that covers the pixel
+        stand_in = x.new_empty(x.shape[0], 2 * groups, *x.shape[2:])  # only its shape is read
+        box_t = _conv_backward(pq, stand_in, ones, (stride, padding, dilation, 2 * groups))[0]
         grad_x = _add_box_terms(grad_x, box_t, x)
-    if needs[1]:
-        # Filter: sum over (batch, position) of P' + Q' y_i + R x_i.
-        grad_w = torch.nn.grad.conv2d_weight(x, w.shape, r, stride, padding, dilation, groups)
+    else:
+        grad_x = None  # some backends fill the gradients not asked for
+    if needs[1]:  # + P' + Q' y_i
         shape = (w.shape[0], 1, 1, 1)
         grad_w = grad_w + p_y.reshape(shape) + q_y.reshape(shape) * w
+    else:
+        grad_w = None
     return grad_x, grad_w
+
+
+def _conv_backward(grad_out, x, w, geometry, input_grad: bool = True, weight_grad: bool = False):
+    """``aten.convolution_backward`` of ``conv2d(x, w)`` without bias: (grad_x, grad_w, None)."""
+    stride, padding, dilation, groups = geometry
+    return torch.ops.aten.convolution_backward(
+        grad_out, x, w, None, stride, padding, dilation, False, [0, 0], groups,
+        [input_grad, weight_grad, False],
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
