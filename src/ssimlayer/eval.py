@@ -271,8 +271,8 @@ def _log_wandb(cfg: DictConfig, out_dir: Path, tables: dict[str, list[dict]]) ->
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate every run of ``cfg.runs`` / ``cfg.ckpt_path``; return the summary rows."""
-    if cfg.get("retain_freed_memory", False):
-        retain_freed_memory()
+    if cfg.get("retain_freed_memory", False) and not retain_freed_memory():
+        log.info("retain_freed_memory: not glibc's malloc here; the C library's default stays")
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ev = cfg.eval
