@@ -8,14 +8,14 @@ import sys
 
 import pytest
 
-from ssimlayer.utils import memory
+from ssimlayer import memory
 
 # Five forward + backward steps of an SSIM layer, after one warm-up step, in a fresh process (the
 # setting is process-wide and lasting); prints the minor page faults per step.
 STEPS = """
 import resource, sys, torch
 from ssimlayer import SSIMConv2d
-from ssimlayer.utils import retain_freed_memory
+from ssimlayer import retain_freed_memory
 if sys.argv[1] == "retain":
     assert retain_freed_memory()
 torch.manual_seed(0)
@@ -75,3 +75,16 @@ def test_the_training_and_evaluation_configs_retain_by_default():
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         for name in ("train", "eval"):
             assert compose(config_name=name).retain_freed_memory is True
+
+
+def test_the_layer_and_the_memory_policy_import_without_the_pipeline():
+    """``import ssimlayer`` needs only torch: none of the pipeline's libraries get loaded."""
+    code = (
+        "import sys, ssimlayer\n"
+        "assert callable(ssimlayer.retain_freed_memory) and ssimlayer.SSIMConv2d\n"
+        "loaded = [m for m in ('omegaconf', 'hydra', 'pytorch_lightning', 'wandb', 'torchmetrics')"
+        " if m in sys.modules]\n"
+        "assert not loaded, loaded\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -37,8 +37,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from experiments.bench.cuda_graph import try_graphed_step_ms  # noqa: E402
-from ssimlayer import SSIMConv2d, _fusion  # noqa: E402
-from ssimlayer.utils import retain_freed_memory  # noqa: E402
+from ssimlayer import SSIMConv2d, _fusion, retain_freed_memory  # noqa: E402
 from tests.reference import ssim_conv2d_unfold  # noqa: E402
 
 # (batch, c_in, c_out, size, kernel, padding); CUDA uses batch 128.
@@ -307,7 +306,7 @@ def main(argv: list[str] | None = None) -> None:
         choices=["retain", "default"],
         default="retain",
         help="retain: keep freed CPU memory in the process, as the training pipeline does "
-        "(ssimlayer.utils.retain_freed_memory); default: the C library's own policy",
+        "(ssimlayer.retain_freed_memory); default: the C library's own policy",
     )
     args = parser.parse_args(argv)
     retained = args.malloc == "retain" and retain_freed_memory()

@@ -30,7 +30,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
 
-from ssimlayer.utils import retain_freed_memory  # noqa: E402
+from ssimlayer import retain_freed_memory  # noqa: E402
 
 LAYER_SHAPES = [(32, 64, 64, 32, 3, 1), (32, 3, 64, 32, 7, 3), (32, 64, 64, 8, 3, 1)]
 MODELS = [("fig4_ssim", 32), ("fig4_plain", 32), ("fig4_ssim", 128), ("fig4_plain", 128)]

@@ -57,10 +57,11 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from ssimlayer import retain_freed_memory  # noqa: E402
 from ssimlayer.data import DeviceLoader  # noqa: E402
 from ssimlayer.lightning import build_callbacks, build_loggers  # noqa: E402
 from ssimlayer.lightning.loggers import finish_wandb  # noqa: E402
-from ssimlayer.utils import CONF_DIR, register_resolvers, retain_freed_memory  # noqa: E402
+from ssimlayer.utils import CONF_DIR, register_resolvers  # noqa: E402
 
 MODELS = ["fig4_plain", "fig4_ssim", "fig4_ssim_norelu", "shallow_conv", "shallow_ssim"]
 TARGET = 1.25

@@ -31,8 +31,9 @@ from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from ssimlayer.memory import retain_freed_memory
 from ssimlayer.robustness import corruption_sweep, default_specs, masking_checks, robustness_sweep
-from ssimlayer.utils import CONF_DIR, register_resolvers, retain_freed_memory
+from ssimlayer.utils import CONF_DIR, register_resolvers
 
 log = logging.getLogger(__name__)
 

@@ -28,13 +28,8 @@ from ssimlayer.lightning.checkpointing import (
 )
 from ssimlayer.lightning.loggers import build_loggers, finish_wandb
 from ssimlayer.lightning.safety import NonFiniteLossError
-from ssimlayer.utils import (
-    CONF_DIR,
-    PROJECT_ROOT,
-    register_resolvers,
-    retain_freed_memory,
-    write_provenance,
-)
+from ssimlayer.memory import retain_freed_memory
+from ssimlayer.utils import CONF_DIR, PROJECT_ROOT, register_resolvers, write_provenance
 
 log = logging.getLogger(__name__)
 

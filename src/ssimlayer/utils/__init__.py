@@ -1,13 +1,6 @@
-"""Small helpers for the entry points: project paths, config resolvers, run provenance, memory."""
+"""Small helpers for the entry points: project paths, config resolvers, run provenance."""
 
-from ssimlayer.utils.memory import retain_freed_memory
 from ssimlayer.utils.paths import CONF_DIR, PROJECT_ROOT, register_resolvers
 from ssimlayer.utils.provenance import write_provenance
 
-__all__ = [
-    "CONF_DIR",
-    "PROJECT_ROOT",
-    "register_resolvers",
-    "retain_freed_memory",
-    "write_provenance",
-]
+__all__ = ["CONF_DIR", "PROJECT_ROOT", "register_resolvers", "write_provenance"]
