@@ -26,9 +26,10 @@ so its timed span starts and ends at the first batch end at or after those steps
 divided by the optimiser steps it really covered. With ``--repeats R`` the sides alternate R times
 and each keeps its fastest run.
 Target: ``lightning_over_bare <= 1.25``. Each row also gives ``overhead_ms_per_step``, the
-Lightning time per step minus the bare one. ``--steps-per-execution 1,8`` times Lightning with each
-of those ``model.steps_per_execution`` values, alternating in one process with one bare loop, and
-writes a row for each.
+Lightning time per step minus the bare one, and each side's minor page faults per step in its
+fastest run (fresh memory the kernel had to map; see ``retain_freed_memory``).
+``--steps-per-execution 1,8`` times Lightning with each of those ``model.steps_per_execution``
+values, alternating in one process with one bare loop, and writes a row for each.
 
 ``--overhead`` measures that per-step overhead with the compute made negligible: every layer one
 filter wide, 8x8 images, batch 2 (unless ``--batch-sizes`` is given), on whatever device is
@@ -42,6 +43,7 @@ import argparse
 import json
 import math
 import platform
+import resource
 import sys
 import tempfile
 import time
@@ -103,15 +105,21 @@ class StepTimer(pl.Callback):
     def __init__(self, warmup: int, steps: int) -> None:
         self.warmup, self.steps = warmup, steps
         self.t0 = self.t1 = self.step0 = self.step1 = None
+        self.faults0 = self.faults1 = 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
         if self.t0 is None and step >= self.warmup:
             sync(pl_module.device)
-            self.t0, self.step0 = time.perf_counter(), step
+            self.t0, self.step0, self.faults0 = time.perf_counter(), step, page_faults()
         elif self.t1 is None and self.t0 is not None and step >= self.warmup + self.steps:
             sync(pl_module.device)
-            self.t1, self.step1 = time.perf_counter(), step
+            self.t1, self.step1, self.faults1 = time.perf_counter(), step, page_faults()
+
+
+def page_faults() -> int:
+    """Minor page faults of this process so far: fresh memory the kernel had to map and zero."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def overhead_overrides(overrides: list[str], model: str) -> list[str]:
@@ -126,9 +134,9 @@ def overhead_overrides(overrides: list[str], model: str) -> list[str]:
     ]
 
 
-def time_lightning(cfg: DictConfig, warmup: int, steps: int) -> tuple[float, list[str], str]:
-    """Seconds per step over about ``steps`` steps after ``warmup`` (see :class:`StepTimer`), the
-    names of the callbacks that ran and the trainer's profiler."""
+def time_lightning(cfg: DictConfig, warmup: int, steps: int) -> tuple[float, float, list[str], str]:
+    """Seconds and page faults per step over about ``steps`` steps after ``warmup`` (see
+    :class:`StepTimer`), the names of the callbacks that ran and the trainer's profiler."""
     pl.seed_everything(cfg.seed)
     dm, model = instantiate(cfg.data), instantiate(cfg.model)
     timer = StepTimer(warmup, steps)
@@ -152,12 +160,16 @@ def time_lightning(cfg: DictConfig, warmup: int, steps: int) -> tuple[float, lis
     if timer.t0 is None or timer.t1 is None:
         raise RuntimeError("bench: Lightning stopped before the timed steps were done")
     callbacks = [type(c).__name__ for c in trainer.callbacks]
-    per_step = (timer.t1 - timer.t0) / (timer.step1 - timer.step0)
-    return per_step, callbacks, type(trainer.profiler).__name__
+    timed = timer.step1 - timer.step0
+    per_step = (timer.t1 - timer.t0) / timed
+    faults = (timer.faults1 - timer.faults0) / timed
+    return per_step, faults, callbacks, type(trainer.profiler).__name__
 
 
-def time_bare(cfg: DictConfig, warmup: int, steps: int, device: torch.device) -> float:
-    """Seconds per step over ``steps`` steps after ``warmup``."""
+def time_bare(
+    cfg: DictConfig, warmup: int, steps: int, device: torch.device
+) -> tuple[float, float]:
+    """Seconds and page faults per step over ``steps`` steps after ``warmup``."""
     pl.seed_everything(cfg.seed)
     dm, model = instantiate(cfg.data), instantiate(cfg.model)
     dm.setup("fit")
@@ -191,12 +203,12 @@ def time_bare(cfg: DictConfig, warmup: int, steps: int, device: torch.device) ->
             step += 1
             if step == warmup:
                 sync(device)
-                t0 = time.perf_counter()
+                t0, faults0 = time.perf_counter(), page_faults()
             if step == warmup + steps:
                 break
         epoch += 1
     sync(device)
-    return (time.perf_counter() - t0) / steps
+    return (time.perf_counter() - t0) / steps, (page_faults() - faults0) / steps
 
 
 def timing_fields(light: float, bare: float, per_epoch: int) -> dict[str, float]:
@@ -291,11 +303,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     )
                     for k in ks
                 }
-                light, bare = dict.fromkeys(ks, math.inf), math.inf
+                # Fastest repeat of each side, with its page faults per step.
+                light, bare = dict.fromkeys(ks, (math.inf, 0.0)), (math.inf, 0.0)
                 for _ in range(args.repeats):  # every k and the bare loop alternate
                     for k in ks:
-                        t, callbacks, profiler = time_lightning(cfgs[k], warmup, steps)
-                        light[k] = min(light[k], t)
+                        t, faults, callbacks, profiler = time_lightning(cfgs[k], warmup, steps)
+                        light[k] = min(light[k], (t, faults))
                     bare = min(bare, time_bare(cfg, warmup, steps, device))
                 setting = {
                     "steps_timed": steps,
@@ -325,7 +338,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                             if on_gpu
                             else f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
                         ),
-                        **timing_fields(light[k], bare, per_epoch),
+                        **timing_fields(light[k][0], bare[0], per_epoch),
+                        "lightning_page_faults_per_step": round(light[k][1], 1),
+                        "bare_page_faults_per_step": round(bare[1], 1),
                         "steps_per_execution": k,
                         **setting,
                     }
