@@ -25,4 +25,5 @@ def test_time_shape_returns_seconds_per_step_for_single_and_back_to_back_steps(m
     assert calls[warmup : warmup + 10] == ["Conv2d"] * 5 + ["SSIMConv2d"] * 5
     for times in (single, per_step):
         assert set(times) == {"conv", "ssim"}
-        assert all(0 < t < 10 for t in times.values())
+        assert all(len(ts) == 3 and all(0 < t < 10 for t in ts) for ts in times.values())
+    assert bench.medians({"conv": [3.0, 1.0, 2.0]}) == {"conv": 2.0}
