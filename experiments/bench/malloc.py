@@ -6,7 +6,7 @@ The policy is process-wide and lasting, so every measurement runs in a fresh pro
 policies alternate, case by case, round by round. Cases:
 
 - ``layer``: forward + backward of ``nn.Conv2d`` and ``SSIMConv2d`` alternated, at the CPU shapes of
-  ``layer.py`` (batch 32);
+  ``layer.py`` (batch 32), built and stepped as there;
 - ``model``: a bare training loop (SGD, cross-entropy, no Lightning, no data loader) of a paper
   model on one fixed CIFAR-size batch, at batch 32 and 128.
 
@@ -17,6 +17,7 @@ work of faulting in and zeroing fresh memory, which is what the policy changes).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import resource
 import statistics
@@ -29,10 +30,11 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT))
 
+from experiments.bench import layer  # noqa: E402
 from ssimlayer import retain_freed_memory  # noqa: E402
 
-LAYER_SHAPES = [(32, 64, 64, 32, 3, 1), (32, 3, 64, 32, 7, 3), (32, 64, 64, 8, 3, 1)]
 MODELS = [("fig4_ssim", 32), ("fig4_plain", 32), ("fig4_ssim", 128), ("fig4_plain", 128)]
 POLICIES = ("default", "retain")
 
@@ -65,27 +67,16 @@ def timed(steps: dict, repeats: int) -> dict[str, dict[str, float]]:
 
 
 def layer_rows(repeats: int) -> list[dict]:
-    from ssimlayer import SSIMConv2d
-
     rows = []
-    for b, c_in, c_out, size, k, p in LAYER_SHAPES:
+    for b, c_in, c_out, size, k, p in layer.SHAPES:
         torch.manual_seed(0)
         x = torch.randn(b, c_in, size, size, requires_grad=True)
-        modules = {
-            "conv": torch.nn.Conv2d(c_in, c_out, k, padding=p, bias=False),
-            "ssim": SSIMConv2d(c_in, c_out, k, padding=p),
-        }
+        modules = {impl: layer.build(impl, c_in, c_out, k, p, "cpu") for impl in ("conv", "ssim")}
         grad = torch.randn_like(modules["conv"](x)).detach()
-
-        def step(module, x=x, grad=grad):  # used at once, in this iteration
-            def run():
-                x.grad = None
-                module.zero_grad(set_to_none=True)
-                module(x).backward(grad)
-
-            return run
-
-        result = timed({name: step(m) for name, m in modules.items()}, repeats)
+        steps = {
+            impl: functools.partial(layer.step, module, x, grad) for impl, module in modules.items()
+        }
+        result = timed(steps, repeats)
         rows.append(
             {
                 "case": f"layer {b}, {c_in}->{c_out}, {size}x{size}, k{k}",
