@@ -56,7 +56,7 @@ def test_callbacks_write_their_files(tmp_path):
     stats = json.loads((tmp_path / "filters_norms.json").read_text())
     assert stats["layer"] == "SSIMConv2d" and len(stats["norms"]) == 6
     assert stats["share_norm_below_1"] == sum(n < 1 for n in stats["norms"]) / 6
-    rows = list(csv.reader(open(tmp_path / "fgsm_sweep.csv")))
+    rows = list(csv.reader((tmp_path / "fgsm_sweep.csv").read_text().splitlines()))
     assert rows[0] == ["split", "eps", "top1", "top5"]
     assert [(r[0], float(r[1])) for r in rows[1:]] == [
         (s, e) for s in ("train", "val") for e in eps

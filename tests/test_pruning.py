@@ -59,7 +59,7 @@ def test_prune_entry_point_on_a_smoke_run(tiny_pair):
 
     smoke_run_dir = tiny_pair[1]  # fig4_ssim
     main([str(smoke_run_dir), "--num-examples", "16"])
-    rows = list(csv.DictReader(open(smoke_run_dir / "pruning.csv")))
+    rows = list(csv.DictReader((smoke_run_dir / "pruning.csv").read_text().splitlines()))
     assert [(r["setting"], r["mode"]) for r in rows][:3] == [
         ("none", "none"),
         ("norm<1", "channel"),

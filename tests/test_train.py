@@ -83,7 +83,7 @@ def test_smoke_run_writes_every_artefact_and_wandb_offline(make_cfg, tmp_path):
     ):
         assert summary[key] is not None, key
     assert summary["epochs"] == 1
-    rows = list(csv.DictReader(open(out / "fgsm_sweep.csv")))
+    rows = list(csv.DictReader((out / "fgsm_sweep.csv").read_text().splitlines()))
     assert list(rows[0]) == ["split", "eps", "top1", "top5"]
     assert len(rows) == 2 * len(cfg.callbacks.fgsm_sweep.eps)
     assert {r["split"] for r in rows} == {"train", "val"}
