@@ -266,7 +266,8 @@ def test_inference_is_checked_too(routed, kernels, device):
 
 def test_every_kernel_compiles_for_a_cuda_target():
     """Triton's compiler (front end to PTX), no GPU needed: catches what the interpreter accepts but
-    the compiler rejects (say, a loop variable that changes shape)."""
+    the compiler rejects (say, a loop variable that changes shape), and float32 inside a float64
+    kernel (a Python float argument is float32 when compiled, float64 when interpreted)."""
     root = Path(__file__).resolve().parents[1]
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([str(root / "src"), str(root), env.get("PYTHONPATH", "")])

@@ -3,6 +3,11 @@
 Run by tests/test_triton_kernels.py in a fresh process without ``TRITON_INTERPRET`` (the interpreter
 checks what the kernels compute, not whether Triton's compiler accepts them). Prints one line per
 kernel and configuration and exits non-zero if any fails.
+
+It also checks what the interpreter cannot: that a float64 kernel computes in float64 only. The
+compiler passes a Python float argument as float32 (the interpreter keeps it float64), which once
+made C1 and C2 float32-rounded on the GPU and the float64 kernel tests miss 1e-9 there; so no
+``f32`` may appear in a float64 kernel's Triton IR.
 """
 
 from __future__ import annotations
@@ -28,7 +33,9 @@ POINTERS = {
     ),  # fmt: skip
     "_window_terms_kernel": ("gx_ptr", "x_ptr", "pq_ptr", "gw_ptr", "w_ptr", "part_ptr"),
 }
-FLOATS = ("c1", "c2")
+# C1 and C2: compile-time constants of the kernels, so that they take the tensors' dtype (as a
+# run-time argument a Python float is float32).
+CONSTANTS = dict(c1=1e-4, c2=9e-4)
 # Integer arguments a plain layer (stride 1, dilation 1, one group) passes as 1: Triton specialises
 # those to constants, which changes the code it compiles.
 ONES = ("stride_h", "stride_w", "dil_h", "dil_w", "groups")
@@ -83,20 +90,24 @@ def compile_all() -> int:
             fn = getattr(kernels, name)
             signature, constants = {}, {}
             for index, arg in enumerate(fn.arg_names):
-                if arg in constexprs:
+                if arg in constexprs or (arg in CONSTANTS and fn.params[index].is_constexpr):
                     signature[arg] = "constexpr"
-                    constants[(index,)] = constexprs[arg]
+                    constants[(index,)] = {**CONSTANTS, **constexprs}[arg]
+                elif arg in CONSTANTS:  # a Python float argument: what the launcher passes
+                    signature[arg] = "fp32"
                 elif ones and arg in ONES:
                     signature[arg] = "constexpr"
                     constants[(index,)] = 1
                 elif arg in pointers:
                     signature[arg] = f"*{dtype}"
-                elif arg in FLOATS:
-                    signature[arg] = "fp32"
                 else:
                     signature[arg] = "i32"
             try:
-                triton.compile(ASTSource(fn, signature, constexprs=constants), target=target)
+                compiled = triton.compile(
+                    ASTSource(fn, signature, constexprs=constants), target=target
+                )
+                if dtype == "fp64" and "f32" in compiled.asm["ttir"]:
+                    raise TypeError("the float64 kernel computes something in float32")
                 print(f"OK    {name} ({label})")
             except Exception as err:  # report every failure, not only the first
                 failures += 1

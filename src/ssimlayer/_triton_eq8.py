@@ -62,7 +62,10 @@ def _patch_stats(s_x, s_xx, n):
     """Mean and unbiased variance of each patch from Sx and Sxx, as ``(1, BLOCK)`` rows.
 
     Scalars (n, c1, c2) come after a tensor in every expression of these kernels, so the arithmetic
-    stays in the tensors' dtype (float64 included) instead of Triton's float32 for scalar arguments.
+    stays in the tensors' dtype (float64 included). C1 and C2 are compile-time constants
+    (``tl.constexpr``): compiled Triton passes a Python float argument as float32, which would round
+    them in float64 kernels (the interpreter does not), while a constant takes the tensors' dtype.
+    Each (C1, C2) pair compiles its own variant.
     """
     mu = s_x / n
     var = tl.maximum((s_xx - s_x * mu) / (n - 1), 0.0)
@@ -95,7 +98,7 @@ def _forward_kernel(
     sx_b, sx_c, sx_h, sx_w,
     ss_b, ss_c, ss_h, ss_w,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-    n, c1, c2,
+    n, c1: tl.constexpr, c2: tl.constexpr,
     KH: tl.constexpr, KW: tl.constexpr, BLOCK: tl.constexpr, C_TILE: tl.constexpr,
     K_TILE: tl.constexpr, N_BLOCK: tl.constexpr,
 ):  # fmt: skip
@@ -159,7 +162,7 @@ def _backward_kernel(
     h_out, w_out, k_per_group, groups, n_blocks,
     sg_b, sg_c, sg_h, sg_w,
     ss_b, ss_c, ss_h, ss_w,
-    n, c1, c2,
+    n, c1: tl.constexpr, c2: tl.constexpr,
     BLOCK: tl.constexpr, K_TILE: tl.constexpr,
 ):  # fmt: skip
     """Gradient coefficients (see :class:`ssimlayer.functional._SSIMConv2dEq8`) for one program.
