@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 from torch.nn.modules.utils import _pair
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from ssimlayer import functional
+from ssimlayer import SSIMConv2d, functional
 from tests.reference import ssim_conv2d_reference
 from tests.test_functional import GRID, _case
 
@@ -85,6 +86,37 @@ def test_strided_gradient_and_channels_last_input(kernels, device):
     torch.testing.assert_close(out.cpu(), ref, rtol=1e-9, atol=1e-9)
     grad_x, grad_w = kernels.eq8_backward(
         x, w, box, ystat, s_xy, grad, 1e-4, 9e-4, _geometry(geom), (True, True)
+    )
+    ref_x, ref_w = _reference_grads(x, w, geom, grad)
+    torch.testing.assert_close(grad_x.cpu(), ref_x, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(grad_w.cpu(), ref_w, rtol=1e-9, atol=1e-9)
+
+
+@pytest.fixture
+def k_tile(kernels, request, monkeypatch):
+    """The kernels tile ``request.param`` filters at once in this test (the launch caches cleared)."""
+    monkeypatch.setattr(kernels, "_K_TILE", request.param)
+    kernels.forward_meta.cache_clear()
+    kernels.backward_meta.cache_clear()
+    yield request.param
+    kernels.forward_meta.cache_clear()
+    kernels.backward_meta.cache_clear()
+
+
+@pytest.mark.parametrize("k_tile", [4, 8, 16], indirect=True)
+def test_every_filter_tile_matches_the_reference(kernels, device, k_tile):
+    """12 filters: three full tiles of 4, a full and a partial tile of 8, one masked tile of 16."""
+    torch.manual_seed(3)
+    x, w, geom = _tensors(device, 2, 3, 12, 6, 7, 3, 1, 1, 1, 1)
+    geometry = _geometry(geom)
+    meta = kernels.forward_meta(w.shape, 1, 6 * 7)
+    assert meta["K_TILE"] == k_tile and kernels.backward_meta(w.shape, 1, 6 * 7)["K_TILE"] == k_tile
+    ref = ssim_conv2d_reference(x.cpu(), w.cpu(), **geom)
+    grad = torch.randn_like(ref).to(device)
+    out, box, ystat, s_xy = kernels.eq8_forward(x, w, 1e-4, 9e-4, geometry, True)
+    torch.testing.assert_close(out.cpu(), ref, rtol=1e-9, atol=1e-9)
+    grad_x, grad_w = kernels.eq8_backward(
+        x, w, box, ystat, s_xy, grad, 1e-4, 9e-4, geometry, (True, True)
     )
     ref_x, ref_w = _reference_grads(x, w, geom, grad)
     torch.testing.assert_close(grad_x.cpu(), ref_x, rtol=1e-9, atol=1e-9)
@@ -290,3 +322,37 @@ def test_first_use_checks_run_with_full_float32_convolutions():
     with functional._ieee_float32_convolutions():
         assert conv.fp32_precision == "ieee"
     assert conv.fp32_precision == saved
+
+
+class _HostReads(TorchDispatchMode):
+    """Counts the ops that make the host wait for the device (``.item()``, ``float()``, ``if t:``,
+    data-dependent sizes) while ``active``, backward included (a dispatch mode sees the engine's ops
+    on the calling thread, which is where CPU tensors run their backward)."""
+
+    READS = {"_local_scalar_dense", "is_nonzero", "equal", "nonzero"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.active, self.count = False, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += self.active and func.overloadpacket.__name__ in self.READS
+        return func(*args, **(kwargs or {}))
+
+
+def test_training_steps_read_nothing_back_after_the_first_use_checks(routed, kernels):
+    """On a GPU a host read waits for every queued kernel; the Triton path's only reads are its
+    first-use checks (one forward, one backward per configuration), which the counter must see."""
+    routed(kernels)
+    layer = SSIMConv2d(4, 8, 3, padding=1)
+    x = torch.randn(2, 4, 6, 6, requires_grad=True)
+    reads = []
+    with _HostReads() as counter:
+        for _ in range(4):
+            counter.active, counter.count = True, 0
+            x.grad = None
+            layer.zero_grad(set_to_none=True)
+            out = layer(x)
+            out.backward(torch.ones_like(out))
+            reads.append(counter.count)
+    assert reads[0] > 0 and reads[1:] == [0, 0, 0], reads

@@ -18,6 +18,7 @@ variance of each filter.
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 import triton
@@ -335,6 +336,39 @@ def _warps(block: int) -> int:
     return 4 if block >= 128 else (2 if block >= 64 else 1)
 
 
+@functools.lru_cache(maxsize=256)  # every step asks again; callers only read it
+def forward_meta(w_shape, groups: int, out_positions: int) -> dict:
+    """The forward kernel's compile-time parameters and warps for filters ``w_shape``."""
+    c_out, c_in_g, kh, kw = w_shape
+    block = _block(out_positions)
+    return dict(
+        KH=kh, KW=kw, BLOCK=block, C_TILE=_tile(c_in_g, _C_TILE),
+        K_TILE=_tile(c_out // groups, _K_TILE), N_BLOCK=_tile(c_in_g * kh * kw, _N_BLOCK),
+        num_warps=_warps(block),
+    )  # fmt: skip
+
+
+@functools.lru_cache(maxsize=256)  # every step asks again; callers only read it
+def backward_meta(w_shape, groups: int, out_positions: int) -> dict:
+    """The gradient-coefficient kernel's compile-time parameters and warps."""
+    block = _block(out_positions)
+    return dict(BLOCK=block, K_TILE=_tile(w_shape[0] // groups, _K_TILE), num_warps=_warps(block))
+
+
+@functools.lru_cache(maxsize=256)  # every step asks again; callers only read it
+def window_terms_meta(w_shape, groups: int, in_positions: int, part_rows: int, needs) -> dict:
+    """The window-terms kernel's compile-time parameters and warps; ``part_rows`` is the number of
+    partial rows the gradient-coefficient kernel wrote."""
+    c_out, c_in_g, kh, kw = w_shape
+    block = _block(in_positions)
+    w_block = _block(max(c_in_g * kh * kw, part_rows))
+    return dict(
+        KH=kh, KW=kw, BLOCK=block, C_TILE=_tile(c_in_g, _C_TILE), W_BLOCK=w_block,
+        INPUT=bool(needs[0]), FILTER=bool(needs[1]),
+        num_warps=max(_warps(block), _warps(w_block)),
+    )  # fmt: skip
+
+
 def _on_device_of(t: torch.Tensor):
     """Triton launches on the current CUDA device: make it ``t``'s (a no-op in the common case)."""
     if t.is_cuda and t.device.index != torch.cuda.current_device():
@@ -368,17 +402,14 @@ def _eq8_forward(x, w, c1: float, c2: float, geometry, save_sxy: bool):
     h_out, w_out = s_xy.shape[2:]
     out = torch.empty_like(s_xy) if save_sxy else s_xy  # overwritten in place when not needed
     box = torch.empty(b, 2 * groups, h_out, w_out, device=x.device, dtype=x.dtype)
-    block = _block(h_out * w_out)
-    n_blocks = _cdiv(h_out * w_out, block)
+    meta = forward_meta(w.shape, groups, h_out * w_out)
+    n_blocks = _cdiv(h_out * w_out, meta["BLOCK"])
     if b * groups * n_blocks:
         _forward_kernel[(b * groups * n_blocks,)](
             x, w, s_xy, out, ystat, box,
             c_in_g, h, w_in, h_out, w_out, c_out // groups, groups, n_blocks,
             *x.stride(), *s_xy.stride(), *stride, *padding, *dilation,
-            n, float(c1), float(c2),
-            KH=kh, KW=kw, BLOCK=block, C_TILE=_tile(c_in_g, _C_TILE),
-            K_TILE=_tile(c_out // groups, _K_TILE), N_BLOCK=_tile(n, _N_BLOCK),
-            num_warps=_warps(block),
+            n, float(c1), float(c2), **meta,
         )  # fmt: skip
     return out, box, ystat, (s_xy if save_sxy else None)
 
@@ -393,16 +424,15 @@ def _eq8_backward(x, w, box, ystat, s_xy, grad_out, c1: float, c2: float, geomet
     h_out, w_out = s_xy.shape[2:]
     r = torch.empty_like(s_xy)
     pq = torch.empty_like(box)
-    block = _block(h_out * w_out)
-    n_blocks = _cdiv(h_out * w_out, block)
+    meta = backward_meta(w.shape, groups, h_out * w_out)
+    n_blocks = _cdiv(h_out * w_out, meta["BLOCK"])
     part = torch.empty(b * n_blocks, 2 * c_out, device=x.device, dtype=x.dtype)
     if b * groups * n_blocks:
         _backward_kernel[(b * groups * n_blocks,)](
             grad_out, s_xy, r, ystat, box, pq, part,
             h_out, w_out, c_out // groups, groups, n_blocks,
             *grad_out.stride(), *s_xy.stride(),
-            n, float(c1), float(c2),
-            BLOCK=block, K_TILE=_tile(c_out // groups, _K_TILE), num_warps=_warps(block),
+            n, float(c1), float(c2), **meta,
         )  # fmt: skip
     grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
         r, x, w, None, stride, padding, dilation, False, [0, 0], groups,
@@ -410,20 +440,18 @@ def _eq8_backward(x, w, box, ystat, s_xy, grad_out, c1: float, c2: float, geomet
     )  # fmt: skip
     grad_x = grad_x if needs[0] else None  # some backends fill the gradients not asked for
     grad_w = grad_w.contiguous() if needs[1] else None
-    in_block = _block(h * w_in)
-    in_blocks = _cdiv(h * w_in, in_block)
+    meta = window_terms_meta(
+        w.shape, groups, h * w_in, b * n_blocks, (bool(needs[0]), bool(needs[1]))
+    )
+    in_blocks = _cdiv(h * w_in, meta["BLOCK"])
     input_programs = b * groups * in_blocks if needs[0] else 0
     filter_programs = c_out if needs[1] else 0
     if input_programs + filter_programs:
-        w_block = _block(max(n, b * n_blocks))
         gx = grad_x if needs[0] else x  # an unused pointer where a gradient is not needed
         _window_terms_kernel[(input_programs + filter_programs,)](
             gx, x, pq, grad_w if needs[1] else w, w, part,
             c_in_g, h, w_in, h_out, w_out, groups, in_blocks, input_programs,
             *x.stride(), *gx.stride(), *stride, *padding, *dilation,
-            b * n_blocks, n, c_out,
-            KH=kh, KW=kw, BLOCK=in_block, C_TILE=_tile(c_in_g, _C_TILE), W_BLOCK=w_block,
-            INPUT=bool(needs[0]), FILTER=bool(needs[1]),
-            num_warps=max(_warps(in_block), _warps(w_block)),
+            b * n_blocks, n, c_out, **meta,
         )  # fmt: skip
     return grad_x, grad_w
