@@ -4,6 +4,7 @@
 #
 #   bash experiments/bench/gpu_session.sh layer   # at most 6.5 min: host overhead, layer bench, GPU tests
 #   bash experiments/bench/gpu_session.sh train   # at most 5 min: Lightning vs the bare loop, k = 1 and 8
+#   bash experiments/bench/gpu_session.sh tiles   # at most 2 min: GPU time of the step per K_TILE
 #
 # `make gpu-check` and `make gpu-check-train` run the two parts with OUT=outputs/gpu_check.
 # On a lent machine without this project installed: its python3 holds torch, Triton and Lightning;
@@ -49,8 +50,11 @@ train)
         --repeats 2 --steps-per-execution 1,8 --models fig4_plain fig4_ssim shallow_ssim \
         --out "$OUT/train.json" data=synthetic data.num_train=50000 data.num_val=1000 logger=csv
     ;;
+tiles)
+    part k_tile 120 "$PY" experiments/bench/k_tile.py --k-tile 16 8 4 --out "$OUT/k_tile.json"
+    ;;
 *)
-    echo "usage: $0 layer|train" >&2
+    echo "usage: $0 layer|train|tiles" >&2
     exit 2
     ;;
 esac
