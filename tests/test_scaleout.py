@@ -15,6 +15,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from ssimlayer.lightning.module import ClassifierModule
 from ssimlayer.robustness import fgsm_sweep
 from ssimlayer.train import train
 from ssimlayer.utils import CONF_DIR
@@ -55,6 +56,26 @@ def test_speed_flags_default_off_and_train(make_cfg):
     metrics = train(cfg)  # the val loop and the FGSM sweep run with the device-resident loaders
     assert metrics["finished"]
     assert (Path(cfg.paths.output_dir) / "fgsm_sweep.csv").exists()
+
+
+def test_compile_modes_train_and_an_unknown_mode_is_a_clear_error(make_cfg):
+    """model.compile takes torch.compile's modes; reduce-overhead (CUDA graphs on a GPU) compiles as
+    the default mode on a CPU, so the run and its FGSM sweep go through the compiled network."""
+    cfg = make_cfg(
+        "experiment=shallow",
+        "debug=fast_dev_run",
+        "model.net.widths=[4,4]",
+        "logger=none",
+        "model.compile=reduce-overhead",
+        "callbacks.fgsm_sweep.eps=[0.0,0.01]",
+        "callbacks.fgsm_sweep.progress=false",
+    )
+    model = instantiate(cfg.model)
+    assert model.net._compiled_call_impl is not None  # nn.Module.compile wraps the network
+    assert train(cfg)["finished"]
+    assert (Path(cfg.paths.output_dir) / "fgsm_sweep.csv").exists()
+    with pytest.raises(ValueError, match="model.compile must be false, true or one of"):
+        ClassifierModule(model.net, cfg.model.optimizer, compile="fast")
 
 
 @pytest.mark.slow

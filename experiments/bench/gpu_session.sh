@@ -5,6 +5,7 @@
 #   bash experiments/bench/gpu_session.sh layer   # at most 6.5 min: host overhead, layer bench, GPU tests
 #   bash experiments/bench/gpu_session.sh train   # at most 5 min: Lightning vs the bare loop, k = 1 and 8
 #   bash experiments/bench/gpu_session.sh tiles   # at most 2 min: GPU time of the step per K_TILE
+#   bash experiments/bench/gpu_session.sh compiled  # at most 4 min: train bench, model.compile=reduce-overhead
 #
 # `make gpu-check` and `make gpu-check-train` run the two parts with OUT=outputs/gpu_check.
 # On a lent machine without this project installed: its python3 holds torch, Triton and Lightning;
@@ -53,8 +54,14 @@ train)
 tiles)
     part k_tile 120 "$PY" experiments/bench/k_tile.py --k-tile 16 8 4 --out "$OUT/k_tile.json"
     ;;
+compiled)
+    part train_compiled 240 "$PY" experiments/bench/train.py --device cuda --warmup 64 --steps 800 \
+        --steps-per-execution 1,8 --models fig4_ssim shallow_ssim --batch-sizes 32 \
+        --out "$OUT/train_compiled.json" data=synthetic data.num_train=50000 data.num_val=1000 \
+        logger=csv model.compile=reduce-overhead
+    ;;
 *)
-    echo "usage: $0 layer|train|tiles" >&2
+    echo "usage: $0 layer|train|tiles|compiled" >&2
     exit 2
     ;;
 esac

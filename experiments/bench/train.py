@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         else f"DataLoader(num_workers={cfg.data.num_workers})"
                     ),
                     "precision": str(cfg.trainer.precision),
-                    "compile": bool(cfg.model.get("compile", False)),
+                    "compile": cfg.model.get("compile", False),
                     "channels_last": bool(cfg.model.get("channels_last", False)),
                     "overhead_mode": args.overhead,
                     "retain_freed_memory": retained,
