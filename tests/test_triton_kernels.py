@@ -93,14 +93,11 @@ def test_strided_gradient_and_channels_last_input(kernels, device):
 
 
 @pytest.fixture
-def k_tile(kernels, request, monkeypatch):
-    """The kernels tile ``request.param`` filters at once in this test (the launch caches cleared)."""
-    monkeypatch.setattr(kernels, "_K_TILE", request.param)
-    kernels.forward_meta.cache_clear()
-    kernels.backward_meta.cache_clear()
+def k_tile(kernels, request):
+    """The kernels tile ``request.param`` filters at once in this test."""
+    previous = kernels.set_filter_tile(request.param)
     yield request.param
-    kernels.forward_meta.cache_clear()
-    kernels.backward_meta.cache_clear()
+    kernels.set_filter_tile(previous)
 
 
 @pytest.mark.parametrize("k_tile", [4, 8, 16], indirect=True)

@@ -29,10 +29,8 @@ from ssimlayer import _fusion, _triton_eq8  # noqa: E402
 
 
 def use_k_tile(k_tile: int) -> None:
-    """Make the Triton kernels tile ``k_tile`` filters at once from the next launch on."""
-    _triton_eq8._K_TILE = k_tile
-    _triton_eq8.forward_meta.cache_clear()
-    _triton_eq8.backward_meta.cache_clear()
+    """Make the Triton kernels tile ``k_tile`` filters at once, first-use checks included."""
+    _triton_eq8.set_filter_tile(k_tile)
     _fusion.triton_checks.reset()
 
 

@@ -125,9 +125,7 @@ def measure(arch: int, k_tiles, shapes=SHAPES) -> list[dict]:
     default_k_tile = kernels._K_TILE
     try:
         for k_tile in k_tiles:
-            kernels._K_TILE = k_tile
-            kernels.forward_meta.cache_clear()
-            kernels.backward_meta.cache_clear()
+            kernels.set_filter_tile(k_tile)
             for shape in shapes:
                 label = (
                     f"128x{shape[1]}x{shape[3]}x{shape[3]} -> {shape[2]}, k{shape[4]} p{shape[5]}"
@@ -157,9 +155,7 @@ def measure(arch: int, k_tiles, shapes=SHAPES) -> list[dict]:
                         flush=True,
                     )
     finally:
-        kernels._K_TILE = default_k_tile
-        kernels.forward_meta.cache_clear()
-        kernels.backward_meta.cache_clear()
+        kernels.set_filter_tile(default_k_tile)
     return rows
 
 

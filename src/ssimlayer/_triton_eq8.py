@@ -369,6 +369,16 @@ def window_terms_meta(w_shape, groups: int, in_positions: int, part_rows: int, n
     )  # fmt: skip
 
 
+def set_filter_tile(filters: int) -> int:
+    """Make the filter-tiled kernels handle ``filters`` filters at once from the next launch on (a
+    knob for benchmarks, see experiments/bench/k_tile.py); returns the previous value."""
+    global _K_TILE
+    previous, _K_TILE = _K_TILE, filters
+    forward_meta.cache_clear()
+    backward_meta.cache_clear()
+    return previous
+
+
 def _on_device_of(t: torch.Tensor):
     """Triton launches on the current CUDA device: make it ``t``'s (a no-op in the common case)."""
     if t.is_cuda and t.device.index != torch.cuda.current_device():
