@@ -24,6 +24,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ssimlayer.functional import _conv_backward
+
 __all__ = ["eq8_forward", "eq8_backward"]
 
 _BLOCK = 128  # output (or input) positions per program
@@ -358,13 +360,13 @@ def backward_meta(w_shape, groups: int, out_positions: int) -> dict:
 @functools.lru_cache(maxsize=256)  # every step asks again; callers only read it
 def window_terms_meta(w_shape, groups: int, in_positions: int, part_rows: int, needs) -> dict:
     """The window-terms kernel's compile-time parameters and warps; ``part_rows`` is the number of
-    partial rows the gradient-coefficient kernel wrote."""
+    partial rows the gradient-coefficient kernel wrote, ``needs`` a pair of bools."""
     c_out, c_in_g, kh, kw = w_shape
     block = _block(in_positions)
     w_block = _block(max(c_in_g * kh * kw, part_rows))
     return dict(
         KH=kh, KW=kw, BLOCK=block, C_TILE=_tile(c_in_g, _C_TILE), W_BLOCK=w_block,
-        INPUT=bool(needs[0]), FILTER=bool(needs[1]),
+        INPUT=needs[0], FILTER=needs[1],
         num_warps=max(_warps(block), _warps(w_block)),
     )  # fmt: skip
 
@@ -444,10 +446,7 @@ def _eq8_backward(x, w, box, ystat, s_xy, grad_out, c1: float, c2: float, geomet
             *grad_out.stride(), *s_xy.stride(),
             n, float(c1), float(c2), **meta,
         )  # fmt: skip
-    grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
-        r, x, w, None, stride, padding, dilation, False, [0, 0], groups,
-        [needs[0], needs[1], False],
-    )  # fmt: skip
+    grad_x, grad_w, _ = _conv_backward(r, x, w, geometry, needs[0], needs[1])
     grad_x = grad_x if needs[0] else None  # some backends fill the gradients not asked for
     grad_w = grad_w.contiguous() if needs[1] else None
     meta = window_terms_meta(
