@@ -337,12 +337,12 @@ class _HostReads(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def test_training_steps_read_nothing_back_after_the_first_use_checks(routed, kernels):
+def test_training_steps_read_nothing_back_after_the_first_use_checks(routed, kernels, device):
     """On a GPU a host read waits for every queued kernel; the Triton path's only reads are its
     first-use checks (one forward, one backward per configuration), which the counter must see."""
     routed(kernels)
-    layer = SSIMConv2d(4, 8, 3, padding=1)
-    x = torch.randn(2, 4, 6, 6, requires_grad=True)
+    layer = SSIMConv2d(4, 8, 3, padding=1, device=device)
+    x = torch.randn(2, 4, 6, 6, device=device, requires_grad=True)
     reads = []
     with _HostReads() as counter:
         for _ in range(4):
