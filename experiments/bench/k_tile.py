@@ -3,11 +3,12 @@
     python experiments/bench/k_tile.py [--k-tile 16 8 4] [--out outputs/bench/k_tile.json]
 
 ``triton_resources.py`` shows, without a GPU, that the filter tile sets the kernels' registers per
-thread (the backward kernel needs over 200 with the default of 16 filters, leaving 12 % of an SM's
-warp slots; 55-72 with 4). Whether more warps or more values per thread win is a GPU question: at
-each CUDA shape of ``layer.py`` (batch 128) this replays the conv and SSIM forward + backward steps
-from CUDA graphs (GPU time only, no host) for every tile size, and checks that each tile's output
-and gradients equal the default tile's (float32 rounding apart). Rows are written as they come.
+thread (the backward kernel needs over 200 with 16 filters, leaving 12 % of an SM's warp slots;
+128-142 with 8, the default since an H200 measured it fastest; 55-72 with 4). Whether more warps or
+more values per thread win is a GPU question: at each CUDA shape of ``layer.py`` (batch 128) this
+replays the conv and SSIM forward + backward steps from CUDA graphs (GPU time only, no host) for
+every tile size, and checks that each tile's output and gradients equal the default tile's (float32
+rounding apart). Rows are written as they come.
 """
 
 from __future__ import annotations
