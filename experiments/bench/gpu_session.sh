@@ -6,6 +6,7 @@
 #   bash experiments/bench/gpu_session.sh train   # at most 5 min: Lightning vs the bare loop, k = 1 and 8
 #   bash experiments/bench/gpu_session.sh tiles   # at most 2 min: GPU time of the step per K_TILE
 #   bash experiments/bench/gpu_session.sh compiled  # at most 4 min: train bench, model.compile=reduce-overhead
+#   bash experiments/bench/gpu_session.sh next    # at most 9.5 min: what is still unmeasured (see below)
 #
 # `make gpu-check` and `make gpu-check-train` run the two parts with OUT=outputs/gpu_check.
 # On a lent machine without this project installed: its python3 holds torch, Triton and Lightning;
@@ -38,6 +39,14 @@ part() {
     tail -n 30 "$OUT/$name.log"
 }
 
+# The train bench with model.compile=reduce-overhead: the step replayed from CUDA graphs.
+compiled() {
+    part train_compiled 240 "$PY" experiments/bench/train.py --device cuda --warmup 64 --steps 800 \
+        --steps-per-execution 1,8 --models fig4_ssim shallow_ssim --batch-sizes 32 \
+        --out "$OUT/train_compiled.json" data=synthetic data.num_train=50000 data.num_val=1000 \
+        logger=csv model.compile=reduce-overhead
+}
+
 case "${1:-layer}" in
 layer)
     part host_overhead 120 "$PY" experiments/bench/host_overhead.py --out "$OUT/host_overhead.json"
@@ -58,13 +67,20 @@ tiles)
     part k_tile 120 "$PY" experiments/bench/k_tile.py --k-tile 16 8 4 --out "$OUT/k_tile.json"
     ;;
 compiled)
-    part train_compiled 240 "$PY" experiments/bench/train.py --device cuda --warmup 64 --steps 800 \
-        --steps-per-execution 1,8 --models fig4_ssim shallow_ssim --batch-sizes 32 \
-        --out "$OUT/train_compiled.json" data=synthetic data.num_train=50000 data.num_val=1000 \
-        logger=csv model.compile=reduce-overhead
+    compiled
+    ;;
+next)
+    # What the lease that measured layer, train and tiles left: the host-read test fixed after it,
+    # CUDA graphs through torch.compile, and k = 8 and 16 again with repeats (k=16 ran once).
+    part host_reads 90 "$PY" -m pytest -q -rfE --tb=short -p no:cacheprovider \
+        tests/test_triton_kernels.py -k read_nothing
+    compiled
+    part train_k8_k16 240 "$PY" experiments/bench/train.py --device cuda --warmup 32 --steps 800 \
+        --repeats 2 --steps-per-execution 8,16 --models fig4_plain fig4_ssim shallow_ssim \
+        --out "$OUT/train_k8_k16.json" data=synthetic data.num_train=50000 data.num_val=1000 logger=csv
     ;;
 *)
-    echo "usage: $0 layer|train|tiles|compiled" >&2
+    echo "usage: $0 layer|train|tiles|compiled|next" >&2
     exit 2
     ;;
 esac
