@@ -156,6 +156,138 @@ def test_gradcheck_of_the_triton_autograd_function(kernels, device, case, fast):
     assert torch.autograd.gradcheck(layer, (x, w), fast_mode=fast)
 
 
+class _FakeJIT:
+    """A stand-in for a ``@triton.jit`` kernel: records what the JIT would bind, in parameter
+    order, and hands back a compiled kernel (None, as the interpreter does, if ``interpreted``)."""
+
+    arg_names = ["x_ptr", "n", "c1", "BLOCK", "KH"]
+
+    def __init__(self, kernels, interpreted=False):
+        self.bound, self.compiled = [], None if interpreted else _fake_compiled(kernels)
+
+    def __getitem__(self, grid):
+        def launch(*args, **meta):
+            self.bound.append((grid, (*args, *(meta[n] for n in self.arg_names[len(args) :]))))
+            return self.compiled
+
+        return launch
+
+
+def _fake_compiled(kernels):
+    class FakeCompiled(kernels._CompiledKernel):
+        def __init__(self):  # no binary: only records its direct launches
+            self.launched = []
+
+        def __getitem__(self, grid):
+            return lambda *args: self.launched.append((grid, args))
+
+        def __del__(self):  # nothing loaded to unload
+            pass
+
+    return FakeCompiled()
+
+
+@pytest.fixture
+def direct(kernels):
+    previous = kernels.set_direct_launch(True)
+    yield
+    kernels.set_direct_launch(previous)
+
+
+def test_repeated_launches_skip_the_jit_with_the_same_arguments(kernels, direct):
+    fake = _FakeJIT(kernels)
+    launch = kernels._Launcher(fake, pointers=1)
+    x = torch.zeros(8)
+    meta = dict(BLOCK=64, KH=3, num_warps=2)  # num_warps is an option, not a parameter
+    launch((4,), x, 7, 1e-4, **meta)
+    launch((4,), x, 7, 1e-4, **meta)
+    launch((5,), torch.ones(8), 7, 1e-4, **meta)  # another tensor, same dtype and alignment
+    assert len(fake.bound) == 1 and launch.direct_launches == 2
+    # Directly launched with every parameter in order, as the JIT bound them.
+    assert fake.compiled.launched[0] == fake.bound[0]
+    assert fake.compiled.launched[1][0] == (5,) and fake.compiled.launched[1][1][1:] == (
+        7, 1e-4, 64, 3,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["int", "float", "compile-time", "dtype", "alignment"],
+)
+def test_what_the_jit_specialises_on_goes_through_the_jit_again(kernels, direct, change):
+    fake = _FakeJIT(kernels)
+    launch = kernels._Launcher(fake, pointers=1)
+    x = torch.zeros(16)
+    launch((1,), x, 16, 1e-4, BLOCK=64, KH=3)
+    args, meta = [x, 16, 1e-4], dict(BLOCK=64, KH=3)
+    if change == "int":
+        args[1] = 17  # 16 is specialised as a multiple of 16, 17 is not
+    elif change == "float":
+        args[2] = 2e-4  # a compile-time constant in the real kernels
+    elif change == "compile-time":
+        meta["KH"] = 5
+    elif change == "dtype":
+        args[0] = x.double()
+    else:
+        args[0] = x[1:]  # 4 bytes past a 16-byte boundary
+        assert x.data_ptr() % 16 == 0 and args[0].data_ptr() % 16 != 0
+    launch((1,), *args, **meta)
+    assert len(fake.bound) == 2 and launch.direct_launches == 0
+
+
+def test_interpreted_or_switched_off_launches_always_use_the_jit(kernels, direct):
+    interpreted = _FakeJIT(kernels, interpreted=True)
+    launch = kernels._Launcher(interpreted, pointers=1)
+    for _ in range(3):
+        launch((1,), torch.zeros(4), 1, 0.5, BLOCK=16, KH=1)
+    assert len(interpreted.bound) == 3 and launch.direct_launches == 0
+
+    fake = _FakeJIT(kernels)
+    launch = kernels._Launcher(fake, pointers=1)
+    kernels.set_direct_launch(False)
+    for _ in range(3):
+        launch((1,), torch.zeros(4), 1, 0.5, BLOCK=16, KH=1)
+    assert len(fake.bound) == 3 and not fake.compiled.launched
+
+
+def test_tensors_after_the_leading_pointers_are_refused(kernels, direct):
+    launch = kernels._Launcher(_FakeJIT(kernels), pointers=1)
+    with pytest.raises(TypeError, match="only the first 1 arguments may be tensors"):
+        launch((1,), torch.zeros(4), torch.zeros(1), 0.5, BLOCK=16, KH=1)
+
+
+def test_the_launcher_keeps_a_bounded_number_of_configurations(kernels, direct, monkeypatch):
+    monkeypatch.setattr(kernels._Launcher, "MAX_KEYS", 3)
+    launch = kernels._Launcher(_FakeJIT(kernels), pointers=1)
+    for n in range(5):
+        launch((1,), torch.zeros(4), n, 0.5, BLOCK=16, KH=1)
+    assert len(launch.compiled) == 3
+
+
+def test_repeated_real_launches_match_the_reference(kernels, device, direct):
+    """The same configuration three times: on a GPU the second and third launch every kernel
+    directly (see ``_Launcher``); each result still matches the float64 reference."""
+    torch.manual_seed(6)
+    x, w, geom = _tensors(device, 2, 3, 5, 7, 6, 3, 1, 1, 1, 1)
+    geometry = _geometry(geom)
+    ref = ssim_conv2d_reference(x.cpu(), w.cpu(), **geom)
+    grad = torch.randn_like(ref).to(device)
+    ref_x, ref_w = _reference_grads(x, w, geom, grad)
+    for launch in kernels.LAUNCHERS:
+        launch.compiled.clear()  # as if this configuration had never run
+    before = [launch.direct_launches for launch in kernels.LAUNCHERS]
+    for _ in range(3):
+        out, box, ystat, s_xy = kernels.eq8_forward(x, w, 1e-4, 9e-4, geometry, True)
+        grad_x, grad_w = kernels.eq8_backward(
+            x, w, box, ystat, s_xy, grad, 1e-4, 9e-4, geometry, (True, True)
+        )
+        torch.testing.assert_close(out.cpu(), ref, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(grad_x.cpu(), ref_x, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(grad_w.cpu(), ref_w, rtol=1e-9, atol=1e-9)
+    direct_launches = [launch.direct_launches - b for launch, b in zip(kernels.LAUNCHERS, before)]
+    assert direct_launches == ([0, 0, 0] if INTERPRETED else [2, 2, 2])
+
+
 def test_float32_kernels_agree_with_the_pytorch_path(kernels, device):
     torch.manual_seed(3)
     x, w, geom = _tensors(device, 4, 8, 8, 16, 16, 3, 1, 1, 1, 1, dtype=torch.float32)
