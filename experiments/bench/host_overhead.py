@@ -10,6 +10,8 @@ loop measures the host) and reports microseconds per call. The shape is the benc
 
 Beside the per-call rows it stores what splits a step's time between host and GPU:
 
+- the SSIM step and its forward with every Triton launch through Triton's JIT, as before the
+  direct launch of compiled kernels (``ssimlayer._triton_eq8._Launcher``);
 - the conv and SSIM steps with the backward on the calling thread
   (``torch.autograd.set_multithreading_enabled(False)``) instead of the autograd engine's CUDA
   device thread, which must take the GIL to run the SSIM layer's Python backward;
@@ -260,6 +262,19 @@ def main(argv: list[str] | None = None) -> None:
 
         return run
 
+    def jit_launches(fn):
+        """``fn`` with every Triton launch through the JIT (the direct launch of a compiled
+        kernel off, as before it existed): the pair of rows shows what the direct launch saves."""
+
+        def run():
+            previous = _triton_eq8.set_direct_launch(False)
+            try:
+                fn()
+            finally:
+                _triton_eq8.set_direct_launch(previous)
+
+        return run
+
     rows = {}
     with torch.no_grad():
         rows["conv forward (no grad)"] = per_call_us(lambda: conv(x))
@@ -267,6 +282,9 @@ def main(argv: list[str] | None = None) -> None:
         rows["F.conv2d alone"] = per_call_us(lambda: torch.nn.functional.conv2d(x, w, None, 1, 1))
         rows["eq8_forward: conv + forward kernel"] = per_call_us(
             lambda: _triton_eq8.eq8_forward(x, w, 1e-4, 9e-4, geometry, True)
+        )
+        rows["eq8_forward, its launch through Triton's JIT"] = per_call_us(
+            jit_launches(lambda: _triton_eq8.eq8_forward(x, w, 1e-4, 9e-4, geometry, True))
         )
         rows["one Triton launch of an empty kernel"] = per_call_us(lambda: _noop_kernel[(1,)](x))
         rows["eq8_backward: 2 Triton launches + convolution_backward"] = per_call_us(
@@ -282,6 +300,9 @@ def main(argv: list[str] | None = None) -> None:
         rows["torch.empty"] = per_call_us(lambda: torch.empty(128, 64, 8, 8, device="cuda"))
     rows["conv forward+backward step"] = per_call_us(step(conv))
     rows["ssim forward+backward step (Triton)"] = per_call_us(step(ssim))
+    rows["ssim forward+backward step (Triton, launches through the JIT)"] = per_call_us(
+        jit_launches(step(ssim))
+    )
     rows["ssim forward+backward step (torch.compile)"] = per_call_us(without_triton(step(ssim)))
     # Backward on the calling thread instead of the autograd engine's CUDA device thread: shows
     # what handing the backward (and, for the SSIM layer, the GIL) to that thread costs.
