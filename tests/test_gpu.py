@@ -77,3 +77,58 @@ def test_cuda_bfloat16_autocast_keeps_float32_statistics():
         out = ssim_conv2d(x, w, padding=1)
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
     torch.testing.assert_close(out, ssim_conv2d(x, w, padding=1))
+
+
+@pytest.mark.parametrize("autocast", [False, True], ids=["float32", "bf16-autocast"])
+def test_cuda_graphed_training_steps_match_eager_steps(exact_float32, autocast):
+    """A small SSIM network trained 8 steps eagerly and 8 steps through GraphedTrainStep (2 eager,
+    then a real CUDA graph capture and 6 replays, one of them of another batch shape's graph)."""
+    from torch import nn
+    from torch.nn import functional as F
+
+    from ssimlayer import SSIMConv2d
+    from ssimlayer.lightning.graphed_step import GraphedTrainStep
+
+    g = torch.Generator().manual_seed(0)
+    sizes = [16, 16, 16, 16, 8, 8, 8, 16]
+    batches = [
+        (
+            torch.randn(n, 3, 16, 16, generator=g).cuda(),
+            torch.randint(0, 10, (n,), generator=g).cuda(),
+        )
+        for n in sizes
+    ]
+
+    def build():
+        torch.manual_seed(1)
+        net = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), SSIMConv2d(8, 16, 3, padding=1), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10),
+        ).cuda()  # fmt: skip
+        opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+
+        def step(x, y):
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+                logits = net(x)
+                loss = F.cross_entropy(logits, y)
+            loss.backward()
+            opt.step()
+            return logits.detach(), loss.detach()
+
+        return net, opt, step
+
+    net, opt, step = build()
+    eager_losses = []
+    for x, y in batches:
+        opt.zero_grad(set_to_none=True)
+        eager_losses.append(step(x, y)[1].item())
+    expected = [p.detach().clone() for p in net.parameters()]
+
+    net, opt, step = build()
+    graphed = GraphedTrainStep(step, lambda: opt.zero_grad(set_to_none=True), warmup=2)
+    losses = [graphed(x, y)[1].item() for x, y in batches]
+    assert graphed.replays == 4 and len(graphed._graphs) == 2
+    tol = dict(rtol=2e-2, atol=2e-3) if autocast else dict(rtol=1e-4, atol=1e-5)
+    assert losses == pytest.approx(eager_losses, **{"rel": tol["rtol"], "abs": tol["atol"]})
+    for got, want in zip(net.parameters(), expected, strict=True):
+        torch.testing.assert_close(got.detach(), want, **tol)

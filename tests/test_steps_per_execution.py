@@ -87,6 +87,18 @@ def test_k_steps_per_iteration_train_exactly_as_one(tmp_path, loader):
         torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
+def test_bf16_autocast_casts_the_updated_weights_at_every_step(tmp_path):
+    # Lightning's autocast spans the whole training_step, k steps here. Had it autocast's cache of
+    # bf16 weight copies on (torch's default; Lightning turns it off), steps 2..k would run on the
+    # weights of the group's first step.
+    bf16 = (*RESIDENT, "trainer.precision=bf16-mixed")
+    train(compose_cfg(tmp_path / "one", *bf16))
+    train(compose_cfg(tmp_path / "three", *bf16, "model.steps_per_execution=3"))
+    a, b = final_weights(tmp_path / "one"), final_weights(tmp_path / "three")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
 SCHEDULED = (
     "+model.scheduler._target_=torch.optim.lr_scheduler.StepLR",
     "+model.scheduler._partial_=true",

@@ -15,7 +15,8 @@ and batch size, both sides build the same network (same seed), the same optimise
   no validation (``limit_val_batches=0``; the bare loop has none) and no FGSM sweep (it runs after
   ``fit``, outside the timed steps, and would attack the whole data set for every row).
 - bare: ``for x, y in loader: zero_grad; cross_entropy(model(x), y).backward(); step``; autocast
-  to bf16 when ``trainer.precision=bf16-mixed``. This is our floor.
+  to bf16 when ``trainer.precision=bf16-mixed``; with ``model.cuda_graph=true`` on a GPU the same
+  step through ``GraphedTrainStep``, as the Lightning side does. This is our floor.
 
 Timing: ``W`` warm-up steps (compilation, cuDNN autotuning, allocator) are run and not timed, then
 ``N`` steps are timed (synchronising the device at both ends; they may cross an epoch boundary)
@@ -62,6 +63,7 @@ from omegaconf import DictConfig  # noqa: E402
 from ssimlayer import retain_freed_memory  # noqa: E402
 from ssimlayer.data import DeviceLoader  # noqa: E402
 from ssimlayer.lightning import build_callbacks, build_loggers  # noqa: E402
+from ssimlayer.lightning.graphed_step import GraphedTrainStep  # noqa: E402
 from ssimlayer.lightning.loggers import finish_wandb  # noqa: E402
 from ssimlayer.utils import CONF_DIR, register_resolvers  # noqa: E402
 
@@ -188,18 +190,37 @@ def time_bare(
     precision = str(cfg.trainer.precision)
     if precision not in ("32-true", "32", "bf16-mixed"):
         raise ValueError(f"bench: the bare loop supports 32-true and bf16-mixed, got {precision}")
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
+    autocast = torch.autocast(
+        device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed", cache_enabled=False
+    )
+
+    def train_step(x, y):
+        with autocast:
+            loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    def zero_grad():
+        opt.zero_grad(set_to_none=True)
+
+    if cfg.model.get("cuda_graph", False) and device.type == "cuda":  # as ClassifierModule does
+        graphed = GraphedTrainStep(
+            lambda x, y: (None, train_step(x, y)), zero_grad, cfg.model.cuda_graph_warmup
+        )
+    else:
+        graphed = None
     step, epoch, t0 = 0, 0, None
     while step < warmup + steps:
         if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
             loader.sampler.set_epoch(epoch)
         for x, y in loader:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            opt.zero_grad(set_to_none=True)
-            with autocast:
-                loss = F.cross_entropy(model(x), y)
-            loss.backward()
-            opt.step()
+            if graphed is not None:
+                graphed(x, y)
+            else:
+                zero_grad()
+                train_step(x, y)
             step += 1
             if step == warmup:
                 sync(device)
@@ -321,6 +342,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     ),
                     "precision": str(cfg.trainer.precision),
                     "compile": cfg.model.get("compile", False),
+                    "cuda_graph": bool(cfg.model.get("cuda_graph", False)),
                     "channels_last": bool(cfg.model.get("channels_last", False)),
                     "overhead_mode": args.overhead,
                     "retain_freed_memory": retained,

@@ -8,16 +8,19 @@ keeps the reference and computes it at the epoch's end), not once per step.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.trainer import call
 from torch import Tensor, nn
 from torchmetrics import Metric
 
 from ssimlayer.lightning.checkpointing import CheckpointMismatchError
+from ssimlayer.lightning.graphed_step import GraphedTrainStep, cuda_capture
 
 __all__ = ["ClassifierModule", "TopKAccuracy", "WeightedMean"]
 
@@ -142,6 +145,17 @@ class ClassifierModule(pl.LightningModule):
             Lightning's batch counts (``limit_train_batches``, the progress bar) count groups;
             ``max_steps`` still counts optimiser steps. A run resumes only with the same choice of
             ``1`` or ``> 1``.
+        cuda_graph: on a CUDA device, replay each training step (forward, loss, backward, SGD
+            update) from a CUDA graph (:class:`ssimlayer.lightning.graphed_step.GraphedTrainStep`)
+            after ``cuda_graph_warmup`` eager steps per batch shape: one replay instead of the
+            host's per-kernel work. Same updates as eager steps; the metrics, the NaN guard and the
+            other per-step hooks see every step (the backward and optimiser hooks are called after
+            the replay, so they see the updated weights). Uses manual optimisation, like
+            ``steps_per_execution > 1``, and combines with it. Needs one device, no LR scheduler
+            (the graph keeps the learning rate it was captured with), no ``16-mixed`` precision
+            (its gradient scaler reads the device) and no gradient clipping; on a CPU it warns and
+            trains eagerly.
+        cuda_graph_warmup: eager steps per batch shape before its capture, ``>= 1``.
     """
 
     def __init__(
@@ -154,6 +168,8 @@ class ClassifierModule(pl.LightningModule):
         compile: bool | str = False,
         channels_last: bool = False,
         steps_per_execution: int = 1,
+        cuda_graph: bool = False,
+        cuda_graph_warmup: int = 3,
     ) -> None:
         super().__init__()
         if not isinstance(steps_per_execution, int) or steps_per_execution < 1:
@@ -162,12 +178,15 @@ class ClassifierModule(pl.LightningModule):
                 f"iteration), got {steps_per_execution!r}"
             )
         self.steps_per_execution = steps_per_execution
-        self.automatic_optimization = steps_per_execution == 1
+        self.cuda_graph, self.cuda_graph_warmup = bool(cuda_graph), cuda_graph_warmup
+        self.automatic_optimization = steps_per_execution == 1 and not self.cuda_graph
+        self._graphed: GraphedTrainStep | None = None  # set up in on_train_start
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"], logger=False)
         self.net, self.optimizer_factory, self.scheduler_factory = net, optimizer, scheduler
         self.name, self.channels_last = name, channels_last
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
+        self.compile_mode = compile
         if compile is not False:
             self.net.compile(**_compile_options(compile))
         ks = [k for k in (1, 5) if k <= num_classes]
@@ -186,6 +205,10 @@ class ClassifierModule(pl.LightningModule):
         x, y = batch
         logits = self(x)
         loss = F.cross_entropy(logits, y)
+        self._update_metrics(logits, loss, y, split)
+        return loss
+
+    def _update_metrics(self, logits: Tensor, loss: Tensor, y: Tensor, split: str) -> None:
         if split == "train":
             accuracies, mean_loss = self.train_metrics, self.train_loss
         else:
@@ -200,12 +223,13 @@ class ClassifierModule(pl.LightningModule):
             self.log(f"{split}/loss", mean_loss, on_step=False, on_epoch=True, prog_bar=True)
             for name, metric in accuracies.items():
                 self.log(f"{split}/{name}", metric, on_step=False, on_epoch=True, prog_bar=True)
-        return loss
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
         if self.automatic_optimization:
             return self._step(batch, "train")
-        if not isinstance(batch, list) or any(isinstance(part, Tensor) for part in batch):
+        if self.steps_per_execution == 1:  # manual for the CUDA graph only: one batch
+            batch = [batch]
+        elif not isinstance(batch, list) or any(isinstance(part, Tensor) for part in batch):
             raise TypeError(
                 f"steps_per_execution={self.steps_per_execution} needs a train loader that hands "
                 f"out lists of batches; got one batch. Wrap the loader in "
@@ -216,12 +240,84 @@ class ClassifierModule(pl.LightningModule):
         for x_y in batch:  # one ordinary training step per batch, as Lightning's automatic loop
             if 0 <= trainer.max_steps <= trainer.global_step:
                 break
+            if self._graphed is not None:
+                self._graphed_step(x_y, optimizer)
+                continue  # no schedulers with the CUDA graph
             loss = self._step(x_y, "train")
             optimizer.zero_grad()
             self.manual_backward(loss)
             optimizer.step()
             self._step_schedulers("step")
         return None
+
+    def _graph_body(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """What the CUDA graph records: forward, loss, backward, the optimiser's own update."""
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        loss.backward()
+        self.optimizers().optimizer.step()
+        return logits.detach(), loss.detach()
+
+    def _graphed_step(self, x_y: Any, optimizer: Any) -> None:
+        """One training step from the CUDA graph, with the hooks and counts of an eager one."""
+        x, y = x_y
+        trainer = self.trainer
+        optimizer._on_before_step()  # Lightning's step count, as LightningOptimizer.step does
+        logits, loss = self._graphed(x, y)
+        for hook, args in (
+            ("on_before_backward", (loss,)),
+            ("on_after_backward", ()),
+            ("on_before_optimizer_step", (optimizer.optimizer,)),  # as Lightning passes it
+        ):
+            call._call_callback_hooks(trainer, hook, *args)
+            call._call_lightning_module_hook(trainer, hook, *args)
+        optimizer._on_after_step()
+        self._update_metrics(logits, loss, y, "train")
+
+    # The graph machinery; tests replace these to run the graphed path on the CPU.
+    _graph_capture = staticmethod(cuda_capture)
+    _graph_device_types = ("cuda",)
+
+    def on_train_start(self) -> None:
+        self._graphed = None
+        if not self.cuda_graph:
+            return
+        if self.device.type not in self._graph_device_types:
+            warnings.warn(
+                f"model.cuda_graph=true needs a CUDA device; training on {self.device} runs eagerly",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return
+        trainer, problems = self.trainer, []
+        if trainer.world_size > 1:
+            problems.append(f"{trainer.world_size} processes (DDP): use one device")
+        if trainer.lr_scheduler_configs:
+            problems.append("an LR scheduler: the graph keeps the learning rate of its capture")
+        if str(trainer.precision).startswith("16"):
+            problems.append(f"precision {trainer.precision}: use 32-true or bf16-mixed")
+        if self.compile_mode in ("reduce-overhead", "max-autotune"):
+            problems.append(
+                f"model.compile={self.compile_mode}, which captures its own CUDA graphs: use "
+                f"true or max-autotune-no-cudagraphs"
+            )
+        if self.cuda_graph_warmup < 1:
+            problems.append(f"cuda_graph_warmup={self.cuda_graph_warmup}: use >= 1")
+        if problems:
+            raise ValueError(
+                "model.cuda_graph=true cannot run with " + "; ".join(problems) + " (or set "
+                "model.cuda_graph=false)"
+            )
+        raw = self.optimizers().optimizer
+        self._graphed = GraphedTrainStep(
+            self._graph_body,
+            lambda: raw.zero_grad(set_to_none=True),
+            warmup=self.cuda_graph_warmup,
+            capture=self._graph_capture,
+        )
+
+    def on_train_end(self) -> None:
+        self._graphed = None  # frees the graphs and their memory
 
     def on_train_epoch_end(self) -> None:
         if not self.automatic_optimization:
@@ -283,15 +379,25 @@ class ClassifierModule(pl.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        written_with = checkpoint.get("hyper_parameters", {}).get("steps_per_execution", 1)
-        if "loops" in checkpoint and (written_with == 1) != self.automatic_optimization:
+        hparams = checkpoint.get("hyper_parameters", {})
+        written_with = hparams.get("steps_per_execution", 1)
+        written_graph = bool(hparams.get("cuda_graph", False))
+        written_automatic = written_with == 1 and not written_graph
+        if "loops" in checkpoint and written_automatic != self.automatic_optimization:
             # Lightning keeps the optimiser-step count (global_step) in a different place for
             # automatic and manual optimisation: a cross-over would restart it at 0.
             raise CheckpointMismatchError(
-                f"this checkpoint was written with steps_per_execution={written_with}; resume it "
-                f"with steps_per_execution={1 if written_with == 1 else 'k > 1'} (now "
-                f"{self.steps_per_execution}): Lightning counts optimiser steps differently for "
-                f"1 and k > 1, so the run would restart its step count"
+                f"this checkpoint was written with steps_per_execution={written_with} and "
+                f"cuda_graph={str(written_graph).lower()}; resume it with "
+                + (
+                    "steps_per_execution=1 and cuda_graph=false"
+                    if written_automatic
+                    else "steps_per_execution > 1 or cuda_graph=true"
+                )
+                + f" (now {self.steps_per_execution} and {str(self.cuda_graph).lower()}): "
+                f"Lightning counts optimiser steps differently for automatic optimisation "
+                f"(steps_per_execution=1, no CUDA graph) and manual optimisation (either of them), "
+                f"so the run would restart its step count"
             )
         saved = checkpoint.get("train_epoch_metrics", {})
         for name, metric in self._train_accumulators().items():
