@@ -6,7 +6,8 @@
 #   bash experiments/bench/gpu_session.sh train   # at most 5 min: Lightning vs the bare loop, k = 1 and 8
 #   bash experiments/bench/gpu_session.sh tiles   # at most 2 min: GPU time of the step per K_TILE
 #   bash experiments/bench/gpu_session.sh compiled  # at most 4 min: train bench, model.compile=reduce-overhead
-#   bash experiments/bench/gpu_session.sh next    # at most 9.5 min: what is still unmeasured (see below)
+#   bash experiments/bench/gpu_session.sh next    # at most 9.5 min: GPU tests, direct launches, layer bench, CUDA-graph training
+#   bash experiments/bench/gpu_session.sh more    # at most 8 min: model.compile=reduce-overhead, k = 8 and 16 with repeats
 #
 # `make gpu-check` and `make gpu-check-train` run the two parts with OUT=outputs/gpu_check.
 # On a lent machine without this project installed: its python3 holds torch, Triton and Lightning;
@@ -70,17 +71,30 @@ compiled)
     compiled
     ;;
 next)
-    # What the lease that measured layer, train and tiles left: the host-read test fixed after it,
+    # What changed since the last lease, most important first: the GPU tests (the direct launch of
+    # compiled kernels, the host-read test fixed after that lease, a real CUDA-graph capture of
+    # training steps), the host time with and without the direct launch, the layer bench (issue 2's
+    # target) and the train bench with model.cuda_graph=true (issue 6's).
+    workers=$("$PY" -c "import xdist" 2>/dev/null && echo "-n 8")
+    part gpu_tests 100 "$PY" -m pytest -q -rfE --tb=short -p no:cacheprovider -m "not slow" \
+        $workers tests/test_gpu.py tests/test_triton_kernels.py
+    part host_overhead 100 "$PY" experiments/bench/host_overhead.py --out "$OUT/host_overhead.json"
+    part layer_bench 130 "$PY" experiments/bench/layer.py --device cuda --repeats 8 \
+        --out "$OUT/layer.json"
+    part train_graph 200 "$PY" experiments/bench/train.py --device cuda --warmup 32 --steps 800 \
+        --repeats 2 --steps-per-execution 1,8 --models fig4_plain fig4_ssim shallow_ssim \
+        --batch-sizes 32 --out "$OUT/train_graph.json" data=synthetic data.num_train=50000 \
+        data.num_val=1000 logger=csv model.cuda_graph=true
+    ;;
+more)
     # CUDA graphs through torch.compile, and k = 8 and 16 again with repeats (k=16 ran once).
-    part host_reads 90 "$PY" -m pytest -q -rfE --tb=short -p no:cacheprovider \
-        tests/test_triton_kernels.py -k read_nothing
     compiled
     part train_k8_k16 240 "$PY" experiments/bench/train.py --device cuda --warmup 32 --steps 800 \
         --repeats 2 --steps-per-execution 8,16 --models fig4_plain fig4_ssim shallow_ssim \
         --out "$OUT/train_k8_k16.json" data=synthetic data.num_train=50000 data.num_val=1000 logger=csv
     ;;
 *)
-    echo "usage: $0 layer|train|tiles|compiled|next" >&2
+    echo "usage: $0 layer|train|tiles|compiled|next|more" >&2
     exit 2
     ;;
 esac
