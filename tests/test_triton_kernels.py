@@ -120,6 +120,51 @@ def test_every_filter_tile_matches_the_reference(kernels, device, k_tile):
     torch.testing.assert_close(grad_w.cpu(), ref_w, rtol=1e-9, atol=1e-9)
 
 
+@pytest.fixture
+def variant(kernels, request):
+    """The kernels with another position block or with the filter statistics computed once."""
+    knob, value = request.param
+    setter = {"block": kernels.set_position_block, "stats_once": kernels.set_stats_once}[knob]
+    previous = setter(value)
+    yield request.param
+    setter(previous)
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [("block", 16), ("block", 32), ("stats_once", True)],
+    indirect=True,
+    ids=["block16", "block32", "stats-once"],
+)
+@pytest.mark.parametrize(
+    "case",
+    [(2, 3, 12, 6, 7, 3, 1, 1, 1, 1), (2, 4, 6, 9, 7, 3, 2, 1, 1, 2)],
+    ids=["12-filters", "stride2-groups2"],
+)
+def test_every_kernel_variant_matches_the_reference(kernels, device, variant, case):
+    """The benchmark's knobs (experiments/bench/k_tile.py) change the schedule, not the results."""
+    torch.manual_seed(3)
+    x, w, geom = _tensors(device, *case)
+    geometry = _geometry(geom)
+    meta = kernels.forward_meta(w.shape, geom["groups"], 1)
+    assert meta["STATS_ONCE"] == (variant == ("stats_once", True))
+    ref = ssim_conv2d_reference(x.cpu(), w.cpu(), **geom)
+    grad = torch.randn_like(ref).to(device)
+    out, box, ystat, s_xy = kernels.eq8_forward(x, w, 1e-4, 9e-4, geometry, True)
+    torch.testing.assert_close(out.cpu(), ref, rtol=1e-9, atol=1e-9)
+    grad_x, grad_w = kernels.eq8_backward(
+        x, w, box, ystat, s_xy, grad, 1e-4, 9e-4, geometry, (True, True)
+    )
+    ref_x, ref_w = _reference_grads(x, w, geom, grad)
+    torch.testing.assert_close(grad_x.cpu(), ref_x, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(grad_w.cpu(), ref_w, rtol=1e-9, atol=1e-9)
+
+
+def test_the_position_block_must_be_a_power_of_two(kernels):
+    with pytest.raises(ValueError, match="a power of two >= 16, got 24"):
+        kernels.set_position_block(24)
+
+
 @pytest.mark.parametrize("needs", [(True, False), (False, True)])
 def test_only_the_needed_gradient_is_computed(kernels, device, needs):
     x, w, geom = _tensors(device, 2, 3, 4, 8, 8, 3, 1, 1, 1, 1)
@@ -285,7 +330,11 @@ def test_repeated_real_launches_match_the_reference(kernels, device, direct):
         torch.testing.assert_close(grad_x.cpu(), ref_x, rtol=1e-9, atol=1e-9)
         torch.testing.assert_close(grad_w.cpu(), ref_w, rtol=1e-9, atol=1e-9)
     direct_launches = [launch.direct_launches - b for launch, b in zip(kernels.LAUNCHERS, before)]
-    assert direct_launches == ([0, 0, 0] if INTERPRETED else [2, 2, 2])
+    launched = [kernels._forward_launch, kernels._backward_launch, kernels._window_terms_launch]
+    if kernels._STATS_ONCE:
+        launched.append(kernels._filter_stats_launch)
+    expected = [0 if INTERPRETED or launch not in launched else 2 for launch in kernels.LAUNCHERS]
+    assert direct_launches == expected
 
 
 def test_float32_kernels_agree_with_the_pytorch_path(kernels, device):
@@ -440,7 +489,7 @@ def test_every_kernel_compiles_for_a_cuda_target():
         timeout=600,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("OK ") == 3 * 3, result.stdout  # 3 kernels x 3 configurations
+    assert result.stdout.count("OK ") == 4 * 3, result.stdout  # 4 kernels x 3 configurations
 
 
 def test_first_use_checks_run_with_full_float32_convolutions():

@@ -32,6 +32,7 @@ POINTERS = {
         "part_ptr",
     ),  # fmt: skip
     "_window_terms_kernel": ("gx_ptr", "x_ptr", "pq_ptr", "gw_ptr", "w_ptr", "part_ptr"),
+    "_filter_stats_kernel": ("w_ptr", "ystat_ptr"),
 }
 # C1 and C2: compile-time constants of the kernels, so that they take the tensors' dtype (as a
 # run-time argument a Python float is float32).
@@ -44,7 +45,17 @@ CONFIGS = [
     (
         "float32, k3, 1s specialised",
         "fp32",
-        dict(KH=3, KW=3, BLOCK=128, C_TILE=8, K_TILE=16, N_BLOCK=64, W_BLOCK=128, **BOTH),
+        dict(
+            KH=3,
+            KW=3,
+            BLOCK=128,
+            C_TILE=8,
+            K_TILE=16,
+            N_BLOCK=64,
+            W_BLOCK=128,
+            STATS_ONCE=False,
+            **BOTH,
+        ),  # fmt: skip
         True,
     ),
     (
@@ -58,6 +69,7 @@ CONFIGS = [
             K_TILE=16,
             N_BLOCK=32,
             W_BLOCK=64,
+            STATS_ONCE=True,
             INPUT=True,
             FILTER=False,
         ),
@@ -74,6 +86,7 @@ CONFIGS = [
             K_TILE=2,
             N_BLOCK=2,
             W_BLOCK=16,
+            STATS_ONCE=True,
             INPUT=False,
             FILTER=True,
         ),

@@ -4,10 +4,10 @@
 #
 #   bash experiments/bench/gpu_session.sh layer   # at most 6.5 min (3 on an H200): host overhead, layer bench, GPU tests
 #   bash experiments/bench/gpu_session.sh train   # at most 5 min: Lightning vs the bare loop, k = 1 and 8
-#   bash experiments/bench/gpu_session.sh tiles   # at most 2 min: GPU time of the step per K_TILE
+#   bash experiments/bench/gpu_session.sh tiles   # at most 2.5 min: GPU time of the step per kernel schedule
 #   bash experiments/bench/gpu_session.sh compiled  # at most 4 min: train bench, model.compile=reduce-overhead
 #   bash experiments/bench/gpu_session.sh next    # at most 9.5 min: GPU tests, direct launches, layer bench, CUDA-graph training
-#   bash experiments/bench/gpu_session.sh more    # at most 8 min: model.compile=reduce-overhead, k = 8 and 16 with repeats
+#   bash experiments/bench/gpu_session.sh more    # at most 9.5 min: tiles, model.compile=reduce-overhead, k = 8 and 16
 #
 # `make gpu-check` and `make gpu-check-train` run the two parts with OUT=outputs/gpu_check.
 # On a lent machine without this project installed: its python3 holds torch, Triton and Lightning;
@@ -48,6 +48,12 @@ compiled() {
         logger=csv model.compile=reduce-overhead
 }
 
+# GPU time of the step for each kernel schedule: position blocks, filter statistics once.
+tiles() {
+    part k_tile 150 "$PY" experiments/bench/k_tile.py --k-tile --block 64 32 16 --stats-once \
+        --out "$OUT/k_tile.json"
+}
+
 case "${1:-layer}" in
 layer)
     part host_overhead 120 "$PY" experiments/bench/host_overhead.py --out "$OUT/host_overhead.json"
@@ -65,7 +71,7 @@ train)
         --out "$OUT/train.json" data=synthetic data.num_train=50000 data.num_val=1000 logger=csv
     ;;
 tiles)
-    part k_tile 120 "$PY" experiments/bench/k_tile.py --k-tile 16 8 4 --out "$OUT/k_tile.json"
+    tiles
     ;;
 compiled)
     compiled
@@ -87,9 +93,11 @@ next)
         data.num_val=1000 logger=csv model.cuda_graph=true
     ;;
 more)
-    # CUDA graphs through torch.compile, and k = 8 and 16 again with repeats (k=16 ran once).
+    # Whatever time is left after next, most useful first: the kernel schedules, CUDA graphs
+    # through torch.compile, and k = 8 and 16 again with repeats (k=16 ran once).
+    tiles
     compiled
-    part train_k8_k16 240 "$PY" experiments/bench/train.py --device cuda --warmup 32 --steps 800 \
+    part train_k8_k16 180 "$PY" experiments/bench/train.py --device cuda --warmup 32 --steps 800 \
         --repeats 2 --steps-per-execution 8,16 --models fig4_plain fig4_ssim shallow_ssim \
         --out "$OUT/train_k8_k16.json" data=synthetic data.num_train=50000 data.num_val=1000 logger=csv
     ;;

@@ -1,14 +1,24 @@
-"""GPU time of the SSIM step with other filter tiles in the Triton kernels (``K_TILE``), CUDA only.
+"""GPU time of the SSIM step with other schedules of the Triton kernels (tiles, blocks), CUDA only.
 
-    python experiments/bench/k_tile.py [--k-tile 16 8 4] [--out outputs/bench/k_tile.json]
+    python experiments/bench/k_tile.py [--k-tile 16 8 4] [--block 64 32 16] [--stats-once]
+        [--out outputs/bench/k_tile.json]
 
-``triton_resources.py`` shows, without a GPU, that the filter tile sets the kernels' registers per
-thread (the backward kernel needs over 200 with 16 filters, leaving 12 % of an SM's warp slots;
-128-142 with 8, the default since an H200 measured it fastest; 55-72 with 4). Whether more warps or
-more values per thread win is a GPU question: at each CUDA shape of ``layer.py`` (batch 128) this
-replays the conv and SSIM forward + backward steps from CUDA graphs (GPU time only, no host) for
-every tile size, and checks that each tile's output and gradients equal the default tile's (float32
-rounding apart). Rows are written as they come.
+Each variant changes one knob of :mod:`ssimlayer._triton_eq8` from its default:
+
+- ``--k-tile``: filters handled at once (``set_filter_tile``). ``triton_resources.py`` shows, without
+  a GPU, that it sets the kernels' registers per thread (the backward kernel needs over 200 with 16
+  filters, leaving 12 % of an SM's warp slots; 128-142 with 8, the default since an H200 measured
+  it fastest; 55-72 with 4).
+- ``--block``: positions per program (``set_position_block``, default 128). At 8x8 a program covers
+  a whole image, so a batch of 128 makes 128 programs of 2 warps for an H200's 132 SMs; smaller
+  blocks make more, smaller programs.
+- ``--stats-once``: the filter statistics computed once per forward by their own launch instead of
+  by every forward program (``set_stats_once``); with ``--block`` also each block with it.
+
+Whether any is faster is a GPU question: at each CUDA shape of ``layer.py`` (batch 128) this replays
+the conv and SSIM forward + backward steps from CUDA graphs (GPU time only, no host) for every
+variant, and checks that each variant's output and gradients equal the defaults' (float32 rounding
+apart). Rows are written as they come.
 """
 
 from __future__ import annotations
@@ -28,11 +38,39 @@ from experiments.bench.cuda_graph import try_graphed_step_ms  # noqa: E402
 from experiments.bench.layer import SHAPES, build, step  # noqa: E402
 from ssimlayer import _fusion, _triton_eq8  # noqa: E402
 
+KNOBS = {
+    "k_tile": _triton_eq8.set_filter_tile,
+    "block": _triton_eq8.set_position_block,
+    "stats_once": _triton_eq8.set_stats_once,
+}
 
-def use_k_tile(k_tile: int) -> None:
-    """Make the Triton kernels tile ``k_tile`` filters at once, first-use checks included."""
-    _triton_eq8.set_filter_tile(k_tile)
+
+def defaults() -> dict:
+    return {
+        "k_tile": _triton_eq8._K_TILE,
+        "block": _triton_eq8._BLOCK,
+        "stats_once": _triton_eq8._STATS_ONCE,
+    }
+
+
+def use(variant: dict) -> None:
+    """Set every knob of ``variant`` for the next launches, first-use checks included."""
+    for knob, value in variant.items():
+        KNOBS[knob](value)
     _fusion.triton_checks.reset()
+
+
+def variants(k_tiles, blocks, stats_once: bool) -> list[dict]:
+    """The defaults, then each requested change of one knob (and each block with stats once)."""
+    base = defaults()
+    found = [base]
+    found += [{**base, "k_tile": k} for k in k_tiles]
+    found += [{**base, "block": b} for b in blocks]
+    if stats_once:
+        found += [{**base, "stats_once": True}]
+        found += [{**base, "block": b, "stats_once": True} for b in blocks]
+    unique = {tuple(sorted(v.items())): v for v in found}
+    return list(unique.values())
 
 
 def outputs(shape, device: str) -> list[torch.Tensor]:
@@ -46,13 +84,13 @@ def outputs(shape, device: str) -> list[torch.Tensor]:
     return [out.detach(), x.grad, layer.weight.grad]
 
 
-def largest_difference(k_tile: int, default: int, shape, device: str) -> float:
-    """Largest difference, relative to the largest magnitude, from the default tile's results."""
-    use_k_tile(default)
+def largest_difference(variant: dict, default: dict, shape, device: str) -> float:
+    """Largest difference, relative to the largest magnitude, from the defaults' results."""
+    use(default)
     expected = outputs(shape, device)
-    use_k_tile(k_tile)
+    use(variant)
     found = outputs(shape, device)
-    use_k_tile(default)
+    use(default)
     return max(
         float((a - b).abs().max() / b.abs().max().clamp_min(1e-30)) for a, b in zip(found, expected)
     )
@@ -69,36 +107,43 @@ def graphed_ms(shape, impl: str) -> float | str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--k-tile", type=int, nargs="+", default=[16, 8, 4])
+    parser.add_argument("--k-tile", type=int, nargs="*", default=[16, 8, 4])
+    parser.add_argument("--block", type=int, nargs="*", default=[])
+    parser.add_argument("--stats-once", action="store_true")
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench" / "k_tile.json")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         parser.error("needs a CUDA device (triton_resources.py reads registers without one)")
-    default = _triton_eq8._K_TILE
-    record = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": []}
+    default = defaults()
+    record = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "defaults": default,
+        "rows": [],
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for shape in SHAPES:
         shape = (128, *shape[1:])
         conv = graphed_ms(shape, "conv")
-        for k_tile in args.k_tile:
-            use_k_tile(k_tile)
+        for variant in variants(args.k_tile, args.block, args.stats_once):
+            use(variant)
             ssim = graphed_ms(shape, "ssim")
             row = {
                 "shape": list(shape),
-                "k_tile": k_tile,
+                **variant,
                 "conv_graphed_ms": conv,
                 "ssim_graphed_ms": ssim,
                 "ssim_over_conv_graphed": (
                     ssim / conv if isinstance(ssim, float) and isinstance(conv, float) else None
                 ),
                 "largest_relative_difference_from_default": largest_difference(
-                    k_tile, default, shape, "cuda"
+                    variant, default, shape, "cuda"
                 ),
             }
             record["rows"].append(row)
             args.out.write_text(json.dumps(record, indent=1) + "\n")
             print(json.dumps(row), flush=True)
-        use_k_tile(default)
+        use(default)
     print(f"wrote {args.out}")
     return 0
 

@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 from experiments.bench.layer import SHAPES  # noqa: E402
 from ssimlayer import _triton_eq8 as kernels  # noqa: E402
 
-KERNELS = ("_forward_kernel", "_backward_kernel", "_window_terms_kernel")
+KERNELS = ("_forward_kernel", "_filter_stats_kernel", "_backward_kernel", "_window_terms_kernel")
 REGISTERS_PER_SM, MAX_WARPS, MAX_BLOCKS = 65536, 64, 32
 
 

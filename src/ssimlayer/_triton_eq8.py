@@ -37,6 +37,10 @@ _C_TILE = 8  # input channels read at once by the forward kernel
 # Filters handled at once. 8 measured fastest of 16, 8 and 4 on an H200 (experiments/bench/k_tile.py,
 # GPU time of the CUDA-graph-replayed step: 2-6 % less than 16 at the three bench shapes).
 _K_TILE = 8
+# Filter statistics computed by every forward program (False, measured on an H200) or once per
+# forward by their own launch (True: one launch more, and the forward programs stop re-reading all
+# of their group's filters; not yet measured, see experiments/bench/k_tile.py --stats-once).
+_STATS_ONCE = False
 _N_BLOCK = 64  # values of each filter read at once for its statistics
 
 
@@ -109,14 +113,15 @@ def _forward_kernel(
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     n, c1: tl.constexpr, c2: tl.constexpr,
     KH: tl.constexpr, KW: tl.constexpr, BLOCK: tl.constexpr, C_TILE: tl.constexpr,
-    K_TILE: tl.constexpr, N_BLOCK: tl.constexpr,
+    K_TILE: tl.constexpr, N_BLOCK: tl.constexpr, STATS_ONCE: tl.constexpr,
 ):  # fmt: skip
     """One program: BLOCK output positions of one (batch, group), all filters of the group.
 
     Channels are read C_TILE at a time and filters handled K_TILE at a time, as 2-D tiles, so that
-    many loads are in flight at once. Each program computes the statistics of its group's filters
-    itself (re-reading the filters, which stay in cache, costs less than a separate launch at these
-    sizes); the first program of each group also writes them to ``ystat`` for the backward.
+    many loads are in flight at once. Unless STATS_ONCE, each program computes the statistics of
+    its group's filters itself (re-reading the filters, which stay in cache, saves a launch) and
+    the first program of each group writes them to ``ystat`` for the backward; with STATS_ONCE
+    :func:`_filter_stats_kernel` has written ``ystat`` before and the programs read it.
     """
     pid = tl.program_id(0).to(tl.int64)
     b, g, block, offs, inside = _program_tile(pid, n_blocks, groups, h_out * w_out, BLOCK)
@@ -154,15 +159,28 @@ def _forward_kernel(
         ks = k0 + tl.arange(0, K_TILE)
         k_ok = ks < k_per_group
         f = g * k_per_group + ks
-        mu_f, var_f = _filter_stats_tile(w_ptr, f, k_ok, n, K_TILE, N_BLOCK)
-        tl.store(ystat_ptr + f, mu_f, mask=k_ok & first)
-        tl.store(ystat_ptr + c_out + f, var_f, mask=k_ok & first)
-        mu_y, var_y = mu_f[:, None], var_f[:, None]
+        if STATS_ONCE:
+            mu_y, var_y = _filter_tile(ystat_ptr, f, k_ok, c_out)
+        else:
+            mu_f, var_f = _filter_stats_tile(w_ptr, f, k_ok, n, K_TILE, N_BLOCK)
+            tl.store(ystat_ptr + f, mu_f, mask=k_ok & first)
+            tl.store(ystat_ptr + c_out + f, var_f, mask=k_ok & first)
+            mu_y, var_y = mu_f[:, None], var_f[:, None]
         at = pos + f[:, None] * ss_c
         ok = k_ok[:, None] & inside[None, :]
         s_xy = tl.load(sxy_ptr + at, mask=ok, other=0.0)
         a1, b1, a2, b2 = _eq8_terms(mu_x, var_x, mu_y, var_y, s_xy, n, c1, c2)
         tl.store(out_ptr + at, (a1 * a2) / (b1 * b2), mask=ok)
+
+
+@triton.jit
+def _filter_stats_kernel(w_ptr, ystat_ptr, n, c_out, K_TILE: tl.constexpr, N_BLOCK: tl.constexpr):
+    """``ystat`` for K_TILE filters per program, for the forward kernel's STATS_ONCE."""
+    f = tl.program_id(0).to(tl.int64) * K_TILE + tl.arange(0, K_TILE)
+    k_ok = f < c_out
+    mu_f, var_f = _filter_stats_tile(w_ptr, f, k_ok, n, K_TILE, N_BLOCK)
+    tl.store(ystat_ptr + f, mu_f, mask=k_ok)
+    tl.store(ystat_ptr + c_out + f, var_f, mask=k_ok)
 
 
 @triton.jit
@@ -352,8 +370,17 @@ def forward_meta(w_shape, groups: int, out_positions: int) -> dict:
     return dict(
         KH=kh, KW=kw, BLOCK=block, C_TILE=_tile(c_in_g, _C_TILE),
         K_TILE=_tile(c_out // groups, _K_TILE), N_BLOCK=_tile(c_in_g * kh * kw, _N_BLOCK),
-        num_warps=_warps(block),
+        STATS_ONCE=_STATS_ONCE, num_warps=_warps(block),
     )  # fmt: skip
+
+
+@functools.lru_cache(maxsize=256)  # every step asks again; callers only read it
+def filter_stats_meta(w_shape) -> dict:
+    """The filter-statistics kernel's compile-time parameters and warps."""
+    c_out, c_in_g, kh, kw = w_shape
+    return dict(
+        K_TILE=_tile(c_out, _K_TILE), N_BLOCK=_tile(c_in_g * kh * kw, _N_BLOCK), num_warps=4
+    )
 
 
 @functools.lru_cache(maxsize=256)  # every step asks again; callers only read it
@@ -429,9 +456,10 @@ class _Launcher:
 
 
 _forward_launch = _Launcher(_forward_kernel, pointers=6)
+_filter_stats_launch = _Launcher(_filter_stats_kernel, pointers=2)
 _backward_launch = _Launcher(_backward_kernel, pointers=7)
 _window_terms_launch = _Launcher(_window_terms_kernel, pointers=6)
-LAUNCHERS = (_forward_launch, _backward_launch, _window_terms_launch)
+LAUNCHERS = (_forward_launch, _filter_stats_launch, _backward_launch, _window_terms_launch)
 
 
 def set_direct_launch(enabled: bool) -> bool:
@@ -442,13 +470,38 @@ def set_direct_launch(enabled: bool) -> bool:
     return previous
 
 
+def _clear_meta() -> None:
+    for meta in (forward_meta, filter_stats_meta, backward_meta, window_terms_meta):
+        meta.cache_clear()
+
+
 def set_filter_tile(filters: int) -> int:
     """Make the filter-tiled kernels handle ``filters`` filters at once from the next launch on (a
     knob for benchmarks, see experiments/bench/k_tile.py); returns the previous value."""
     global _K_TILE
     previous, _K_TILE = _K_TILE, filters
-    forward_meta.cache_clear()
-    backward_meta.cache_clear()
+    _clear_meta()
+    return previous
+
+
+def set_position_block(positions: int) -> int:
+    """Make each program handle at most ``positions`` (a power of two, >= 16) output or input
+    positions from the next launch on: fewer positions, more programs (a knob for benchmarks, see
+    experiments/bench/k_tile.py); returns the previous value."""
+    global _BLOCK
+    if positions < 16 or positions & (positions - 1):
+        raise ValueError(f"set_position_block: a power of two >= 16, got {positions}")
+    previous, _BLOCK = _BLOCK, positions
+    _clear_meta()
+    return previous
+
+
+def set_stats_once(enabled: bool) -> bool:
+    """Compute the filter statistics once per forward in their own launch (True) or in every
+    forward program (False, the default); a knob for benchmarks. Returns the previous value."""
+    global _STATS_ONCE
+    previous, _STATS_ONCE = _STATS_ONCE, bool(enabled)
+    _clear_meta()
     return previous
 
 
@@ -487,6 +540,11 @@ def _eq8_forward(x, w, c1: float, c2: float, geometry, save_sxy: bool):
     box = torch.empty(b, 2 * groups, h_out, w_out, device=x.device, dtype=x.dtype)
     meta = forward_meta(w.shape, groups, h_out * w_out)
     n_blocks = _cdiv(h_out * w_out, meta["BLOCK"])
+    if meta["STATS_ONCE"] and c_out:  # the backward reads ystat even for an empty batch
+        stats_meta = filter_stats_meta(w.shape)
+        _filter_stats_launch(
+            (_cdiv(c_out, stats_meta["K_TILE"]),), w, ystat, n, c_out, **stats_meta
+        )
     if b * groups * n_blocks:
         _forward_launch(
             (b * groups * n_blocks,),

@@ -1,0 +1,26 @@
+"""experiments/bench/k_tile.py: which kernel schedules it times (the timing itself needs CUDA)."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("triton")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from experiments.bench import k_tile  # noqa: E402
+
+
+def test_variants_change_one_knob_from_the_defaults_and_restore_them():
+    base = k_tile.defaults()
+    found = k_tile.variants([base["k_tile"], 4], [32, 16], stats_once=True)
+    assert found[0] == base
+    changed = [{knob for knob in base if variant[knob] != base[knob]} for variant in found[1:]]
+    assert (
+        changed
+        == [{"k_tile"}, {"block"}, {"block"}, {"stats_once"}] + [{"block", "stats_once"}] * 2
+    )
+    k_tile.use(found[-1])
+    assert k_tile.defaults() == found[-1]
+    k_tile.use(base)
+    assert k_tile.defaults() == base
