@@ -84,10 +84,10 @@ def test_cuda_graphed_training_steps_match_eager_steps(exact_float32, autocast):
     """A small SSIM network trained 8 steps eagerly and 8 steps through GraphedTrainStep (2 eager,
     then a real CUDA graph capture and 6 replays, one of them of another batch shape's graph)."""
     from torch import nn
-    from torch.nn import functional as F
 
     from ssimlayer import SSIMConv2d
     from ssimlayer.lightning.graphed_step import GraphedTrainStep
+    from tests.test_graphed_step import sgd_training
 
     g = torch.Generator().manual_seed(0)
     sizes = [16, 16, 16, 16, 8, 8, 8, 16]
@@ -105,17 +105,7 @@ def test_cuda_graphed_training_steps_match_eager_steps(exact_float32, autocast):
             nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), SSIMConv2d(8, 16, 3, padding=1), nn.ReLU(),
             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10),
         ).cuda()  # fmt: skip
-        opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-
-        def step(x, y):
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-                logits = net(x)
-                loss = F.cross_entropy(logits, y)
-            loss.backward()
-            opt.step()
-            return logits.detach(), loss.detach()
-
-        return net, opt, step
+        return sgd_training(net, lr=0.01, bf16_autocast=autocast)
 
     net, opt, step = build()
     eager_losses = []

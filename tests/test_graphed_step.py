@@ -37,19 +37,27 @@ def eager_capture(step, zero_grad, x, y):
     return captured
 
 
-def _linear_and_step():
-    torch.manual_seed(0)
-    model = nn.Linear(4, 3)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+def sgd_training(model, lr=0.1, bf16_autocast=False):
+    """The model, its SGD (momentum 0.9, weight decay 1e-4) and a ``step(x, y)`` for
+    GraphedTrainStep: cross-entropy, backward, update (autocast to bf16 if asked, on the model's
+    device type)."""
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
+    device_type = next(model.parameters()).device.type
 
     def step(x, y):
-        logits = model(x)
-        loss = F.cross_entropy(logits, y)
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16_autocast):
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
         loss.backward()
         opt.step()
         return logits.detach(), loss.detach()
 
     return model, opt, step
+
+
+def _linear_and_step():
+    torch.manual_seed(0)
+    return sgd_training(nn.Linear(4, 3))
 
 
 def _batches(sizes):

@@ -50,19 +50,19 @@ def _geometry(geom):
 
 
 def _reference_grads(x, w, geom, grad):
-    x64, w64 = x.cpu().double().requires_grad_(), w.cpu().double().requires_grad_()
+    # Copies: for float64 CPU tensors .cpu().double() is the tensor itself, whose .grad would then
+    # collect the gradients of every call.
+    x64, w64 = (t.detach().cpu().double().clone().requires_grad_() for t in (x, w))
     (ssim_conv2d_reference(x64, w64, **geom) * grad.cpu().double()).sum().backward()
     return x64.grad, w64.grad
 
 
-@pytest.mark.parametrize("case", GRID, ids=lambda c: "-".join(map(str, c)))
-@pytest.mark.parametrize("save_sxy", [True, False])
-def test_forward_and_backward_match_reference(kernels, device, case, save_sxy):
-    torch.manual_seed(1)
-    x, w, geom = _tensors(device, *case)
-    ref = ssim_conv2d_reference(x.cpu(), w.cpu(), **geom)
-    grad = torch.randn_like(ref).to(device)
+def _check_against_reference(kernels, x, w, geom, save_sxy=True, grad=None):
+    """One forward and backward of the kernels against the float64 reference, to 1e-9; ``grad``
+    is the output gradient (random if not given)."""
     geometry = _geometry(geom)
+    ref = ssim_conv2d_reference(x.cpu(), w.cpu(), **geom)
+    grad = torch.randn_like(ref).to(x.device) if grad is None else grad
     out, box, ystat, s_xy = kernels.eq8_forward(x, w, 1e-4, 9e-4, geometry, save_sxy)
     torch.testing.assert_close(out.cpu(), ref, rtol=1e-9, atol=1e-9)
     assert (s_xy is not None) == save_sxy
@@ -72,6 +72,14 @@ def test_forward_and_backward_match_reference(kernels, device, case, save_sxy):
     ref_x, ref_w = _reference_grads(x, w, geom, grad)
     torch.testing.assert_close(grad_x.cpu(), ref_x, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(grad_w.cpu(), ref_w, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("case", GRID, ids=lambda c: "-".join(map(str, c)))
+@pytest.mark.parametrize("save_sxy", [True, False])
+def test_forward_and_backward_match_reference(kernels, device, case, save_sxy):
+    torch.manual_seed(1)
+    x, w, geom = _tensors(device, *case)
+    _check_against_reference(kernels, x, w, geom, save_sxy)
 
 
 def test_strided_gradient_and_channels_last_input(kernels, device):
@@ -105,19 +113,9 @@ def test_every_filter_tile_matches_the_reference(kernels, device, k_tile):
     """12 filters: three full tiles of 4, a full and a partial tile of 8, one masked tile of 16."""
     torch.manual_seed(3)
     x, w, geom = _tensors(device, 2, 3, 12, 6, 7, 3, 1, 1, 1, 1)
-    geometry = _geometry(geom)
     meta = kernels.forward_meta(w.shape, 1, 6 * 7)
     assert meta["K_TILE"] == k_tile and kernels.backward_meta(w.shape, 1, 6 * 7)["K_TILE"] == k_tile
-    ref = ssim_conv2d_reference(x.cpu(), w.cpu(), **geom)
-    grad = torch.randn_like(ref).to(device)
-    out, box, ystat, s_xy = kernels.eq8_forward(x, w, 1e-4, 9e-4, geometry, True)
-    torch.testing.assert_close(out.cpu(), ref, rtol=1e-9, atol=1e-9)
-    grad_x, grad_w = kernels.eq8_backward(
-        x, w, box, ystat, s_xy, grad, 1e-4, 9e-4, geometry, (True, True)
-    )
-    ref_x, ref_w = _reference_grads(x, w, geom, grad)
-    torch.testing.assert_close(grad_x.cpu(), ref_x, rtol=1e-9, atol=1e-9)
-    torch.testing.assert_close(grad_w.cpu(), ref_w, rtol=1e-9, atol=1e-9)
+    _check_against_reference(kernels, x, w, geom)
 
 
 @pytest.fixture
@@ -145,19 +143,9 @@ def test_every_kernel_variant_matches_the_reference(kernels, device, variant, ca
     """The benchmark's knobs (experiments/bench/k_tile.py) change the schedule, not the results."""
     torch.manual_seed(3)
     x, w, geom = _tensors(device, *case)
-    geometry = _geometry(geom)
     meta = kernels.forward_meta(w.shape, geom["groups"], 1)
     assert meta["STATS_ONCE"] == (variant == ("stats_once", True))
-    ref = ssim_conv2d_reference(x.cpu(), w.cpu(), **geom)
-    grad = torch.randn_like(ref).to(device)
-    out, box, ystat, s_xy = kernels.eq8_forward(x, w, 1e-4, 9e-4, geometry, True)
-    torch.testing.assert_close(out.cpu(), ref, rtol=1e-9, atol=1e-9)
-    grad_x, grad_w = kernels.eq8_backward(
-        x, w, box, ystat, s_xy, grad, 1e-4, 9e-4, geometry, (True, True)
-    )
-    ref_x, ref_w = _reference_grads(x, w, geom, grad)
-    torch.testing.assert_close(grad_x.cpu(), ref_x, rtol=1e-9, atol=1e-9)
-    torch.testing.assert_close(grad_w.cpu(), ref_w, rtol=1e-9, atol=1e-9)
+    _check_against_reference(kernels, x, w, geom)
 
 
 def test_the_position_block_must_be_a_power_of_two(kernels):
@@ -314,21 +302,11 @@ def test_repeated_real_launches_match_the_reference(kernels, device, direct):
     directly (see ``_Launcher``); each result still matches the float64 reference."""
     torch.manual_seed(6)
     x, w, geom = _tensors(device, 2, 3, 5, 7, 6, 3, 1, 1, 1, 1)
-    geometry = _geometry(geom)
-    ref = ssim_conv2d_reference(x.cpu(), w.cpu(), **geom)
-    grad = torch.randn_like(ref).to(device)
-    ref_x, ref_w = _reference_grads(x, w, geom, grad)
     for launch in kernels.LAUNCHERS:
         launch.compiled.clear()  # as if this configuration had never run
     before = [launch.direct_launches for launch in kernels.LAUNCHERS]
     for _ in range(3):
-        out, box, ystat, s_xy = kernels.eq8_forward(x, w, 1e-4, 9e-4, geometry, True)
-        grad_x, grad_w = kernels.eq8_backward(
-            x, w, box, ystat, s_xy, grad, 1e-4, 9e-4, geometry, (True, True)
-        )
-        torch.testing.assert_close(out.cpu(), ref, rtol=1e-9, atol=1e-9)
-        torch.testing.assert_close(grad_x.cpu(), ref_x, rtol=1e-9, atol=1e-9)
-        torch.testing.assert_close(grad_w.cpu(), ref_w, rtol=1e-9, atol=1e-9)
+        _check_against_reference(kernels, x, w, geom)
     direct_launches = [launch.direct_launches - b for launch, b in zip(kernels.LAUNCHERS, before)]
     launched = [kernels._forward_launch, kernels._backward_launch, kernels._window_terms_launch]
     if kernels._STATS_ONCE:
