@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssimlayer.lightning import ClassifierModule
+from ssimlayer.lightning.checkpointing import CheckpointMismatchError
 from ssimlayer.lightning.graphed_step import GraphedTrainStep, _Captured
 from ssimlayer.lightning.safety import NonFiniteLossError
 from ssimlayer.train import train
@@ -187,3 +188,25 @@ def test_what_a_graph_cannot_replay_is_a_clear_error(tmp_path, cpu_graphs, overr
         extra += ("+model.scheduler._partial_=true", "+model.scheduler.step_size=1")
     with pytest.raises(ValueError, match=f"model.cuda_graph=true cannot run with {problem}"):
         train(compose_cfg(tmp_path / "run", *RESIDENT, "model.cuda_graph=true", *extra))
+
+
+def test_a_graphed_run_resumes_exactly(tmp_path, cpu_graphs):
+    # One epoch, then resumed for the second: after the resume the warm-up and capture start again.
+    graphed = (*RESIDENT, "model.cuda_graph=true")
+    train(compose_cfg(tmp_path / "first", *graphed, "trainer.max_epochs=1"))
+    ckpt = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    resumed = train(compose_cfg(tmp_path / "resumed", *graphed, f"ckpt_path={ckpt}"))
+    whole = train(compose_cfg(tmp_path / "whole", *graphed))
+    assert resumed["global_step"] == whole["global_step"] == 16
+    a, b = final_weights(tmp_path / "resumed"), final_weights(tmp_path / "whole")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_resuming_a_graphed_run_with_automatic_optimisation_is_a_clear_error(tmp_path, cpu_graphs):
+    train(
+        compose_cfg(tmp_path / "first", *RESIDENT, "model.cuda_graph=true", "trainer.max_epochs=1")
+    )
+    ckpt = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    with pytest.raises(CheckpointMismatchError, match="cuda_graph=true; resume it with"):
+        train(compose_cfg(tmp_path / "second", *RESIDENT, f"ckpt_path={ckpt}"))
