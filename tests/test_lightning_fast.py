@@ -44,6 +44,29 @@ def test_weighted_mean_matches_torchmetrics_mean_metric():
     assert set(ours.metric_state) == set(theirs.metric_state)  # old checkpoints load
 
 
+@pytest.mark.parametrize("metric", [TopKAccuracy(2), WeightedMean()], ids=["topk", "mean"])
+def test_reset_keeps_the_state_tensors_that_a_cuda_graph_adds_into(metric):
+    if isinstance(metric, TopKAccuracy):
+        metric.update(torch.randn(4, 5), torch.tensor([0, 1, 2, 3]))
+    else:
+        metric.update(torch.tensor(3.0), 4)
+    before = {name: getattr(metric, name) for name in metric._defaults}
+    metric.reset()
+    for name, tensor in before.items():
+        assert getattr(metric, name) is tensor and tensor.item() == 0.0
+    assert metric._update_count == 0 and metric._computed is None
+
+
+def test_accumulate_is_update_without_the_bookkeeping():
+    logits, target = torch.randn(6, 5), torch.randint(0, 5, (6,))
+    updated, accumulated = TopKAccuracy(2), TopKAccuracy(2)
+    updated.update(logits, target)
+    accumulated.accumulate(logits, target)
+    assert accumulated._update_count == 0 and updated._update_count == 1
+    assert torch.equal(updated.correct, accumulated.correct)
+    assert torch.equal(updated.total, accumulated.total)
+
+
 def test_topk_accuracy_rejects_k_below_one():
     with pytest.raises(ValueError, match="k must be >= 1, got 0"):
         TopKAccuracy(0)

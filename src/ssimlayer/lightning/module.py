@@ -27,6 +27,22 @@ __all__ = ["ClassifierModule", "TopKAccuracy", "WeightedMean"]
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
 
+def _reset_in_place(metric: Metric) -> None:
+    """torchmetrics' ``reset``, keeping each state tensor's identity (its values set to the default).
+
+    ``Metric.reset`` replaces the state tensors with fresh copies of their defaults; a CUDA graph
+    that adds into the old tensors (``ClassifierModule(cuda_graph=True)``) would then add into
+    tensors nobody reads.
+    """
+    kept = {name: getattr(metric, name) for name in metric._defaults}
+    Metric.reset(metric)
+    for name, tensor in kept.items():
+        fresh = getattr(metric, name)
+        if isinstance(tensor, Tensor) and isinstance(fresh, Tensor) and tensor.shape == fresh.shape:
+            tensor.copy_(fresh)
+            setattr(metric, name, tensor)
+
+
 class WeightedMean(Metric):
     """Mean of values with integer weights (batch sizes), updated without reading the device.
 
@@ -50,9 +66,16 @@ class WeightedMean(Metric):
         self.add_state("weight", default=torch.tensor(0.0), dist_reduce_fx="sum")
 
     def update(self, value: Tensor, weight: int = 1) -> None:
+        self.accumulate(value, weight)
+
+    def accumulate(self, value: Tensor, weight: int = 1) -> None:
+        """``update``'s arithmetic alone, without torchmetrics' bookkeeping (for a CUDA graph)."""
         # in place: no nn.Module.__setattr__ per step
         self.mean_value.add_(value.detach().sum(), alpha=weight)
         self.weight.add_(weight * value.numel())
+
+    def reset(self) -> None:
+        _reset_in_place(self)
 
     def compute(self) -> Tensor:
         return self.mean_value / self.weight
@@ -89,9 +112,16 @@ class TopKAccuracy(Metric):
         self.add_state("total", default=torch.tensor(0.0), dist_reduce_fx="sum")
 
     def update(self, logits: Tensor, target: Tensor) -> None:
+        self.accumulate(logits, target)
+
+    def accumulate(self, logits: Tensor, target: Tensor) -> None:
+        """``update``'s arithmetic alone, without torchmetrics' bookkeeping (for a CUDA graph)."""
         top = logits.detach().topk(self.k, dim=1).indices  # (B, k)
         self.correct.add_((top == target.unsqueeze(1)).any(dim=1).sum())
         self.total.add_(len(target))
+
+    def reset(self) -> None:
+        _reset_in_place(self)
 
     def compute(self) -> Tensor:
         return self.correct / self.total
@@ -148,9 +178,10 @@ class ClassifierModule(pl.LightningModule):
         cuda_graph: on a CUDA device, replay each training step (forward, loss, backward, SGD
             update) from a CUDA graph (:class:`ssimlayer.lightning.graphed_step.GraphedTrainStep`)
             after ``cuda_graph_warmup`` eager steps per batch shape: one replay instead of the
-            host's per-kernel work. Same updates as eager steps; the metrics, the NaN guard and the
-            other per-step hooks see every step (the backward and optimiser hooks are called after
-            the replay, so they see the updated weights). Uses manual optimisation, like
+            host's per-kernel work. Same updates as eager steps; the train metrics' arithmetic is
+            recorded in the graph too; the NaN guard and the other per-step hooks see every step
+            (the backward and optimiser hooks are called after the replay, so they see the updated
+            weights). Uses manual optimisation, like
             ``steps_per_execution > 1``, and combines with it. Needs one device, no LR scheduler
             (the graph keeps the learning rate it was captured with), no ``16-mixed`` precision
             (its gradient scaler reads the device) and no gradient clipping; on a CPU it warns and
@@ -205,10 +236,6 @@ class ClassifierModule(pl.LightningModule):
         x, y = batch
         logits = self(x)
         loss = F.cross_entropy(logits, y)
-        self._update_metrics(logits, loss, y, split)
-        return loss
-
-    def _update_metrics(self, logits: Tensor, loss: Tensor, y: Tensor, split: str) -> None:
         if split == "train":
             accuracies, mean_loss = self.train_metrics, self.train_loss
         else:
@@ -216,6 +243,14 @@ class ClassifierModule(pl.LightningModule):
         mean_loss.update(loss, len(y))
         for metric in accuracies.values():
             metric.update(logits, y)
+        self._log_once(split)
+        return loss
+
+    def _log_once(self, split: str) -> None:
+        if split == "train":
+            accuracies, mean_loss = self.train_metrics, self.train_loss
+        else:
+            accuracies, mean_loss = self.val_metrics, self.val_loss
         if split not in self._logged:
             # Once per epoch: Lightning keeps the metric objects and computes them at the epoch's
             # end. Per step, self.log costs more host time than a whole GPU step at batch 32.
@@ -251,12 +286,17 @@ class ClassifierModule(pl.LightningModule):
         return None
 
     def _graph_body(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        """What the CUDA graph records: forward, loss, backward, the optimiser's own update."""
+        """What the CUDA graph records: forward, loss, backward, the optimiser's own update, and
+        the train metrics' arithmetic (their bookkeeping is done per replay by _graphed_step)."""
         logits = self(x)
         loss = F.cross_entropy(logits, y)
         loss.backward()
         self.optimizers().optimizer.step()
-        return logits.detach(), loss.detach()
+        logits, loss = logits.detach(), loss.detach()
+        self.train_loss.accumulate(loss, len(y))
+        for metric in self.train_metrics.values():
+            metric.accumulate(logits, y)
+        return logits, loss
 
     def _graphed_step(self, x_y: Any, optimizer: Any) -> None:
         """One training step from the CUDA graph, with the hooks and counts of an eager one."""
@@ -272,7 +312,10 @@ class ClassifierModule(pl.LightningModule):
             call._call_callback_hooks(trainer, hook, *args)
             call._call_lightning_module_hook(trainer, hook, *args)
         optimizer._on_after_step()
-        self._update_metrics(logits, loss, y, "train")
+        for metric in self._train_accumulators().values():  # what Metric.update would do
+            metric._update_count += 1
+            metric._computed = None
+        self._log_once("train")
 
     # The graph machinery; tests replace these to run the graphed path on the CPU.
     _graph_capture = staticmethod(cuda_capture)
