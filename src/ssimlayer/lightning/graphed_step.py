@@ -55,7 +55,10 @@ def cuda_capture(step: Step, zero_grad: Callable[[], None], x: Tensor, y: Tensor
         enabled=torch.is_autocast_enabled(device),
         cache_enabled=False,
     )
-    with torch.cuda.graph(graph), autocast:
+    # thread_local: only this thread is barred from calls that would break the capture, as in
+    # torch.compile's CUDA graphs; another thread's (a DataLoader's pin-memory thread allocating
+    # pinned memory, say) would otherwise make the capture fail.
+    with torch.cuda.graph(graph, capture_error_mode="thread_local"), autocast:
         outputs = step(x, y)
     return _Captured(x, y, graph.replay, outputs)
 
