@@ -236,28 +236,28 @@ class ClassifierModule(pl.LightningModule):
         x, y = batch
         logits = self(x)
         loss = F.cross_entropy(logits, y)
-        if split == "train":
-            accuracies, mean_loss = self.train_metrics, self.train_loss
-        else:
-            accuracies, mean_loss = self.val_metrics, self.val_loss
+        accuracies, mean_loss = self._metrics(split)
         mean_loss.update(loss, len(y))
         for metric in accuracies.values():
             metric.update(logits, y)
         self._log_once(split)
         return loss
 
-    def _log_once(self, split: str) -> None:
+    def _metrics(self, split: str) -> tuple[nn.ModuleDict, WeightedMean]:
         if split == "train":
-            accuracies, mean_loss = self.train_metrics, self.train_loss
-        else:
-            accuracies, mean_loss = self.val_metrics, self.val_loss
-        if split not in self._logged:
-            # Once per epoch: Lightning keeps the metric objects and computes them at the epoch's
-            # end. Per step, self.log costs more host time than a whole GPU step at batch 32.
-            self._logged.add(split)
-            self.log(f"{split}/loss", mean_loss, on_step=False, on_epoch=True, prog_bar=True)
-            for name, metric in accuracies.items():
-                self.log(f"{split}/{name}", metric, on_step=False, on_epoch=True, prog_bar=True)
+            return self.train_metrics, self.train_loss
+        return self.val_metrics, self.val_loss
+
+    def _log_once(self, split: str) -> None:
+        # Once per epoch: Lightning keeps the metric objects and computes them at the epoch's end.
+        # Per step, self.log costs more host time than a whole GPU step at batch 32.
+        if split in self._logged:
+            return
+        self._logged.add(split)
+        accuracies, mean_loss = self._metrics(split)
+        self.log(f"{split}/loss", mean_loss, on_step=False, on_epoch=True, prog_bar=True)
+        for name, metric in accuracies.items():
+            self.log(f"{split}/{name}", metric, on_step=False, on_epoch=True, prog_bar=True)
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
         if self.automatic_optimization:
