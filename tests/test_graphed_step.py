@@ -97,6 +97,27 @@ def test_replays_return_the_graphs_output_buffers():
     assert torch.equal(captured.x, x2) and captured.x.data_ptr() != x2.data_ptr()
 
 
+def test_a_failed_capture_warns_and_trains_on_eagerly():
+    batches = _batches([5] * 6)
+    model, opt, step = _linear_and_step()
+    for x, y in batches:
+        opt.zero_grad(set_to_none=True)
+        step(x, y)
+    expected = [p.detach().clone() for p in model.parameters()]
+
+    def failing_capture(step, zero_grad, x, y):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    model, opt, step = _linear_and_step()
+    graphed = GraphedTrainStep(step, lambda: opt.zero_grad(set_to_none=True), 2, failing_capture)
+    with pytest.warns(RuntimeWarning, match="operation not permitted when stream is capturing"):
+        for x, y in batches:
+            graphed(x, y)
+    assert graphed.replays == 0 and isinstance(graphed.failed, RuntimeError)
+    for got, want in zip(model.parameters(), expected, strict=True):
+        torch.testing.assert_close(got.detach(), want)
+
+
 def test_warmup_must_be_positive():
     with pytest.raises(ValueError, match="warmup must be >= 1"):
         GraphedTrainStep(lambda x, y: (x, y), lambda: None, warmup=0)

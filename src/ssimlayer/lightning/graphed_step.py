@@ -18,6 +18,7 @@ batch of an epoch, say) gets ``warmup`` eager steps and then its own graph.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -78,6 +79,10 @@ class GraphedTrainStep:
     Calling it with a batch returns ``(logits, loss)``: for a replayed step these are the graph's
     output buffers, overwritten by the next replay of the same shape, so copy what you keep.
 
+    If a capture fails (an operation that cannot be captured, say), it warns once with the error
+    and runs every later step eagerly: the run goes on, at eager speed. Nothing of the failed step
+    has run (a capture records, it does not execute), so that step is then run eagerly.
+
     Example::
 
         def step(x, y):
@@ -107,6 +112,7 @@ class GraphedTrainStep:
         self._eager_steps: Counter = Counter()  # per batch shape
         self._graphs: dict[tuple, _Captured] = {}
         self.replays = 0  # counted for tests and benchmarks
+        self.failed: BaseException | None = None  # the capture error that made every step eager
 
     @staticmethod
     def _key(x: Tensor, y: Tensor) -> tuple:
@@ -116,12 +122,22 @@ class GraphedTrainStep:
         key = self._key(x, y)
         captured = self._graphs.get(key)
         if captured is None:
-            if self._eager_steps[key] < self.warmup:
+            if self.failed is not None or self._eager_steps[key] < self.warmup:
                 self._eager_steps[key] += 1
                 return self._eager(x, y)
-            captured = self._graphs[key] = self.capture(
-                self.step, self.zero_grad, x.clone(), y.clone()
-            )
+            try:
+                captured = self.capture(self.step, self.zero_grad, x.clone(), y.clone())
+            except Exception as err:  # any failure: the eager step is always right
+                self.failed = err
+                warnings.warn(
+                    f"GraphedTrainStep: capturing the training step in a CUDA graph failed "
+                    f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+                    f"every step runs eagerly from now on (same results, slower)",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                return self._eager(x, y)
+            self._graphs[key] = captured
         captured.x.copy_(x, non_blocking=True)
         captured.y.copy_(y, non_blocking=True)
         captured.replay()
