@@ -145,7 +145,8 @@ class GraphedTrainStep:
         return captured.outputs
 
     def _eager(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        with _side_stream(x.device):
+        # The side stream only matters before a capture; after a failed one every step is eager.
+        with _side_stream(x.device) if self.failed is None else contextlib.nullcontext():
             self.zero_grad()
             return self.step(x, y)
 
