@@ -37,7 +37,7 @@ def test_torch_compile_equals_eager_forward_and_backward():
 
 
 def test_torch_compile_traces_one_graph_without_warnings_or_recompiles():
-    # The layer's eager caches (argument checks, keep-cov rule) stay out of the trace: no Dynamo
+    # The layer's eager caches (argument checks, keep-Sxy rule) stay out of the trace: no Dynamo
     # warning about them, no guard on them, so a new entry does not recompile the model.
     graphs = []
 

@@ -11,7 +11,7 @@ from ssimlayer.functional import (
     DEFAULT_C1,
     DEFAULT_C2,
     _general_forward,
-    _keeps_cov,
+    _keeps_sxy,
     ssim_conv2d,
 )
 from tests.reference import eq18_filter_gradient, ssim_conv2d_reference, ssim_conv2d_unfold
@@ -77,7 +77,7 @@ def test_backward_matches_reference_autograd(case):
         (2, 3, 4, 6, 5, 3, 1, 1, 1, 1),
         (1, 4, 4, 7, 7, 3, 2, 1, 2, 2),
         (2, 2, 3, 5, 5, 1, 1, 0, 1, 1),
-        (3, 2, 8, 5, 5, 3, 1, 1, 1, 1),  # expanding: backward recomputes cov in batch chunks
+        (3, 2, 8, 5, 5, 3, 1, 1, 1, 1),  # expanding: backward recomputes Sxy in batch chunks
     ],
 )
 def test_gradcheck_input_and_weight(case):
@@ -85,6 +85,33 @@ def test_gradcheck_input_and_weight(case):
     x.requires_grad_()
     w.requires_grad_()
     assert torch.autograd.gradcheck(lambda a, b: ssim_conv2d(a, b, **geom), (x, w))
+
+
+@pytest.mark.parametrize("wanted", ["input", "weight"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        (2, 4, 4, 6, 6, 3, 1, 1, 1, 2),  # Sxy saved
+        (3, 2, 8, 5, 5, 3, 2, 1, 1, 1),  # expanding: Sxy recomputed in batch chunks
+    ],
+    ids=["saved", "recomputed"],
+)
+def test_one_gradient_alone_matches_reference(case, wanted):
+    # The backward builds only the terms of the gradients asked for (a first layer needs no input
+    # gradient): each alone must still be the reference's.
+    x, w, geom = _case(*case)
+    g = torch.randn_like(ssim_conv2d_reference(x, w, **geom))
+    ours = (x if wanted == "input" else w).clone().requires_grad_()
+    theirs = ours.detach().clone().requires_grad_()
+    if wanted == "input":
+        (ssim_conv2d(ours, w, **geom) * g).sum().backward()
+        (ssim_conv2d_reference(theirs, w, **geom) * g).sum().backward()
+    else:
+        (ssim_conv2d(x, ours, **geom) * g).sum().backward()
+        (ssim_conv2d_reference(x, theirs, **geom) * g).sum().backward()
+    torch.testing.assert_close(ours.grad, theirs.grad, rtol=1e-8, atol=1e-9)
+    other = w if wanted == "input" else x
+    assert other.grad is None
 
 
 def test_gradcheck_with_larger_constants_and_bias():
@@ -96,11 +123,11 @@ def test_gradcheck_with_larger_constants_and_bias():
     assert torch.autograd.gradcheck(fn, (x, w, bias))
 
 
-def test_expanding_layers_recompute_cov_and_others_save_it():
+def test_expanding_layers_recompute_sxy_and_others_save_it():
     x, w, _ = _case(3, 2, 8, 5, 5, 3, 1, 1, 1, 1)
-    assert not _keeps_cov(x, w, ((1, 1), (1, 1), (1, 1), 1))  # 8 maps from 2: recompute
+    assert not _keeps_sxy(x, w, ((1, 1), (1, 1), (1, 1), 1))  # 8 maps from 2: recompute
     x, w, _ = _case(3, 4, 4, 5, 5, 3, 1, 1, 1, 1)
-    assert _keeps_cov(x, w, ((1, 1), (1, 1), (1, 1), 1))
+    assert _keeps_sxy(x, w, ((1, 1), (1, 1), (1, 1), 1))
 
 
 def test_filter_gradient_is_eq18_for_one_window():

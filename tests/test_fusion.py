@@ -6,15 +6,22 @@ import torch
 from ssimlayer import _fusion, ssim_conv2d
 
 
-def _forward_backward(x, w, **geom):
-    x = x.clone().requires_grad_()
+def _forward_backward(x, w, input_grad=True, **geom):
+    x = x.clone().requires_grad_(input_grad)
     w = w.clone().requires_grad_()
     out = ssim_conv2d(x, w, **geom)
     (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
-    return out.detach(), x.grad, w.grad
+    return out.detach(), x.grad if input_grad else out.new_zeros(()), w.grad
 
 
-@pytest.mark.parametrize("geom", [dict(padding=1), dict(stride=2, padding=1, groups=2)])
+@pytest.mark.parametrize(
+    "geom",
+    [
+        dict(padding=1),  # expanding: Sxy recomputed in backward
+        dict(stride=2, padding=1, groups=2),  # Sxy saved
+        dict(stride=2, padding=1, groups=2, input_grad=False),  # a first layer: filters only
+    ],
+)
 def test_fused_equals_eager(geom):
     torch.manual_seed(0)
     x = torch.randn(16, 4, 32, 32) * 3 + 1

@@ -85,8 +85,8 @@ def ssim_conv2d(
     :math:`t \ge 0` and for odd integer powers, and keeps the output in :math:`[-1, 1]`.
 
     The default path (Eq. 8) has an analytic backward (§2.2) in a custom autograd Function that saves
-    the input, the filters, the window sums and the covariance (or, for layers whose output is much
-    larger than their input, recomputes the covariance in backward). The general path uses autograd
+    the input, the filters, the window sums and the convolution Sxy (or, for layers whose output is
+    much larger than their input, recomputes Sxy in backward). The general path uses autograd
     through the same sums. Statistics are always computed in float32 or wider: float16/bfloat16
     inputs, or autocast, give a float32 computation whose result is returned in float32 under
     autocast and cast back to the input dtype otherwise.
@@ -214,11 +214,11 @@ def _eq8_terms(mu_x, var_x, mu_y, var_y, cov, c1, c2):
 
 
 def _eq8_epilogue(s_xy, box, mu_y, var_y, n: int, c1: float, c2: float):
-    """Eq. 8 from the sums: returns SSIM and the covariance (Eq. 7), both ``(B, g, K, Ho, Wo)``."""
+    """Eq. 8 from the sums, ``(B, g, K, Ho, Wo)``."""
     mu_x, var_x = _patch_stats(box, n)
     cov = _covariance(s_xy, mu_x, mu_y, n)
     a1, b1, a2, b2 = _eq8_terms(mu_x, var_x, mu_y, var_y, cov, c1, c2)
-    return (a1 * a2) / (b1 * b2), cov
+    return (a1 * a2) / (b1 * b2)
 
 
 def _sums(x: Tensor, w: Tensor, geometry):
@@ -229,31 +229,31 @@ def _sums(x: Tensor, w: Tensor, geometry):
     return box, s_xy.view(b, groups, c_out // groups, h_out, w_out)  # (B, g, K, Ho, Wo)
 
 
-def _eq8_forward(x: Tensor, w: Tensor, c1: float, c2: float, geometry, keep_cov: bool = False):
-    """Eq. 8 as ``(B, C_out, Ho, Wo)``, the patch sums ``(B, 2g, Ho, Wo)`` and, if asked, cov."""
+def _eq8_forward(x: Tensor, w: Tensor, c1: float, c2: float, geometry, keep_sxy: bool = False):
+    """Eq. 8 as ``(B, C_out, Ho, Wo)``, the patch sums ``(B, 2g, Ho, Wo)`` and, if asked, Sxy."""
     groups = geometry[3]
     mu_y, var_y, n = _filter_stats(w, groups)
     box, s_xy = _sums(x, w, geometry)
-    out, cov = _eq8_epilogue(s_xy, box, mu_y, var_y, n, c1, c2)
+    out = _eq8_epilogue(s_xy, box, mu_y, var_y, n, c1, c2)
     b, g, k, h_out, w_out = out.shape
-    return out.view(b, g * k, h_out, w_out), box, (cov if keep_cov else None)
+    return out.view(b, g * k, h_out, w_out), box, (s_xy if keep_sxy else None)
 
 
-def _keeps_cov(x: Tensor, w: Tensor, geometry) -> bool:
-    """Save cov for backward unless the output is much larger than the input.
+def _keeps_sxy(x: Tensor, w: Tensor, geometry) -> bool:
+    """Save Sxy (the convolution) for backward unless the output is much larger than the input.
 
-    Saving the output-sized cov spares one convolution in backward. When the layer expands (a
+    Saving the output-sized Sxy spares one convolution in backward. When the layer expands (a
     3-channel image into 64 maps, say) that tensor dwarfs what nn.Conv2d keeps (its input), so
-    backward recomputes cov with one more convolution instead: cheap exactly there, since the cost
+    backward recomputes Sxy with one more convolution instead: cheap exactly there, since the cost
     of that convolution scales with C_in / groups.
     """
     if torch.compiler.is_compiling():  # traced once, no cache needed (Dynamo warns about one)
-        return _keeps_cov_for.__wrapped__(x.shape[1:], w.shape, geometry)
-    return _keeps_cov_for(x.shape[1:], w.shape, geometry)
+        return _keeps_sxy_for.__wrapped__(x.shape[1:], w.shape, geometry)
+    return _keeps_sxy_for(x.shape[1:], w.shape, geometry)
 
 
 @functools.lru_cache(maxsize=1024)  # called every step with the same few shapes
-def _keeps_cov_for(in_shape, w_shape, geometry) -> bool:
+def _keeps_sxy_for(in_shape, w_shape, geometry) -> bool:
     stride, padding, dilation, groups = geometry
     h_out, w_out = (
         (size + 2 * p - d * (k - 1) - 1) // s + 1
@@ -288,34 +288,46 @@ def _general_forward(x, w, c1, c2, c3, alpha, beta, gamma, geometry) -> Tensor:
 # Eq. 8 with its analytic backward (§2.2)
 
 
-def _eq8_grad_terms(grad, cov, box, mu_y, var_y, n: int, c1: float, c2: float):
-    """The per-(position, filter) coefficients of the gradient, see :class:`_SSIMConv2dEq8`.
+def _eq8_grad_summands(grad_out, s_xy, box, w, c1: float, c2: float, groups: int, needs):
+    """The gradient's coefficients at every (position, filter), see :class:`_SSIMConv2dEq8`.
 
-    Returns ``r`` (B, g, K, Ho, Wo), the input's box terms ``[P | Q]`` (B, 2g, Ho, Wo) and the
-    filter's per-filter terms ``P', Q'`` (g, K).
+    Returns ``r`` (shaped as ``grad_out``) and the summands of the other terms stacked as
+    ``(B, m, g, K, Ho, Wo)``: ``[P, Q]`` when the input's gradient is needed (their sums over
+    filters, dim 3, are the input's P and Q), then ``P'`` when the filters' is (with Q, summed over
+    batch and positions: the filters' P' and Q'). Elementwise work only; the sums run outside,
+    where the eager reductions read the stack in order.
     """
+    mu_y, var_y, n = _filter_stats(w, groups)
     mu_x, var_x = _patch_stats(box, n)
+    b, c_out, h_out, w_out = grad_out.shape
+    shape = (b, groups, c_out // groups, h_out, w_out)
+    cov = _covariance(s_xy.reshape(shape), mu_x, mu_y, n)
     a1, b1, a2, b2 = _eq8_terms(mu_x, var_x, mu_y, var_y, cov, c1, c2)
-    inv = grad / (b1 * b2)
+    inv = grad_out.to(cov.dtype).reshape(shape) / (b1 * b2)
     d_a1 = inv * a2  # g dS/dA1
     g_s = d_a1 * a1  # g S
     d_b1 = g_s / b1  # -g dS/dB1
-    d_var = -g_s / b2  # g dS/dvar_x = g dS/dvar_y
-    r = inv * a1 * (2 / (n - 1))  # g dS/dcov / (N - 1)
-    d_mu_x = 2 * (d_a1 * mu_y - d_b1 * mu_x)
-    d_mu_y = 2 * (d_a1 * mu_x - d_b1 * mu_y)
     two = 2 / (n - 1)
-    p_x = (d_mu_x / n - two * d_var * mu_x - r * mu_y).sum(2)  # (B, g, Ho, Wo)
-    q_x = two * d_var.sum(2)
-    p_y = (d_mu_y / n - two * d_var * mu_y - r * mu_x).sum((0, 3, 4))  # (g, K)
-    q_y = two * d_var.sum((0, 3, 4))
-    return r, torch.cat([p_x, q_x], dim=1), p_y, q_y
+    r = inv * a1 * two  # g dS/dcov / (N - 1)
+    q = -two * g_s / b2  # g dS/dvar_x 2 / (N - 1), the same for var_y
+    summands = []
+    if needs[0]:
+        d_mu_x = 2 * (d_a1 * mu_y - d_b1 * mu_x)
+        summands += [d_mu_x / n - q * mu_x - r * mu_y, q]
+    if needs[1]:
+        d_mu_y = 2 * (d_a1 * mu_x - d_b1 * mu_y)
+        summands += [] if needs[0] else [q]
+        summands += [d_mu_y / n - q * mu_y - r * mu_x]
+    return r.reshape(grad_out.shape), torch.stack(summands, dim=1)
 
 
-def _add_box_terms(grad_x: Tensor, box_t: Tensor, x: Tensor) -> Tensor:
-    """grad_x + P + Q * x, with P and Q ``(B, 2g, H, W)`` broadcast over each group's channels."""
+def _add_window_terms(grad_x: Tensor, terms: Tensor, x: Tensor, kernel_size, geometry) -> Tensor:
+    """grad_x + P + Q x_i, with P and Q ``(B, 2g, Ho, Wo)`` summed over every window of each pixel."""
+    stride, padding, dilation, groups = geometry
+    ones = x.new_ones(2 * groups, 1, *kernel_size)
+    stand_in = x.new_empty(x.shape[0], 2 * groups, *x.shape[2:])  # only its shape is read
+    box_t = _conv_backward(terms, stand_in, ones, (stride, padding, dilation, 2 * groups))[0]
     b, c_in, h, w = x.shape
-    groups = box_t.shape[1] // 2
     shape = (b, groups, c_in // groups, h, w)
     p_pix, q_pix = box_t[:, :groups].unsqueeze(2), box_t[:, groups:].unsqueeze(2)
     return (grad_x.reshape(shape) + p_pix + q_pix * x.reshape(shape)).reshape(b, c_in, h, w)
@@ -341,7 +353,7 @@ def _eq8(x: Tensor, w: Tensor, c1: float, c2: float, geometry) -> Tensor:
             disable_triton(err)
     if needs_grad:
         return _SSIMConv2dEq8.apply(x, w, c1, c2, geometry)
-    return fused(_eq8_forward, x, x, w, c1, c2, geometry)[0]  # inference: no cov
+    return fused(_eq8_forward, x, x, w, c1, c2, geometry)[0]  # inference: nothing saved
 
 
 @contextlib.contextmanager
@@ -405,32 +417,33 @@ class _SSIMConv2dEq8(torch.autograd.Function):
     with x and y swapped. Summed over positions these are one transposed convolution of R with the
     filters, one of R with the input (the two convs of an ordinary conv backward), and box filters
     of P and Q. For a single window this is Eq. 18 (Wang and Simoncelli) with N - 1 in place of N.
-    Saved for backward: the input, the filters, the patch sums (small) and cov (output-sized) unless
-    the layer expands its input (see :func:`_keeps_cov`), where backward recomputes it.
+    Saved for backward: the input, the filters, the patch sums (small) and Sxy, the convolution
+    (output-sized), unless the layer expands its input (see :func:`_keeps_sxy`), where backward
+    recomputes it.
     """
 
     @staticmethod
     def forward(ctx, x, w, c1, c2, geometry):
-        keep_cov = _keeps_cov(x, w, geometry)
-        out, box, cov = fused(_eq8_forward, x, x, w, c1, c2, geometry, keep_cov)
-        ctx.save_for_backward(x, w, box, cov)
+        keep_sxy = _keeps_sxy(x, w, geometry)
+        out, box, s_xy = fused(_eq8_forward, x, x, w, c1, c2, geometry, keep_sxy)
+        ctx.save_for_backward(x, w, box, s_xy)
         ctx.constants = (c1, c2, geometry)
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        x, w, box, cov = ctx.saved_tensors
+        x, w, box, s_xy = ctx.saved_tensors
         c1, c2, geometry = ctx.constants
         needs = tuple(ctx.needs_input_grad[:2])
-        grad_x, grad_w = fused(_eq8_backward, x, x, w, box, cov, grad_out, c1, c2, geometry, needs)
+        grad_x, grad_w = fused(_eq8_backward, x, x, w, box, s_xy, grad_out, c1, c2, geometry, needs)
         return grad_x, grad_w, None, None, None
 
 
 class _SSIMConv2dEq8Triton(torch.autograd.Function):
     """:class:`_SSIMConv2dEq8` with its work in the Triton kernels of :mod:`ssimlayer._triton_eq8`.
 
-    Same maths and the same saving rule (Sxy instead of cov, see :func:`_keeps_cov`); the filter
+    Same maths and the same saving rule (see :func:`_keeps_sxy`); the filter
     statistics are saved too. The first forward and the first backward of each configuration are
     also computed by the PyTorch path and compared (see :mod:`ssimlayer._fusion`); a configuration
     whose kernels disagree, or whose backward kernels cannot run, uses the PyTorch path instead.
@@ -438,7 +451,7 @@ class _SSIMConv2dEq8Triton(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, w, c1, c2, geometry, kernels, config):
-        keep = _keeps_cov(x, w, geometry)
+        keep = _keeps_sxy(x, w, geometry)
         out, box, ystat, s_xy = kernels.eq8_forward(x, w, c1, c2, geometry, save_sxy=keep)
         ctx.eager = not _forward_agrees(kernels, x, w, c1, c2, geometry, config)
         if ctx.eager:
@@ -470,18 +483,18 @@ class _SSIMConv2dEq8Triton(torch.autograd.Function):
         return *grads, None, None, None, None, None
 
 
-# Batch chunks of a backward that recomputes cov: bounds its output-sized temporaries to 1/4.
+# Batch chunks of a backward that recomputes Sxy: bounds its output-sized temporaries to 1/4.
 RECOMPUTE_CHUNKS = 4
 
 
-def _eq8_backward(x, w, box, cov, grad_out, c1: float, c2: float, geometry, needs):
+def _eq8_backward(x, w, box, s_xy, grad_out, c1: float, c2: float, geometry, needs):
     """Gradients of Eq. 8 with respect to the input and the filters (None where not needed).
 
-    When cov was not saved (see :func:`_keeps_cov`) it is recomputed, one batch chunk at a time, so
-    that the recomputed statistic and the gradient coefficients never exist for the whole batch.
+    When Sxy was not saved (see :func:`_keeps_sxy`) it is recomputed, one batch chunk at a time, so
+    that it and the gradient's coefficients never exist for the whole batch.
     """
-    if cov is not None or x.shape[0] <= 1:
-        return _eq8_backward_part(x, w, box, cov, grad_out, c1, c2, geometry, needs)
+    if s_xy is not None or x.shape[0] <= 1:
+        return _eq8_backward_part(x, w, box, s_xy, grad_out, c1, c2, geometry, needs)
     chunks = min(x.shape[0], RECOMPUTE_CHUNKS)
     parts = [
         _eq8_backward_part(xc, w, bc, None, gc, c1, c2, geometry, needs)
@@ -492,33 +505,28 @@ def _eq8_backward(x, w, box, cov, grad_out, c1: float, c2: float, geometry, need
     return grad_x, grad_w
 
 
-def _eq8_backward_part(x, w, box, cov, grad_out, c1: float, c2: float, geometry, needs):
+def _eq8_backward_part(x, w, box, s_xy, grad_out, c1: float, c2: float, geometry, needs):
     stride, padding, dilation, groups = geometry
-    mu_y, var_y, n = _filter_stats(w, groups)
-    if cov is None:  # not saved (see _keeps_cov): one more convolution
+    if s_xy is None:  # not saved (see _keeps_sxy): one more convolution
         s_xy = F.conv2d(x, w, None, stride, padding, dilation, groups)
-        b, c_out, h_out, w_out = s_xy.shape
-        mu_x, _ = _patch_stats(box, n)
-        s_xy = s_xy.view(b, groups, c_out // groups, h_out, w_out)
-        cov = _covariance(s_xy, mu_x, mu_y, n)
-    grad = grad_out.to(cov.dtype).reshape(cov.shape)  # (B, g, K, Ho, Wo)
-    r, pq, p_y, q_y = _eq8_grad_terms(grad, cov, box, mu_y, var_y, n, c1, c2)
-    r = r.reshape(grad_out.shape)  # (B, C_out, Ho, Wo)
+    r, summands = fused(_eq8_grad_summands, grad_out, grad_out, s_xy, box, w, c1, c2, groups, needs)
+    # Summed at once, while the stack is still in cache, and freed before the convolutions.
+    if needs[0]:  # P and Q of each window: (B, 2g, Ho, Wo)
+        x_terms = summands[:, :2].sum(3).flatten(1, 2)
+    if needs[1]:  # Q' and P' of each filter: (2, C_out, 1, 1, 1)
+        y_terms = summands[:, -2:].sum((0, 4, 5)).reshape(2, -1, 1, 1, 1)
+    del summands
     # The R terms of both gradients, as an ordinary conv backward computes them: the input's sum over
     # (position, filter) of R y_i, the filter's sum over (batch, position) of R x_i. (Called with the
     # real input and filters: torch.nn.grad.conv2d_input / conv2d_weight pass expanded stand-ins,
     # which the CPU backend copies into full-size tensors first.)
     grad_x, grad_w, _ = _conv_backward(r, x, w, geometry, needs[0], needs[1])
     if needs[0]:  # + P + Q x_i, P and Q summed over every window that covers the pixel
-        ones = x.new_ones(2 * groups, 1, *w.shape[2:])
-        stand_in = x.new_empty(x.shape[0], 2 * groups, *x.shape[2:])  # only its shape is read
-        box_t = _conv_backward(pq, stand_in, ones, (stride, padding, dilation, 2 * groups))[0]
-        grad_x = _add_box_terms(grad_x, box_t, x)
+        grad_x = fused(_add_window_terms, x, grad_x, x_terms, x, w.shape[2:], geometry)
     else:
         grad_x = None  # some backends fill the gradients not asked for
     if needs[1]:  # + P' + Q' y_i
-        shape = (w.shape[0], 1, 1, 1)
-        grad_w = grad_w + p_y.reshape(shape) + q_y.reshape(shape) * w
+        grad_w = grad_w + y_terms[1] + y_terms[0] * w
     else:
         grad_w = None
     return grad_x, grad_w
