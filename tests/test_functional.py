@@ -87,6 +87,32 @@ def test_gradcheck_input_and_weight(case):
     assert torch.autograd.gradcheck(lambda a, b: ssim_conv2d(a, b, **geom), (x, w))
 
 
+@pytest.mark.parametrize(
+    "size, kernel, stride, padding, dilation",
+    [
+        ((8, 11), (3, 3), (1, 1), (1, 1), (1, 1)),
+        ((9, 6), (3, 5), (2, 1), (1, 2), (1, 1)),
+        ((9, 11), (7, 7), (3, 2), (3, 3), (1, 1)),
+        ((8, 8), (3, 3), (2, 2), (0, 0), (2, 1)),
+        ((5, 6), (1, 1), (2, 3), (3, 0), (1, 1)),  # padding wider than the kernel
+    ],
+)
+def test_window_sums_and_their_adjoint_are_the_ones_kernel_convolutions(
+    size, kernel, stride, padding, dilation
+):
+    t = torch.randn(2, 3, *size, dtype=torch.float64)
+    ones = torch.ones(3, 1, *kernel, dtype=torch.float64)
+    expected = F.conv2d(t, ones, None, stride, padding, dilation, 3)
+    sums = functional._window_sums(t, kernel, stride, padding, dilation)
+    torch.testing.assert_close(sums, expected, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(expected)
+    expected_t = torch.ops.aten.convolution_backward(
+        g, t, ones, None, stride, padding, dilation, False, [0, 0], 3, [True, False, False]
+    )[0]
+    adjoint = functional._window_sums_adjoint(g, size, kernel, stride, padding, dilation)
+    torch.testing.assert_close(adjoint, expected_t, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("wanted", ["input", "weight"])
 @pytest.mark.parametrize(
     "case",
@@ -363,8 +389,9 @@ def test_grid_covers_batch_kernel_and_geometry():
 
 
 def test_backward_copies_nothing_input_sized():
-    """The backward's convolutions get the real input and filters, not expanded stand-ins that the
-    CPU backend would first copy into full-size tensors."""
+    """The backward's convolution gets the real input and filters, not expanded stand-ins that the
+    CPU backend would first copy into full-size tensors. (The window terms, 2 maps per group, are
+    padded for their window sums: a copy, but of 2 maps, not of the input's 8.)"""
     from torch.profiler import ProfilerActivity, profile
 
     x = torch.randn(4, 8, 16, 16, requires_grad=True)
@@ -373,5 +400,5 @@ def test_backward_copies_nothing_input_sized():
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         out.backward(torch.randn_like(out))
     copies = [e.input_shapes for e in prof.events() if e.name in ("aten::copy_", "aten::clone")]
-    assert not [s for s in copies if s and list(s[0]) in (list(x.shape), [4, 2, 16, 16])], copies
+    assert not [s for s in copies if s and list(s[0]) == list(x.shape)], copies
     assert x.grad is not None and w.grad is not None

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import operator
 from collections.abc import Sequence
 
 import torch
@@ -177,8 +178,47 @@ def _channel_sums(x: Tensor, groups: int) -> Tensor:
 def _patch_sums(x: Tensor, kernel_size, geometry) -> Tensor:
     """Sx and Sxx over every receptive field, stacked per group: ``(B, 2 * groups, Ho, Wo)``."""
     stride, padding, dilation, groups = geometry
-    ones = x.new_ones(2 * groups, 1, *kernel_size)
-    return F.conv2d(_channel_sums(x, groups), ones, None, stride, padding, dilation, 2 * groups)
+    return _window_sums(_channel_sums(x, groups), kernel_size, stride, padding, dilation)
+
+
+def _window_sums(t: Tensor, kernel_size, stride, padding, dilation) -> Tensor:
+    """The sum of every zero-padded window of each map: conv2d with a kernel of ones per channel.
+
+    As ``kh`` row sums, then ``kw`` column sums, of strided slices: on the CPU a depthwise
+    convolution of these few maps costs as much as a tenth of the layer's main convolution, and
+    slices fuse into one loop when compiled. Negative padding crops.
+    """
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel_size, stride, padding, dilation
+    t = F.pad(t, (pw, pw, ph, ph))
+    h_out = (t.shape[2] - dh * (kh - 1) - 1) // sh + 1
+    w_out = (t.shape[3] - dw * (kw - 1) - 1) // sw + 1
+    rows = _sum(t[:, :, u * dh : u * dh + (h_out - 1) * sh + 1 : sh] for u in range(kh))
+    return _sum(rows[:, :, :, v * dw : v * dw + (w_out - 1) * sw + 1 : sw] for v in range(kw))
+
+
+def _window_sums_adjoint(t: Tensor, in_size, kernel_size, stride, padding, dilation) -> Tensor:
+    """The transpose of :func:`_window_sums` onto maps of ``in_size``: each window's value added to
+    every pixel of the window (the ones-kernel's ``conv_transpose2d``).
+
+    With zeros between the values for a stride, it is a window sum padded by ``(k - 1) d - p``
+    (the ones-kernel is symmetric), with zeros after the end for the pixels past the last window.
+    """
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel_size, stride, padding, dilation
+    b, c, h_out, w_out = t.shape
+    if (sh, sw) != (1, 1):
+        spread = t.new_zeros(b, c, (h_out - 1) * sh + 1, (w_out - 1) * sw + 1)
+        spread[:, :, ::sh, ::sw] = t
+        t = spread
+    top, left = dh * (kh - 1) - ph, dw * (kw - 1) - pw
+    bottom = in_size[0] + dh * (kh - 1) - top - t.shape[2]
+    right = in_size[1] + dw * (kw - 1) - left - t.shape[3]
+    t = F.pad(t, (left, right, top, bottom))
+    return _window_sums(t, kernel_size, (1, 1), (0, 0), dilation)
+
+
+def _sum(tensors):
+    """The sum of an iterable of tensors, without Python's leading 0 +."""
+    return functools.reduce(operator.add, tensors)
 
 
 def _filter_stats(w: Tensor, groups: int) -> tuple[Tensor, Tensor, int]:
@@ -326,9 +366,7 @@ def _eq8_grad_summands(grad_out, s_xy, box, w, c1: float, c2: float, groups: int
 def _add_window_terms(grad_x: Tensor, terms: Tensor, x: Tensor, kernel_size, geometry) -> Tensor:
     """grad_x + P + Q x_i, with P and Q ``(B, 2g, Ho, Wo)`` summed over every window of each pixel."""
     stride, padding, dilation, groups = geometry
-    ones = x.new_ones(2 * groups, 1, *kernel_size)
-    stand_in = x.new_empty(x.shape[0], 2 * groups, *x.shape[2:])  # only its shape is read
-    box_t = _conv_backward(terms, stand_in, ones, (stride, padding, dilation, 2 * groups))[0]
+    box_t = _window_sums_adjoint(terms, x.shape[2:], kernel_size, stride, padding, dilation)
     b, c_in, h, w = x.shape
     shape = (b, groups, c_in // groups, h, w)
     p_pix, q_pix = box_t[:, :groups].unsqueeze(2), box_t[:, groups:].unsqueeze(2)
