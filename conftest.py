@@ -2,6 +2,7 @@
 
 import os
 
+import pytest
 import torch
 
 # The compiled elementwise path costs seconds of compilation per new shape; tests of the maths run
@@ -13,3 +14,14 @@ os.environ.setdefault("WANDB_SILENT", "true")
 # checks them on every machine. It is read when triton is imported, hence here, before any test.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+@pytest.fixture(autouse=True)
+def _restore_layer_paths():
+    """Tests that switch the compiled or Triton path on or off leave the next test as they found it."""
+    from ssimlayer import _fusion
+
+    saved = _fusion.fusion_enabled(), _fusion.triton_enabled()
+    yield
+    _fusion.set_fusion(saved[0])
+    _fusion.set_triton(saved[1])

@@ -58,3 +58,47 @@ def test_fusion_falls_back_to_eager_with_a_warning(monkeypatch):
     finally:
         _fusion.set_fusion(True)
     torch.testing.assert_close(out, expected)
+
+
+def _scale(x, w):
+    return x * w.sum()
+
+
+def test_each_configuration_has_its_own_compiled_copy(monkeypatch, recwarn):
+    # Dynamo allows 8 recompilations per function: a model with more differently shaped layers
+    # must keep the compiled path for all of them.
+    monkeypatch.setattr(_fusion, "_compiled", {})
+    _fusion.set_fusion(True)
+    x = torch.randn(4, 1 << 14)
+    for size in range(1, 11):
+        w = torch.randn(size, 2)
+        torch.testing.assert_close(_fusion.fused(_scale, x, x, w), x * w.sum())
+    assert _fusion.fusion_enabled()
+    assert len(_fusion._compiled) == 10
+    assert not [w for w in recwarn if "ssimlayer" in str(w.message)]
+    # Another batch size is the same configuration (the batch dimension is dynamic).
+    _fusion.fused(_scale, x[:3], x[:3], torch.randn(10, 2))
+    assert len(_fusion._compiled) == 10
+
+
+def test_a_configuration_past_the_recompile_limit_runs_eagerly(monkeypatch):
+    class FailOnRecompileLimitHit(Exception):  # the name is what fused recognises
+        pass
+
+    def compile_that_gives_up(fn, **kwargs):
+        def run(*args):
+            raise FailOnRecompileLimitHit("recompile_limit reached")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", compile_that_gives_up)
+    monkeypatch.setattr(_fusion, "_compiled", {})
+    monkeypatch.setattr(_fusion, "_warned", set())
+    _fusion.set_fusion(True)
+    x, w = torch.randn(4, 1 << 14), torch.randn(3, 2)
+    with pytest.warns(RuntimeWarning, match="recompile limit"):
+        out = _fusion.fused(_scale, x, x, w)
+    torch.testing.assert_close(out, x * w.sum())
+    assert _fusion.fusion_enabled()  # the other configurations stay compiled
+    (entry,) = _fusion._compiled.values()
+    assert entry is _scale  # this one is eager from now on

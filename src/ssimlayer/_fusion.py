@@ -15,6 +15,7 @@ Set ``SSIMLAYER_FUSE=0`` (or call :func:`set_fusion`) to stay eager everywhere.
 from __future__ import annotations
 
 import os
+import types
 import warnings
 from collections.abc import Callable
 
@@ -33,7 +34,9 @@ __all__ = [
 # Below this many output elements the eager passes cost less than a compiled call's guards.
 MIN_NUMEL = 1 << 16
 _enabled = os.environ.get("SSIMLAYER_FUSE", "1") != "0"
-_compiled: dict[Callable, Callable] = {}
+# Compiled copies of the fused functions, one per configuration (see fused).
+_compiled: dict[tuple, Callable] = {}
+MAX_CONFIGURATIONS = 64
 # Keep the caller's memory layout: Inductor would otherwise copy NCHW inputs to channels-last around
 # the convolutions, which costs more than the fusion saves at these sizes. SSIMLAYER_LAYOUT_OPT=1
 # restores Inductor's default.
@@ -73,23 +76,68 @@ def _worthwhile(t: torch.Tensor) -> bool:
     )
 
 
+def _signature(arg, batch: int) -> object:
+    """What of one argument selects a compiled variant: a tensor's shape (without its first size
+    when that is the batch's, which may vary), dtype and device; any other argument itself."""
+    if isinstance(arg, torch.Tensor):
+        shape = tuple(arg.shape[1:] if arg.dim() and arg.shape[0] == batch else arg.shape)
+        return (shape, arg.dtype, arg.device, arg.requires_grad)
+    return arg
+
+
+def _fresh_copy(fn: Callable) -> Callable:
+    """``fn`` with a code object of its own: Dynamo keeps its compiled variants, and counts its
+    recompilations against ``torch._dynamo.config.recompile_limit`` (8), per code object."""
+    copy = types.FunctionType(
+        fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__
+    )
+    copy.__qualname__, copy.__doc__ = (
+        fn.__qualname__,
+        fn.__doc__,
+    )  # no __wrapped__: Dynamo follows it
+    return copy
+
+
 def fused(fn: Callable, size_hint: torch.Tensor, *args):
-    """``fn(*args)``, compiled when ``size_hint`` is large float32 work on CPU or CUDA."""
+    """``fn(*args)``, compiled when ``size_hint`` is large float32 work on CPU or CUDA.
+
+    Each configuration (``fn`` and the arguments' :func:`_signature`) gets its own compiled copy
+    of ``fn``, so that a model with many differently shaped layers does not run into Dynamo's
+    recompile limit; configurations beyond :data:`MAX_CONFIGURATIONS` run eagerly.
+    """
     global _enabled
     if not _worthwhile(size_hint):
         return fn(*args)
-    compiled = _compiled.get(fn)
+    batch = size_hint.shape[0]
+    try:
+        key = (fn, *(_signature(arg, batch) for arg in args))
+        compiled = _compiled.get(key)
+    except TypeError:  # an unhashable argument: no cache for it
+        return fn(*args)
     if compiled is None:
+        if len(_compiled) >= MAX_CONFIGURATIONS:
+            _warn_once(
+                f"ssimlayer: more than {MAX_CONFIGURATIONS} configurations of the SSIM layer in "
+                f"this process; new ones run eagerly (slower, same results)"
+            )
+            return fn(*args)
         # Static shapes vectorise best; only the batch dimension may vary without a recompile.
-        compiled = _compiled[fn] = torch.compile(
-            fn, dynamic=False, fullgraph=True, options=_INDUCTOR_OPTIONS
+        compiled = _compiled[key] = torch.compile(
+            _fresh_copy(fn), dynamic=False, fullgraph=True, options=_INDUCTOR_OPTIONS
         )
     for arg in args:
-        if isinstance(arg, torch.Tensor) and arg.dim() > 0 and arg.shape[0] == size_hint.shape[0]:
+        if isinstance(arg, torch.Tensor) and arg.dim() > 0 and arg.shape[0] == batch:
             torch._dynamo.maybe_mark_dynamic(arg, 0)
     try:
         return compiled(*args)
     except Exception as err:  # no C++ compiler, no Triton, ...: the eager code is always correct
+        if type(err).__name__ == "FailOnRecompileLimitHit":  # this configuration keeps changing
+            _compiled[key] = fn
+            _warn_once(
+                "ssimlayer: torch.compile reached its recompile limit for one configuration of "
+                "the SSIM layer; it runs eagerly from now on (slower, same results)"
+            )
+            return fn(*args)
         _enabled = False
         warnings.warn(
             f"ssimlayer: torch.compile of the SSIM elementwise work failed ({type(err).__name__}: "
@@ -99,6 +147,15 @@ def fused(fn: Callable, size_hint: torch.Tensor, *args):
             stacklevel=3,
         )
         return fn(*args)
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
 
 
 def triton_eq8(x: torch.Tensor, w: torch.Tensor):
