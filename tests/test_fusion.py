@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from ssimlayer import _fusion, ssim_conv2d
+from ssimlayer import _fusion, functional, ssim_conv2d
 
 
 def _forward_backward(x, w, input_grad=True, **geom):
@@ -22,7 +22,10 @@ def _forward_backward(x, w, input_grad=True, **geom):
         dict(stride=2, padding=1, groups=2, input_grad=False),  # a first layer: filters only
     ],
 )
-def test_fused_equals_eager(geom):
+@pytest.mark.parametrize("split", [False, True], ids=["one_graph", "two_graphs"])
+def test_fused_equals_eager(geom, split, monkeypatch):
+    # Large layers compile their backward as two graphs around the convolution, small ones as one.
+    monkeypatch.setattr(functional, "SPLIT_BACKWARD_NUMEL", 0 if split else 1 << 62)
     torch.manual_seed(0)
     x = torch.randn(16, 4, 32, 32) * 3 + 1
     w = torch.randn(16, 4 // geom.get("groups", 1), 3, 3)
