@@ -486,7 +486,7 @@ class _SSIMConv2dEq8(torch.autograd.Function):
         c1, c2, geometry = ctx.constants
         needs = tuple(ctx.needs_input_grad[:2])
         args = (x, w, box, s_xy, grad_out, c1, c2, geometry, needs)
-        if grad_out.numel() < SPLIT_BACKWARD_NUMEL:  # one compiled call: host time counts most
+        if s_xy is None or grad_out.numel() < SPLIT_BACKWARD_NUMEL:  # one call: less host time
             grad_x, grad_w = fused(_eq8_backward, x, *args)
         else:  # compiled in parts: the stacked terms are freed before the convolutions run
             grad_x, grad_w = _eq8_backward(*args)
@@ -536,11 +536,12 @@ class _SSIMConv2dEq8Triton(torch.autograd.Function):
         return *grads, None, None, None, None, None
 
 
-# From this many output elements on, the compiled backward is two graphs around its convolution
-# (its stacked terms, three output-sized tensors, then never live beside the convolution's); below
-# it, one graph, which saves a call's host time. On the 2-core CPU at 64 -> 64, 32x32, batch 32:
-# peak memory 1.34x instead of 1.83x a convolution's, for about 1 % more time; at 8x8 two graphs
-# took 8 % more time.
+# From this many output elements on, a backward with Sxy saved is compiled as two graphs around its
+# convolution (its stacked terms, three output-sized tensors, then never live beside the
+# convolution's); below it, and when Sxy is recomputed in batch chunks (which bound those terms
+# already), as one graph, which saves calls' host time. On the 2-core CPU at 64 -> 64, 32x32, batch
+# 32: peak memory 1.34x instead of 1.83x a convolution's, for about as much time (within the
+# noise); two graphs took 8 % more time at 8x8 and, chunked, 3-10 % more at 3 -> 64, 7x7.
 SPLIT_BACKWARD_NUMEL = 1 << 20
 # Batch chunks of a backward that recomputes Sxy: bounds its output-sized temporaries to 1/4.
 RECOMPUTE_CHUNKS = 4
