@@ -97,9 +97,12 @@ def test_gradcheck_input_and_weight(case):
         ((5, 6), (1, 1), (2, 3), (3, 0), (1, 1)),  # padding wider than the kernel
     ],
 )
+@pytest.mark.parametrize("as_slices", [True, False], ids=["slices", "convolution"])
 def test_window_sums_and_their_adjoint_are_the_ones_kernel_convolutions(
-    size, kernel, stride, padding, dilation
+    size, kernel, stride, padding, dilation, as_slices, monkeypatch
 ):
+    # Slices everywhere but in eager CUDA, which runs the convolutions: both ways checked here.
+    monkeypatch.setattr(functional, "_by_convolution", lambda t: not as_slices)
     t = torch.randn(2, 3, *size, dtype=torch.float64)
     ones = torch.ones(3, 1, *kernel, dtype=torch.float64)
     expected = F.conv2d(t, ones, None, stride, padding, dilation, 3)

@@ -186,8 +186,12 @@ def _window_sums(t: Tensor, kernel_size, stride, padding, dilation) -> Tensor:
 
     As ``kh`` row sums, then ``kw`` column sums, of strided slices: on the CPU a depthwise
     convolution of these few maps costs as much as a tenth of the layer's main convolution, and
-    slices fuse into one loop when compiled. Negative padding crops.
+    slices fuse into one loop when compiled. Negative padding crops. Eager on CUDA it is the
+    convolution: one kernel launch instead of ``kh + kw + 1``.
     """
+    if _by_convolution(t):
+        ones = t.new_ones(t.shape[1], 1, *kernel_size)
+        return F.conv2d(t, ones, None, stride, padding, dilation, t.shape[1])
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel_size, stride, padding, dilation
     t = F.pad(t, (pw, pw, ph, ph))
     h_out = (t.shape[2] - dh * (kh - 1) - 1) // sh + 1
@@ -205,6 +209,10 @@ def _window_sums_adjoint(t: Tensor, in_size, kernel_size, stride, padding, dilat
     """
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel_size, stride, padding, dilation
     b, c, h_out, w_out = t.shape
+    if _by_convolution(t):
+        ones = t.new_ones(c, 1, kh, kw)
+        stand_in = t.new_empty(b, c, *in_size)  # only its shape is read
+        return _conv_backward(t, stand_in, ones, (stride, padding, dilation, c))[0]
     if (sh, sw) != (1, 1):
         spread = t.new_zeros(b, c, (h_out - 1) * sh + 1, (w_out - 1) * sw + 1)
         spread[:, :, ::sh, ::sw] = t
@@ -214,6 +222,11 @@ def _window_sums_adjoint(t: Tensor, in_size, kernel_size, stride, padding, dilat
     right = in_size[1] + dw * (kw - 1) - left - t.shape[3]
     t = F.pad(t, (left, right, top, bottom))
     return _window_sums(t, kernel_size, (1, 1), (0, 0), dilation)
+
+
+def _by_convolution(t: Tensor) -> bool:
+    """Window sums as a depthwise convolution (eager CUDA) rather than as slices."""
+    return t.is_cuda and not torch.compiler.is_compiling()
 
 
 def _sum(tensors):
