@@ -41,14 +41,20 @@ def test_fused_equals_eager(geom, split, monkeypatch):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
+def _compile_raising(error: Exception):
+    """A stand-in for torch.compile whose compiled functions raise ``error``."""
+
+    def compile_(fn, **kwargs):
+        def run(*args):
+            raise error
+
+        return run
+
+    return compile_
+
+
 def test_fusion_falls_back_to_eager_with_a_warning(monkeypatch):
-    def broken_compile(fn, **kwargs):
-        def fail(*args):
-            raise RuntimeError("no compiler here")
-
-        return fail
-
-    monkeypatch.setattr(torch, "compile", broken_compile)
+    monkeypatch.setattr(torch, "compile", _compile_raising(RuntimeError("no compiler here")))
     monkeypatch.setattr(_fusion, "_compiled", {})
     x, w = torch.randn(16, 4, 32, 32), torch.randn(16, 4, 3, 3)
     _fusion.set_fusion(False)
@@ -88,13 +94,8 @@ def test_a_configuration_past_the_recompile_limit_runs_eagerly(monkeypatch):
     class FailOnRecompileLimitHit(Exception):  # the name is what fused recognises
         pass
 
-    def compile_that_gives_up(fn, **kwargs):
-        def run(*args):
-            raise FailOnRecompileLimitHit("recompile_limit reached")
-
-        return run
-
-    monkeypatch.setattr(torch, "compile", compile_that_gives_up)
+    error = FailOnRecompileLimitHit("recompile_limit reached")
+    monkeypatch.setattr(torch, "compile", _compile_raising(error))
     monkeypatch.setattr(_fusion, "_compiled", {})
     monkeypatch.setattr(_fusion, "_warned", set())
     _fusion.set_fusion(True)
