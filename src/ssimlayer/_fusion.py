@@ -91,10 +91,9 @@ def _fresh_copy(fn: Callable) -> Callable:
     copy = types.FunctionType(
         fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__
     )
-    copy.__qualname__, copy.__doc__ = (
-        fn.__qualname__,
-        fn.__doc__,
-    )  # no __wrapped__: Dynamo follows it
+    # Names only: a __wrapped__ (functools.update_wrapper) would lead Dynamo back to fn's code.
+    copy.__qualname__ = fn.__qualname__
+    copy.__doc__ = fn.__doc__
     return copy
 
 
