@@ -15,14 +15,17 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from pytorch_lightning.trainer import call
 from torch import Tensor, nn
 from torchmetrics import Metric
 
 from ssimlayer.lightning.checkpointing import CheckpointMismatchError
 from ssimlayer.lightning.graphed_step import GraphedTrainStep, cuda_capture
+from ssimlayer.lightning.step_hooks import StepHooks
 
 __all__ = ["ClassifierModule", "TopKAccuracy", "WeightedMean"]
+
+#: The hooks an eager step calls around its backward and optimiser step, which a replayed one owes.
+GRAPHED_STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
@@ -301,20 +304,16 @@ class ClassifierModule(pl.LightningModule):
     def _graphed_step(self, x_y: Any, optimizer: Any) -> None:
         """One training step from the CUDA graph, with the hooks and counts of an eager one."""
         x, y = x_y
-        trainer = self.trainer
         optimizer._on_before_step()  # Lightning's step count, as LightningOptimizer.step does
         logits, loss = self._graphed(x, y)
-        for hook, args in (
-            ("on_before_backward", (loss,)),
-            ("on_after_backward", ()),
-            ("on_before_optimizer_step", (optimizer.optimizer,)),  # as Lightning passes it
-        ):
-            call._call_callback_hooks(trainer, hook, *args)
-            call._call_lightning_module_hook(trainer, hook, *args)
+        hooks = self._graph_hooks
+        hooks("on_before_backward", loss)
+        hooks("on_after_backward")
+        hooks("on_before_optimizer_step", optimizer.optimizer)  # as Lightning passes it
         optimizer._on_after_step()
-        for metric in self._train_accumulators().values():  # what Metric.update would do
-            metric._update_count += 1
-            metric._computed = None
+        for state in self._graph_metric_states:  # what Metric.update would do
+            state["_update_count"] += 1
+            state["_computed"] = None
         self._log_once("train")
 
     # The graph machinery; tests replace these to run the graphed path on the CPU.
@@ -352,6 +351,9 @@ class ClassifierModule(pl.LightningModule):
                 "model.cuda_graph=false)"
             )
         raw = self.optimizers().optimizer
+        self._graph_hooks = StepHooks(trainer, self, GRAPHED_STEP_HOOKS)
+        # The metrics' plain attributes, set without nn.Module.__setattr__'s checks (per step).
+        self._graph_metric_states = [vars(m) for m in self._train_accumulators().values()]
         self._graphed = GraphedTrainStep(
             self._graph_body,
             lambda: raw.zero_grad(set_to_none=True),
