@@ -13,10 +13,9 @@ from __future__ import annotations
 import re
 
 import pytest
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
 from ssimlayer.lightning import ClassifierModule
 from ssimlayer.lightning.checkpointing import CheckpointMismatchError
@@ -187,49 +186,6 @@ def test_the_nan_guard_sees_every_replayed_step(tmp_path, cpu_graphs):
             train(cfg)
         found[graph] = int(re.search(r"at global step (\d+) ", str(e.value)).group(1))
     assert found["false"] == found["true"]
-
-
-class HookLog(pl.Callback):
-    """Records every per-step hook call: hook, global step, the module's _current_fx_name and the
-    loss or the optimiser's class."""
-
-    calls: list = []
-
-    def _record(self, trainer, pl_module, hook, arg=None):
-        if isinstance(arg, Tensor):
-            arg = float(arg.detach())
-        elif arg is not None:
-            arg = type(arg).__name__
-        HookLog.calls.append((hook, trainer.global_step, pl_module._current_fx_name, arg))
-
-    def on_before_backward(self, trainer, pl_module, loss):
-        self._record(trainer, pl_module, "on_before_backward", loss)
-
-    def on_after_backward(self, trainer, pl_module):
-        self._record(trainer, pl_module, "on_after_backward")
-
-    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
-        self._record(trainer, pl_module, "on_before_optimizer_step", optimizer)
-
-
-def test_callbacks_see_the_hooks_of_every_replayed_step(tmp_path, cpu_graphs):
-    logged = {}
-    for graph in ("false", "true"):
-        HookLog.calls = []
-        train(
-            compose_cfg(
-                tmp_path / graph,
-                *RESIDENT,
-                f"+callbacks.hook_log._target_={__name__}.HookLog",
-                f"model.cuda_graph={graph}",
-            )
-        )
-        logged[graph] = HookLog.calls
-    assert cpu_graphs["replays"] == 13
-    assert len(logged["true"]) == len(logged["false"]) == 16 * 3
-    for graphed, eager in zip(logged["true"], logged["false"], strict=True):
-        assert graphed[:3] == eager[:3]  # hook, global step, _current_fx_name
-        assert graphed[3] == (eager[3] if isinstance(eager[3], str) else pytest.approx(eager[3]))
 
 
 def test_on_a_cpu_it_warns_and_trains_eagerly(tmp_path):

@@ -7,10 +7,17 @@ import pytest
 import pytorch_lightning as pl
 from pytorch_lightning.profilers import SimpleProfiler
 from pytorch_lightning.trainer import call
-from torch import nn
+from torch import Tensor, nn
 
-from ssimlayer.lightning.module import GRAPHED_STEP_HOOKS as HOOKS
+from ssimlayer.lightning.module import STEP_HOOKS as HOOKS
+from ssimlayer.lightning.module import _runs_steps_as_lightning
 from ssimlayer.lightning.step_hooks import StepHooks
+from ssimlayer.train import train
+from tests import test_graphed_step
+from tests.test_reliability import compose_cfg
+from tests.test_steps_per_execution import RESIDENT
+
+cpu_graphs = test_graphed_step.cpu_graphs  # the stand-in CUDA graph, as a fixture here too
 
 
 class Recording:
@@ -120,3 +127,73 @@ def test_a_hook_that_raises_still_restores_the_fx_name(tmp_path):
     with pytest.raises(RuntimeError, match="boom"):
         StepHooks(trainer, module, HOOKS)("on_after_backward")
     assert module._current_fx_name == "training_step"
+
+
+@pytest.mark.parametrize(
+    "trainer_args,as_lightning",
+    [
+        ({"precision": "32-true"}, True),
+        ({"precision": "bf16-mixed"}, True),
+        ({"precision": "64-true"}, False),  # DoublePrecision: Lightning's path
+        ({"strategy": "ddp", "devices": 1}, False),
+    ],
+)
+def test_which_trainers_get_step_hooks(tmp_path, trainer_args, as_lightning):
+    trainer = pl.Trainer(accelerator="cpu", logger=False, default_root_dir=tmp_path, **trainer_args)
+    assert _runs_steps_as_lightning(trainer) is as_lightning
+
+
+# --- through training: manual steps (eager or replayed) call what automatic ones do --------
+
+
+class HookLog(pl.Callback):
+    """Records every per-step hook call: hook, global step, the module's _current_fx_name and the
+    loss or the optimiser's class."""
+
+    calls: list = []
+
+    def _record(self, trainer, pl_module, hook, arg=None):
+        if isinstance(arg, Tensor):
+            arg = float(arg.detach())
+        elif arg is not None:
+            arg = type(arg).__name__
+        HookLog.calls.append((hook, trainer.global_step, pl_module._current_fx_name, arg))
+
+    def on_before_backward(self, trainer, pl_module, loss):
+        self._record(trainer, pl_module, "on_before_backward", loss)
+
+    def on_after_backward(self, trainer, pl_module):
+        self._record(trainer, pl_module, "on_after_backward")
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self._record(trainer, pl_module, "on_before_optimizer_step", optimizer)
+
+
+@pytest.mark.parametrize(
+    "precision,manual",
+    [
+        ("32-true", "model.cuda_graph=true"),
+        ("32-true", "model.steps_per_execution=3"),  # StepHooks' eager manual steps
+        ("64-true", "model.steps_per_execution=3"),  # Lightning's manual_backward and step
+    ],
+)
+def test_callbacks_see_the_hooks_of_every_manual_step(tmp_path, cpu_graphs, precision, manual):
+    logged = {}
+    for name, extra in (("automatic", ()), ("manual", (manual,))):
+        HookLog.calls = []
+        train(
+            compose_cfg(
+                tmp_path / name,
+                *RESIDENT,
+                f"+callbacks.hook_log._target_={__name__}.HookLog",
+                f"trainer.precision={precision}",
+                *extra,
+            )
+        )
+        logged[name] = HookLog.calls
+    if "cuda_graph" in manual:
+        assert cpu_graphs["replays"] == 13
+    assert len(logged["manual"]) == len(logged["automatic"]) == 16 * 3
+    for got, want in zip(logged["manual"], logged["automatic"], strict=True):
+        assert got[:3] == want[:3]  # hook, global step, _current_fx_name
+        assert got[3] == (want[3] if isinstance(want[3], str) else pytest.approx(want[3]))

@@ -15,6 +15,8 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.plugins.precision import MixedPrecision, Precision
+from pytorch_lightning.strategies import SingleDeviceStrategy
 from torch import Tensor, nn
 from torchmetrics import Metric
 
@@ -24,8 +26,9 @@ from ssimlayer.lightning.step_hooks import StepHooks
 
 __all__ = ["ClassifierModule", "TopKAccuracy", "WeightedMean"]
 
-#: The hooks an eager step calls around its backward and optimiser step, which a replayed one owes.
-GRAPHED_STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
+#: The hooks an optimiser step calls around its backward and update (StepHooks calls them for the
+#: manual steps, eager or replayed from a CUDA graph).
+STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
@@ -145,6 +148,17 @@ def _compile_options(compile: bool | str) -> dict:
     )
 
 
+def _runs_steps_as_lightning(trainer: pl.Trainer) -> bool:
+    """Whether ``ClassifierModule._backward_and_step`` does what ``manual_backward`` and
+    ``LightningOptimizer.step`` would: one device and a precision plugin without a gradient
+    scaler (32-true, bf16-mixed), exactly Lightning's classes, not subclasses that may add to them."""
+    precision = trainer.precision_plugin
+    return type(trainer.strategy) is SingleDeviceStrategy and (
+        type(precision) is Precision
+        or (type(precision) is MixedPrecision and precision.scaler is None)
+    )
+
+
 class ClassifierModule(pl.LightningModule):
     """Trains ``net`` (any [0, 1]-image classifier) with cross-entropy; logs ``{train,val}/{loss,
     top1,top5}`` per epoch.
@@ -215,6 +229,7 @@ class ClassifierModule(pl.LightningModule):
         self.cuda_graph, self.cuda_graph_warmup = bool(cuda_graph), cuda_graph_warmup
         self.automatic_optimization = steps_per_execution == 1 and not self.cuda_graph
         self._graphed: GraphedTrainStep | None = None  # set up in on_train_start
+        self._step_hooks: StepHooks | None = None  # idem, for manual optimisation
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"], logger=False)
         self.net, self.optimizer_factory, self.scheduler_factory = net, optimizer, scheduler
         self.name, self.channels_last = name, channels_last
@@ -283,10 +298,26 @@ class ClassifierModule(pl.LightningModule):
                 continue  # no schedulers with the CUDA graph
             loss = self._step(x_y, "train")
             optimizer.zero_grad()
-            self.manual_backward(loss)
-            optimizer.step()
+            if self._step_hooks is not None:
+                self._backward_and_step(loss, optimizer)
+            else:  # Lightning's own path: its other strategies and precisions
+                self.manual_backward(loss)
+                optimizer.step()
             self._step_schedulers("step")
         return None
+
+    def _backward_and_step(self, loss: Tensor, optimizer: Any) -> None:
+        """``manual_backward(loss)`` then ``optimizer.step()``, as Lightning runs them on one device
+        in 32-bit or bf16 precision (no gradient scaler), with its hooks through StepHooks: the
+        same calls in the same order, without Lightning's per-call cost (see step_hooks)."""
+        hooks = self._step_hooks
+        hooks("on_before_backward", loss)
+        self.backward(loss)
+        hooks("on_after_backward")
+        optimizer._on_before_step()  # Lightning's step count
+        hooks("on_before_optimizer_step", optimizer.optimizer)
+        optimizer.optimizer.step()
+        optimizer._on_after_step()
 
     def _graph_body(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """What the CUDA graph records: forward, loss, backward, the optimiser's own update, and
@@ -306,7 +337,7 @@ class ClassifierModule(pl.LightningModule):
         x, y = x_y
         optimizer._on_before_step()  # Lightning's step count, as LightningOptimizer.step does
         logits, loss = self._graphed(x, y)
-        hooks = self._graph_hooks
+        hooks = self._step_hooks
         hooks("on_before_backward", loss)
         hooks("on_after_backward")
         hooks("on_before_optimizer_step", optimizer.optimizer)  # as Lightning passes it
@@ -321,7 +352,9 @@ class ClassifierModule(pl.LightningModule):
     _graph_device_types = ("cuda",)
 
     def on_train_start(self) -> None:
-        self._graphed = None
+        self._graphed, self._step_hooks = None, None
+        if not self.automatic_optimization and _runs_steps_as_lightning(self.trainer):
+            self._step_hooks = StepHooks(self.trainer, self, STEP_HOOKS)
         if not self.cuda_graph:
             return
         if self.device.type not in self._graph_device_types:
@@ -351,7 +384,7 @@ class ClassifierModule(pl.LightningModule):
                 "model.cuda_graph=false)"
             )
         raw = self.optimizers().optimizer
-        self._graph_hooks = StepHooks(trainer, self, GRAPHED_STEP_HOOKS)
+        self._step_hooks = self._step_hooks or StepHooks(trainer, self, STEP_HOOKS)
         # The metrics' plain attributes, set without nn.Module.__setattr__'s checks (per step).
         self._graph_metric_states = [vars(m) for m in self._train_accumulators().values()]
         self._graphed = GraphedTrainStep(
