@@ -57,6 +57,7 @@ import resource
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -164,7 +165,9 @@ def overhead_overrides(overrides: list[str], model: str) -> list[str]:
     ]
 
 
-def time_lightning(cfg: DictConfig, warmup: int, steps: int) -> tuple[float, float, list[str], str]:
+def time_lightning(
+    cfg: DictConfig, warmup: int, steps: int, extra_callbacks: Sequence[pl.Callback] = ()
+) -> tuple[float, float, list[str], str]:
     """Seconds and page faults per step over about ``steps`` steps after ``warmup`` (see
     :class:`StepTimer`), the names of the callbacks that ran and the trainer's profiler."""
     pl.seed_everything(cfg.seed)
@@ -175,7 +178,7 @@ def time_lightning(cfg: DictConfig, warmup: int, steps: int) -> tuple[float, flo
     try:
         trainer: pl.Trainer = instantiate(
             cfg.trainer,
-            callbacks=[*callbacks, timer],
+            callbacks=[*callbacks, *extra_callbacks, timer],
             logger=loggers or False,
             max_steps=warmup + steps + int(cfg.model.get("steps_per_execution", 1)),
             max_epochs=-1,
