@@ -151,7 +151,7 @@ def _compile_options(compile: bool | str) -> dict:
 def _runs_steps_as_lightning(trainer: pl.Trainer) -> bool:
     """Whether ``ClassifierModule._backward_and_step`` does what ``manual_backward`` and
     ``LightningOptimizer.step`` would: one device and a precision plugin without a gradient
-    scaler (32-true, bf16-mixed), exactly Lightning's classes, not subclasses that may add to them."""
+    scaler (32-true, bf16-mixed), exactly Lightning's classes (a subclass may add to them)."""
     precision = trainer.precision_plugin
     return type(trainer.strategy) is SingleDeviceStrategy and (
         type(precision) is Precision
@@ -182,11 +182,14 @@ class ClassifierModule(pl.LightningModule):
         steps_per_execution: optimiser steps per Lightning iteration, ``>= 1``. With ``k > 1``
             the train loader hands out lists of ``k`` batches (``ssimlayer.data``'s datamodules do
             this when the model asks, see :class:`ssimlayer.data.BatchGroups`) and
-            :meth:`training_step` runs one ordinary step on each, so Lightning's per-iteration
-            host cost (about a millisecond, a whole GPU step at batch 32) is paid once per ``k``
-            steps. Same batches, same updates, same metrics; ``trainer.global_step`` still counts
-            optimiser steps. Uses manual optimisation, so ``trainer.gradient_clip_val`` and
-            ``trainer.accumulate_grad_batches`` are not available with it; LR schedulers are
+            :meth:`training_step` runs one ordinary step on each (its hooks through
+            :class:`ssimlayer.lightning.step_hooks.StepHooks` on one device in 32-bit or bf16
+            precision, through Lightning's ``manual_backward`` elsewhere), so Lightning's
+            per-iteration host cost (about a millisecond, a whole GPU step at batch 32) is paid
+            once per ``k`` steps. Same batches, same updates, same metrics;
+            ``trainer.global_step`` still counts optimiser steps. Uses manual optimisation, so
+            ``trainer.gradient_clip_val`` and ``trainer.accumulate_grad_batches`` are not
+            available with it; LR schedulers are
             stepped here as Lightning would (per epoch or per step, with their frequency).
             Checkpoints, the NaN guard and other per-batch hooks act between groups, and
             Lightning's batch counts (``limit_train_batches``, the progress bar) count groups;

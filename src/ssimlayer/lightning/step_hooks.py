@@ -1,8 +1,9 @@
-"""Lightning's per-step hooks, called for a replayed training step at a fraction of Lightning's cost.
+"""Lightning's per-step hooks for a manual training step, at a fraction of Lightning's cost.
 
-A training step replayed from a CUDA graph (``ClassifierModule(cuda_graph=True)``) still owes the
-callbacks and the LightningModule the hooks an eager step calls: ``on_before_backward``,
-``on_after_backward`` and ``on_before_optimizer_step``. Lightning's ``_call_callback_hooks`` calls
+When ``ClassifierModule`` runs its optimiser steps itself (``steps_per_execution > 1``, or a step
+replayed from a CUDA graph with ``cuda_graph=True``) it owes the callbacks and the LightningModule
+the hooks Lightning's own step calls: ``on_before_backward``, ``on_after_backward`` and
+``on_before_optimizer_step``. Lightning's ``_call_callback_hooks`` calls
 a hook on every callback, also on the many that inherit ``Callback``'s empty one, and builds each
 callback's profiler label (its ``state_key``, a ``repr`` of its settings for ``ModelCheckpoint``)
 on every call. Measured on the project's CPU with a no-op replay, those three hooks were most of
