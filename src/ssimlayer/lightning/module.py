@@ -189,8 +189,8 @@ class ClassifierModule(pl.LightningModule):
             once per ``k`` steps. Same batches, same updates, same metrics;
             ``trainer.global_step`` still counts optimiser steps. Uses manual optimisation, so
             ``trainer.gradient_clip_val`` and ``trainer.accumulate_grad_batches`` are not
-            available with it; LR schedulers are
-            stepped here as Lightning would (per epoch or per step, with their frequency).
+            available with it; LR schedulers are stepped here as Lightning would (per epoch or
+            per step, with their frequency).
             Checkpoints, the NaN guard and other per-batch hooks act between groups, and
             Lightning's batch counts (``limit_train_batches``, the progress bar) count groups;
             ``max_steps`` still counts optimiser steps. A run resumes only with the same choice of
