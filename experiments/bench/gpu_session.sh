@@ -6,8 +6,8 @@
 #   bash experiments/bench/gpu_session.sh train   # at most 5 min: Lightning vs the bare loop, k = 1 and 8
 #   bash experiments/bench/gpu_session.sh tiles   # at most 2.5 min: GPU time of the step per kernel schedule
 #   bash experiments/bench/gpu_session.sh compiled  # at most 4 min: train bench, model.compile=reduce-overhead
-#   bash experiments/bench/gpu_session.sh next    # at most 9.5 min: GPU tests, direct launches, layer bench, CUDA-graph training
-#   bash experiments/bench/gpu_session.sh more    # at most 9.5 min: tiles, model.compile=reduce-overhead, k = 8 and 16
+#   bash experiments/bench/gpu_session.sh next    # at most 9.3 min: GPU tests, kernel schedules, layer bench, CUDA-graph training
+#   bash experiments/bench/gpu_session.sh more    # at most 8.7 min: direct-launch host time, model.compile=reduce-overhead, k = 8 and 16
 #
 # `make gpu-check` and `make gpu-check-train` run the two parts with OUT=outputs/gpu_check.
 # On a lent machine without this project installed: its python3 holds torch, Triton and Lightning;
@@ -77,25 +77,27 @@ compiled)
     compiled
     ;;
 next)
-    # What changed since the last lease, most important first: the GPU tests (the direct launch of
-    # compiled kernels, the host-read test fixed after that lease, a real CUDA-graph capture of
-    # training steps), the host time with and without the direct launch, the layer bench (issue 2's
-    # target) and the train bench with model.cuda_graph=true (issue 6's).
+    # What changed since the last lease, most important first, sized so that one call fits a
+    # 15-minute lease with its start: the GPU tests (the direct launch of compiled kernels, the
+    # host-read test fixed after that lease, a real CUDA-graph capture of training steps), the
+    # kernel schedules (position blocks, filter statistics once: the GPU time at 8x8, issue 2's
+    # worst shape), the layer bench (issue 2's target) and the train bench with
+    # model.cuda_graph=true (issue 6's).
     workers=$("$PY" -c "import xdist" 2>/dev/null && echo "-n 8")
-    part gpu_tests 100 "$PY" -m pytest -q -rfE --tb=short -p no:cacheprovider -m "not slow" \
+    part gpu_tests 90 "$PY" -m pytest -q -rfE --tb=short -p no:cacheprovider -m "not slow" \
         $workers tests/test_gpu.py tests/test_triton_kernels.py
-    part host_overhead 100 "$PY" experiments/bench/host_overhead.py --out "$OUT/host_overhead.json"
-    part layer_bench 130 "$PY" experiments/bench/layer.py --device cuda --repeats 8 \
+    tiles
+    part layer_bench 120 "$PY" experiments/bench/layer.py --device cuda --repeats 8 \
         --out "$OUT/layer.json"
-    part train_graph 200 "$PY" experiments/bench/train.py --device cuda --warmup 32 --steps 800 \
+    part train_graph 190 "$PY" experiments/bench/train.py --device cuda --warmup 32 --steps 800 \
         --repeats 2 --steps-per-execution 1,8 --models fig4_plain fig4_ssim shallow_ssim \
         --batch-sizes 32 --out "$OUT/train_graph.json" data=synthetic data.num_train=50000 \
         data.num_val=1000 logger=csv model.cuda_graph=true
     ;;
 more)
-    # Whatever time is left after next, most useful first: the kernel schedules, CUDA graphs
-    # through torch.compile, and k = 8 and 16 again with repeats (k=16 ran once).
-    tiles
+    # Whatever time is left after next, most useful first: the host time with and without the
+    # direct launch, CUDA graphs through torch.compile, and k = 8 and 16 again with repeats.
+    part host_overhead 100 "$PY" experiments/bench/host_overhead.py --out "$OUT/host_overhead.json"
     compiled
     part train_k8_k16 180 "$PY" experiments/bench/train.py --device cuda --warmup 32 --steps 800 \
         --repeats 2 --steps-per-execution 8,16 --models fig4_plain fig4_ssim shallow_ssim \
