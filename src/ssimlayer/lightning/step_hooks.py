@@ -3,11 +3,11 @@
 When ``ClassifierModule`` runs its optimiser steps itself (``steps_per_execution > 1``, or a step
 replayed from a CUDA graph with ``cuda_graph=True``) it owes the callbacks and the LightningModule
 the hooks Lightning's own step calls: ``on_before_backward``, ``on_after_backward`` and
-``on_before_optimizer_step``. Lightning's ``_call_callback_hooks`` calls
-a hook on every callback, also on the many that inherit ``Callback``'s empty one, and builds each
-callback's profiler label (its ``state_key``, a ``repr`` of its settings for ``ModelCheckpoint``)
-on every call. Measured on the project's CPU with a no-op replay, those three hooks were most of
-the pipeline's own cost per step once ``steps_per_execution`` amortises the rest.
+``on_before_optimizer_step``. Lightning's ``_call_callback_hooks`` calls a hook on every
+callback, also on the many that inherit ``Callback``'s empty one, and builds each callback's
+profiler label (its ``state_key``, a ``repr`` of its settings for ``ModelCheckpoint``) on every
+call. Measured on the project's CPU with a no-op replay, those three hooks were most of the
+pipeline's own cost per step once ``steps_per_execution`` amortises the rest.
 
 :class:`StepHooks` decides once, at the start of training, which callbacks and whether the
 LightningModule override each hook, and keeps their bound methods and profiler labels. A call then
