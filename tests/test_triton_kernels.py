@@ -211,8 +211,8 @@ def _fake_compiled(kernels):
         def __init__(self):  # no binary: only records its direct launches
             self.launched = []
 
-        def __getitem__(self, grid):
-            return lambda *args: self.launched.append((grid, args))
+        def __getitem__(self, grid):  # Triton's launcher reads all three grid sizes
+            return lambda *args: self.launched.append(((grid[0], grid[1], grid[2]), args))
 
         def __del__(self):  # nothing loaded to unload
             pass
@@ -236,9 +236,10 @@ def test_repeated_launches_skip_the_jit_with_the_same_arguments(kernels, direct)
     launch((4,), x, 7, 1e-4, **meta)
     launch((5,), torch.ones(8), 7, 1e-4, **meta)  # another tensor, same dtype and alignment
     assert len(fake.bound) == 1 and launch.direct_launches == 2
-    # Directly launched with every parameter in order, as the JIT bound them.
-    assert fake.compiled.launched[0] == fake.bound[0]
-    assert fake.compiled.launched[1][0] == (5,) and fake.compiled.launched[1][1][1:] == (
+    # Directly launched with the grid in three sizes and every parameter in order, as the JIT bound
+    # them (a one-size grid raised IndexError inside Triton 3.6's launcher on an H200).
+    assert fake.compiled.launched[0] == ((4, 1, 1), fake.bound[0][1])
+    assert fake.compiled.launched[1][0] == (5, 1, 1) and fake.compiled.launched[1][1][1:] == (
         7, 1e-4, 64, 3,
     )  # fmt: skip
 
