@@ -130,9 +130,9 @@ def variant(kernels, request):
 
 @pytest.mark.parametrize(
     "variant",
-    [("block", 16), ("block", 32), ("stats_once", True)],
+    [("block", 16), ("block", 128), ("stats_once", True)],
     indirect=True,
-    ids=["block16", "block32", "stats-once"],
+    ids=["block16", "block128", "stats-once"],
 )
 @pytest.mark.parametrize(
     "case",

@@ -9,7 +9,7 @@ Each variant changes one knob of :mod:`ssimlayer._triton_eq8` from its default:
   a GPU, that it sets the kernels' registers per thread (the backward kernel needs over 200 with 16
   filters, leaving 12 % of an SM's warp slots; 128-142 with 8, the default since an H200 measured
   it fastest; 55-72 with 4).
-- ``--block``: positions per program (``set_position_block``, default 128). At 8x8 a program covers
+- ``--block``: positions per program (``set_position_block``, default 64). At 8x8 a program covers
   a whole image, so a batch of 128 makes 128 programs of 2 warps for an H200's 132 SMs; smaller
   blocks make more, smaller programs.
 - ``--stats-once``: the filter statistics computed once per forward by their own launch instead of

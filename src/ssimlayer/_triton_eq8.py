@@ -32,14 +32,20 @@ __all__ = ["eq8_forward", "eq8_backward"]
 
 _direct = os.environ.get("SSIMLAYER_TRITON_DIRECT", "1") != "0"  # see _Launcher; set_direct_launch
 
-_BLOCK = 128  # output (or input) positions per program
+# Output (or input) positions per program. 64 measured fastest of 128, 64, 32 and 16 on an H200
+# (experiments/bench/k_tile.py, GPU time of the CUDA-graph-replayed step: 4 % less than 128 at
+# the two 32x32 bench shapes; at 8x8 an image has 64 positions, so 64 and 128 are the same schedule).
+_BLOCK = 64
 _C_TILE = 8  # input channels read at once by the forward kernel
 # Filters handled at once. 8 measured fastest of 16, 8 and 4 on an H200 (experiments/bench/k_tile.py,
 # GPU time of the CUDA-graph-replayed step: 2-6 % less than 16 at the three bench shapes).
 _K_TILE = 8
-# Filter statistics computed by every forward program (False, measured on an H200) or once per
-# forward by their own launch (True: one launch more, and the forward programs stop re-reading all
-# of their group's filters; not yet measured, see experiments/bench/k_tile.py --stats-once).
+# Filter statistics computed by every forward program (False) or once per forward by their own
+# launch (True: one launch more, and the forward programs stop re-reading all of their group's
+# filters). On an H200, True took 1-3 % off the GPU time of the step at the 32x32 bench shapes but
+# its extra launch added host time: the layer bench's wall-clock ratio at 8x8 went from 1.69-1.71
+# to 1.80-1.83 (block 64 with True against the defaults of then, two paired runs), and a step at
+# batch 128 is bound by the host, so False stays.
 _STATS_ONCE = False
 _N_BLOCK = 64  # values of each filter read at once for its statistics
 
@@ -485,9 +491,9 @@ def set_filter_tile(filters: int) -> int:
 
 
 def set_position_block(positions: int) -> int:
-    """Make each program handle at most ``positions`` (a power of two, >= 16) output or input
-    positions from the next launch on: fewer positions, more programs (a knob for benchmarks, see
-    experiments/bench/k_tile.py); returns the previous value."""
+    """Make each program handle at most ``positions`` (a power of two, >= 16; default 64) output or
+    input positions from the next launch on: fewer positions, more programs (a knob for benchmarks,
+    see experiments/bench/k_tile.py); returns the previous value."""
     global _BLOCK
     if positions < 16 or positions & (positions - 1):
         raise ValueError(f"set_position_block: a power of two >= 16, got {positions}")
