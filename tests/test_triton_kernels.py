@@ -244,6 +244,33 @@ def test_repeated_launches_skip_the_jit_with_the_same_arguments(kernels, direct)
     )  # fmt: skip
 
 
+def test_a_failing_direct_launch_falls_back_to_the_jit(kernels, direct):
+    """A Triton whose compiled kernels take other launch arguments: warned once, then every launch
+    goes through the JIT, the failed one included."""
+
+    class Refusing(kernels._CompiledKernel):
+        def __init__(self):
+            pass
+
+        def __getitem__(self, grid):
+            raise IndexError("tuple index out of range")
+
+        def __del__(self):
+            pass
+
+    fake = _FakeJIT(kernels)
+    fake.compiled = Refusing()
+    launch = kernels._Launcher(fake, pointers=1)
+    x = torch.zeros(8)
+    launch((4,), x, 7, 1e-4, BLOCK=64, KH=3)
+    with pytest.warns(RuntimeWarning, match="directly failed .*IndexError.*through Triton's JIT"):
+        launch((4,), x, 7, 1e-4, BLOCK=64, KH=3)
+    assert len(fake.bound) == 2 and launch.direct_launches == 0
+    assert kernels.launches_per_check() == 1 and not any(lc.compiled for lc in kernels.LAUNCHERS)
+    launch((4,), x, 7, 1e-4, BLOCK=64, KH=3)  # no warning again: the JIT from now on
+    assert len(fake.bound) == 3
+
+
 @pytest.mark.parametrize(
     "change",
     ["int", "float", "compile-time", "dtype", "alignment"],
@@ -361,21 +388,30 @@ def test_a_failing_kernel_falls_back_with_a_warning(monkeypatch):
 
 
 class _Counting:
-    """The real kernels, counting calls, with an optional error added to their results."""
+    """The real kernels, counting calls, with an optional error added to their results from call
+    ``wrong_from`` on (1: every call)."""
 
-    def __init__(self, kernels, forward_error=0.0, backward_error=0.0):
+    def __init__(self, kernels, forward_error=0.0, backward_error=0.0, wrong_from=1, runs=None):
         self.kernels, self.calls = kernels, {"forward": 0, "backward": 0}
         self.forward_error, self.backward_error = forward_error, backward_error
+        self.wrong_from, self.runs = wrong_from, runs
+
+    def launches_per_check(self):
+        return self.kernels.launches_per_check() if self.runs is None else self.runs
+
+    def _error(self, kind, error):
+        self.calls[kind] += 1
+        return error if self.calls[kind] >= self.wrong_from else 0.0
 
     def eq8_forward(self, *args, **kwargs):
-        self.calls["forward"] += 1
+        error = self._error("forward", self.forward_error)
         out, *rest = self.kernels.eq8_forward(*args, **kwargs)
-        return (out + self.forward_error, *rest)
+        return (out + error, *rest)
 
     def eq8_backward(self, *args, **kwargs):
-        self.calls["backward"] += 1
+        error = self._error("backward", self.backward_error)
         return tuple(
-            None if g is None else g * (1 + self.backward_error)
+            None if g is None else g * (1 + error)
             for g in self.kernels.eq8_backward(*args, **kwargs)
         )
 
@@ -416,7 +452,8 @@ def test_first_use_check_passes_for_correct_kernels(routed, kernels, device, rec
     x, w = torch.randn(2, 3, 6, 6, device=device), torch.randn(4, 3, 3, 3, device=device)
     for _ in range(2):
         got = _layer_step(x, w)
-    assert counting.calls == {"forward": 3, "backward": 3}  # 2 steps + 1 first-use check each
+    runs = kernels.launches_per_check()  # 1 interpreted, 2 on a GPU (the second launch direct)
+    assert counting.calls == {"forward": 2 + runs, "backward": 2 + runs}  # 2 steps + the checks
     assert not [r for r in recwarn if "disagree" in str(r.message)]
     config = functional._triton_config(x, w, ((1, 1), (1, 1), (1, 1), 1))
     assert _fusion.triton_checks.checked("forward", config)
@@ -437,11 +474,41 @@ def test_wrong_kernels_are_caught_on_first_use(routed, kernels, device, kind):
         first = _layer_step(x, w)
     second = _layer_step(x, w)
     # The first step and its check; after that the PyTorch path only.
-    assert counting.calls == {"forward": 2, "backward": 2 if kind == "backward" else 0}
+    runs = kernels.launches_per_check()
+    assert counting.calls == {
+        "forward": 1 + runs,
+        "backward": 1 + runs if kind == "backward" else 0,
+    }
     expected = _reference_step(x, w)
     for got in (first, second):
         for a, b in zip(got, expected):
             torch.testing.assert_close(a.cpu().double(), b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["forward", "backward"])
+def test_a_wrong_second_launch_is_caught_by_the_first_use_check(routed, kernels, device, kind):
+    """Where launches after a configuration's first are direct, the check runs the kernels twice: a
+    direct launch that went wrong (say, arguments passed in another order by another Triton) is
+    caught like a wrong kernel. Here the stand-in is wrong from its third call on: the step's own
+    call and the check's first are right, the check's second is not."""
+    errors = {"forward_error": 0.1} if kind == "forward" else {"backward_error": 0.1}
+    routed(_Counting(kernels, **errors, wrong_from=3, runs=2))
+    torch.manual_seed(5)
+    x, w = torch.randn(2, 3, 6, 6, device=device), torch.randn(4, 3, 3, 3, device=device)
+    with pytest.warns(RuntimeWarning, match=f"Triton {kind} kernels disagree"):
+        got = _layer_step(x, w)
+    for a, b in zip(got, _reference_step(x, w)):
+        torch.testing.assert_close(a.cpu().double(), b, rtol=1e-4, atol=1e-4)
+
+
+def test_the_check_runs_the_kernels_twice_only_where_launches_can_be_direct(kernels):
+    previous = kernels.set_direct_launch(False)
+    try:
+        assert kernels.launches_per_check() == 1
+        kernels.set_direct_launch(True)
+        assert kernels.launches_per_check() == (1 if kernels._INTERPRETED else 2)
+    finally:
+        kernels.set_direct_launch(previous)
 
 
 def test_inference_is_checked_too(routed, kernels, device):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import warnings
 
 import torch
 import triton
@@ -31,6 +32,7 @@ from ssimlayer.functional import _conv_backward
 __all__ = ["eq8_forward", "eq8_backward"]
 
 _direct = os.environ.get("SSIMLAYER_TRITON_DIRECT", "1") != "0"  # see _Launcher; set_direct_launch
+_INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"  # no compiled kernels to launch
 
 # Output (or input) positions per program. 64 measured fastest of 128, 64, 32 and 16 on an H200
 # (experiments/bench/k_tile.py, GPU time of the CUDA-graph-replayed step: 4 % less than 128 at
@@ -423,6 +425,12 @@ class _Launcher:
     ``CompiledKernel[grid]`` from the second launch of the same key on. Under
     ``TRITON_INTERPRET=1`` (no compiled kernel) every launch goes through the JIT.
     ``SSIMLAYER_TRITON_DIRECT=0`` (or :func:`set_direct_launch`) always uses the JIT.
+
+    ``CompiledKernel[grid]`` is not Triton's documented API. Two guards: a direct launch that raises
+    (a Triton whose launcher takes other arguments) warns once, turns direct launches off for the
+    process and relaunches through the JIT (the kernels only store, so a second launch writes the
+    same values); and the layer's first-use checks launch the kernels twice, so that a direct launch
+    is compared with the PyTorch path too (:func:`launches_per_check`).
     """
 
     MAX_KEYS = 256  # configurations kept per kernel; the oldest is dropped beyond that
@@ -446,7 +454,11 @@ class _Launcher:
         hit = self.compiled.get(key)
         if hit is not None:
             compiled, constants = hit
-            compiled[(*grid, 1, 1)[:3]](*args, *constants)  # CompiledKernel reads all three
+            try:
+                compiled[(*grid, 1, 1)[:3]](*args, *constants)  # CompiledKernel reads all three
+            except Exception as err:
+                _direct_launch_failed(err)
+                return self.kernel[grid](*args, **meta)
             self.direct_launches += 1
             return compiled
         if any(isinstance(a, torch.Tensor) for a in args[p:]):
@@ -466,6 +478,28 @@ _filter_stats_launch = _Launcher(_filter_stats_kernel, pointers=2)
 _backward_launch = _Launcher(_backward_kernel, pointers=7)
 _window_terms_launch = _Launcher(_window_terms_kernel, pointers=6)
 LAUNCHERS = (_forward_launch, _filter_stats_launch, _backward_launch, _window_terms_launch)
+
+
+def _direct_launch_failed(err: BaseException) -> None:
+    """Launch through Triton's JIT from now on, saying why."""
+    set_direct_launch(False)
+    for launcher in LAUNCHERS:
+        launcher.compiled.clear()
+    first_line = str(err).splitlines()[0] if str(err) else ""
+    warnings.warn(
+        f"ssimlayer: launching a compiled Triton kernel directly failed ({type(err).__name__}: "
+        f"{first_line}) with Triton {triton.__version__}; launching through Triton's JIT from now "
+        f"on (same results, more host time per launch). Set SSIMLAYER_TRITON_DIRECT=0 to skip "
+        f"the attempt.",
+        RuntimeWarning,
+        stacklevel=4,
+    )
+
+
+def launches_per_check() -> int:
+    """How many times a first-use check runs each kernel: twice where launches after the first
+    are direct (see :class:`_Launcher`), so that the direct launch is checked too; else once."""
+    return 2 if _direct and not _INTERPRETED else 1
 
 
 def set_direct_launch(enabled: bool) -> bool:
