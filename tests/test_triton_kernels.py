@@ -206,12 +206,16 @@ class _FakeJIT:
         return launch
 
 
-def _fake_compiled(kernels):
+def _fake_compiled(kernels, error=None):
+    """A compiled kernel that records its direct launches, or raises ``error`` on each."""
+
     class FakeCompiled(kernels._CompiledKernel):
-        def __init__(self):  # no binary: only records its direct launches
+        def __init__(self):  # no binary
             self.launched = []
 
         def __getitem__(self, grid):  # Triton's launcher reads all three grid sizes
+            if error is not None:
+                raise error
             return lambda *args: self.launched.append(((grid[0], grid[1], grid[2]), args))
 
         def __del__(self):  # nothing loaded to unload
@@ -247,19 +251,8 @@ def test_repeated_launches_skip_the_jit_with_the_same_arguments(kernels, direct)
 def test_a_failing_direct_launch_falls_back_to_the_jit(kernels, direct):
     """A Triton whose compiled kernels take other launch arguments: warned once, then every launch
     goes through the JIT, the failed one included."""
-
-    class Refusing(kernels._CompiledKernel):
-        def __init__(self):
-            pass
-
-        def __getitem__(self, grid):
-            raise IndexError("tuple index out of range")
-
-        def __del__(self):
-            pass
-
     fake = _FakeJIT(kernels)
-    fake.compiled = Refusing()
+    fake.compiled = _fake_compiled(kernels, IndexError("tuple index out of range"))
     launch = kernels._Launcher(fake, pointers=1)
     x = torch.zeros(8)
     launch((4,), x, 7, 1e-4, BLOCK=64, KH=3)
