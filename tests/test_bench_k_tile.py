@@ -24,3 +24,16 @@ def test_variants_change_one_knob_from_the_defaults_and_restore_them():
     assert k_tile.defaults() == found[-1]
     k_tile.use(base)
     assert k_tile.defaults() == base
+
+
+def test_each_split_is_timed_in_each_kernel_and_in_all_three():
+    base = k_tile.defaults()
+    found = k_tile.variants([], [], stats_once=False, splits=[2, 8])
+    changed = [{knob for knob in base if variant[knob] != base[knob]} for variant in found[1:]]
+    splits = {"forward_split", "backward_split", "window_split"}
+    assert changed == [{"forward_split"}, {"backward_split"}, {"window_split"}, splits] * 2
+    assert [v["forward_split"] for v in found[1:5]] == [2, base["forward_split"], 0, 2]
+    k_tile.use(found[-1])
+    assert {k_tile.defaults()[knob] for knob in splits} == {8}
+    k_tile.use(base)
+    assert k_tile.defaults() == base

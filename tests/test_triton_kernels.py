@@ -120,8 +120,17 @@ def test_every_filter_tile_matches_the_reference(kernels, device, k_tile):
 
 @pytest.fixture
 def variant(kernels, request):
-    """The kernels with another position block or with the filter statistics computed once."""
+    """The kernels with another position block, the filter statistics computed once, or each
+    block's work split among programs (``("split", (n, k_tile))``: at most n programs per block in
+    each kernel, tiles of k_tile filters)."""
     knob, value = request.param
+    if knob == "split":
+        splits, k_tile = value
+        previous = kernels.set_split(splits, splits, splits), kernels.set_filter_tile(k_tile)
+        yield request.param
+        kernels.set_split(*previous[0])
+        kernels.set_filter_tile(previous[1])
+        return
     setter = {"block": kernels.set_position_block, "stats_once": kernels.set_stats_once}[knob]
     previous = setter(value)
     yield request.param
@@ -130,14 +139,25 @@ def variant(kernels, request):
 
 @pytest.mark.parametrize(
     "variant",
-    [("block", 16), ("block", 128), ("stats_once", True)],
+    [
+        ("block", 16),
+        ("block", 128),
+        ("stats_once", True),
+        ("split", (1, 8)),
+        ("split", (2, 8)),
+        ("split", (4, 2)),
+    ],
     indirect=True,
-    ids=["block16", "block128", "stats-once"],
+    ids=["block16", "block128", "stats-once", "no-split", "split2", "split4-tile2"],
 )
 @pytest.mark.parametrize(
     "case",
-    [(2, 3, 12, 6, 7, 3, 1, 1, 1, 1), (2, 4, 6, 9, 7, 3, 2, 1, 1, 2)],
-    ids=["12-filters", "stride2-groups2"],
+    [
+        (2, 3, 12, 6, 7, 3, 1, 1, 1, 1),
+        (2, 4, 6, 9, 7, 3, 2, 1, 1, 2),
+        (2, 20, 6, 5, 6, 3, 1, 1, 2, 1),
+    ],
+    ids=["12-filters", "stride2-groups2", "20-channels-dilation2"],
 )
 def test_every_kernel_variant_matches_the_reference(kernels, device, variant, case):
     """The benchmark's knobs (experiments/bench/k_tile.py) change the schedule, not the results."""
@@ -146,6 +166,34 @@ def test_every_kernel_variant_matches_the_reference(kernels, device, variant, ca
     meta = kernels.forward_meta(w.shape, geom["groups"], 1)
     assert meta["STATS_ONCE"] == (variant == ("stats_once", True))
     _check_against_reference(kernels, x, w, geom)
+
+
+@pytest.mark.parametrize(
+    "k_per_group, k_tile, most, blocks, expected",
+    [
+        (64, 8, 1, 128, (1, 64)),  # no split: one program per block takes every tile
+        (64, 8, 8, 128, (8, 8)),  # a tile each
+        (64, 8, 3, 128, (3, 24)),  # 8 tiles among 3 programs: 3, 3 and 2 tiles
+        (12, 4, 2, 128, (2, 8)),  # 3 tiles: 2 and 1
+        (12, 4, 16, 128, (3, 4)),  # never more programs than tiles
+        (3, 8, 4, 128, (1, 8)),  # one tile: nothing to split
+        (64, 8, 0, 128, (4, 16)),  # automatic, 8x8 at batch 128: 4 x 128 programs
+        (64, 8, 0, 2048, (1, 64)),  # automatic, 32x32 at batch 128: enough programs already
+        (64, 8, 0, 1, (8, 8)),  # automatic, one block: a tile each
+    ],
+)
+def test_the_split_covers_every_filter_once(kernels, k_per_group, k_tile, most, blocks, expected):
+    assert kernels._SPLIT_PROGRAMS == 512
+    splits, k_chunk = kernels.split_tiles(k_per_group, k_tile, most, blocks)
+    assert (splits, k_chunk) == expected
+    assert k_chunk % k_tile == 0 and (splits - 1) * k_chunk < k_per_group <= splits * k_chunk
+
+
+def test_the_split_must_be_an_int_of_at_least_0(kernels):
+    with pytest.raises(ValueError, match="window must be an int >= 0, got -1"):
+        kernels.set_split(window=-1)
+    current = (kernels._FORWARD_SPLIT, kernels._BACKWARD_SPLIT, kernels._WINDOW_SPLIT)
+    assert kernels.set_split() == current
 
 
 def test_the_position_block_must_be_a_power_of_two(kernels):

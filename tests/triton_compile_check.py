@@ -37,9 +37,9 @@ POINTERS = {
 # C1 and C2: compile-time constants of the kernels, so that they take the tensors' dtype (as a
 # run-time argument a Python float is float32).
 CONSTANTS = dict(c1=1e-4, c2=9e-4)
-# Integer arguments a plain layer (stride 1, dilation 1, one group) passes as 1: Triton specialises
+# Integer arguments a plain layer (stride 1, dilation 1, one group, no split) passes as 1: Triton specialises
 # those to constants, which changes the code it compiles.
-ONES = ("stride_h", "stride_w", "dil_h", "dil_w", "groups")
+ONES = ("stride_h", "stride_w", "dil_h", "dil_w", "groups", "splits", "pq_splits", "c_splits")
 BOTH = dict(INPUT=True, FILTER=True)
 CONFIGS = [
     (

@@ -8,6 +8,7 @@
 #   bash experiments/bench/gpu_session.sh compiled  # at most 4 min: train bench, model.compile=reduce-overhead
 #   bash experiments/bench/gpu_session.sh next    # at most 8 min: GPU tests, layer bench, CUDA-graph training (every model, batch 32 and 128)
 #   bash experiments/bench/gpu_session.sh more    # at most 8.7 min: direct-launch host time, model.compile=reduce-overhead, k = 8 and 16
+#   bash experiments/bench/gpu_session.sh split   # at most 5.7 min: GPU tests, the splits at 8x8 per kernel, layer bench
 #
 # `make gpu-check` and `make gpu-check-train` run the two parts with OUT=outputs/gpu_check.
 # On a lent machine without this project installed: its python3 holds torch, Triton and Lightning;
@@ -92,6 +93,18 @@ next)
         --out "$OUT/train_graph.json" data=synthetic data.num_train=50000 \
         data.num_val=1000 logger=csv model.cuda_graph=true
     ;;
+split)
+    # The filter split (automatic by default since the lease of session 12): the GPU tests (the
+    # split kernels compiled for real), the GPU time per kernel at 8x8 for no split and splits of
+    # 2, 4 and 8 in the forward, the backward and both, then the layer bench with the defaults.
+    workers=$("$PY" -c "import xdist" 2>/dev/null && echo "-n 8")
+    part gpu_tests 90 "$PY" -m pytest -q -rfE --tb=short -p no:cacheprovider -m "not slow" \
+        $workers tests/test_gpu.py tests/test_triton_kernels.py
+    part k_tile_split 130 "$PY" experiments/bench/k_tile.py --k-tile --split 1 2 4 8 --kernels \
+        --shapes 2 --out "$OUT/k_tile_split.json"
+    part layer_bench 120 "$PY" experiments/bench/layer.py --device cuda --repeats 8 \
+        --out "$OUT/layer.json"
+    ;;
 more)
     # Whatever time is left after next, most useful first: the host time with and without the
     # direct launch, CUDA graphs through torch.compile, and k = 8 and 16 again with repeats.
@@ -102,7 +115,7 @@ more)
         --out "$OUT/train_k8_k16.json" data=synthetic data.num_train=50000 data.num_val=1000 logger=csv
     ;;
 *)
-    echo "usage: $0 layer|train|tiles|compiled|next|more" >&2
+    echo "usage: $0 layer|train|tiles|compiled|next|more|split" >&2
     exit 2
     ;;
 esac

@@ -1,7 +1,7 @@
 """GPU time of the SSIM step with other schedules of the Triton kernels (tiles, blocks), CUDA only.
 
     python experiments/bench/k_tile.py [--k-tile 16 8 4] [--block 64 32 16] [--stats-once]
-        [--out outputs/bench/k_tile.json]
+        [--split 2 4 8] [--kernels] [--shapes 0 1 2] [--out outputs/bench/k_tile.json]
 
 Each variant changes one knob of :mod:`ssimlayer._triton_eq8` from its default:
 
@@ -14,6 +14,11 @@ Each variant changes one knob of :mod:`ssimlayer._triton_eq8` from its default:
   blocks make more, smaller programs.
 - ``--stats-once``: the filter statistics computed once per forward by their own launch instead of
   by every forward program (``set_stats_once``); with ``--block`` also each block with it.
+- ``--split``: each block of positions' filters (input channels, in the window-terms kernel)
+  shared among at most n programs (``set_split``; default 0, automatic), in each kernel alone and
+  in all three. At 8x8 and batch 128 one program per block makes 128 programs for 132 SMs.
+- ``--kernels``: also each variant's GPU time per kernel (profiler, microseconds per step).
+- ``--shapes``: which of ``layer.py``'s shapes, by index (default all three).
 
 Whether any is faster is a GPU question: at each CUDA shape of ``layer.py`` (batch 128) this replays
 the conv and SSIM forward + backward steps from CUDA graphs (GPU time only, no host) for every
@@ -25,10 +30,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
@@ -42,6 +49,9 @@ KNOBS = {
     "k_tile": _triton_eq8.set_filter_tile,
     "block": _triton_eq8.set_position_block,
     "stats_once": _triton_eq8.set_stats_once,
+    "forward_split": lambda n: _triton_eq8.set_split(forward=n),
+    "backward_split": lambda n: _triton_eq8.set_split(backward=n),
+    "window_split": lambda n: _triton_eq8.set_split(window=n),
 }
 
 
@@ -50,6 +60,9 @@ def defaults() -> dict:
         "k_tile": _triton_eq8._K_TILE,
         "block": _triton_eq8._BLOCK,
         "stats_once": _triton_eq8._STATS_ONCE,
+        "forward_split": _triton_eq8._FORWARD_SPLIT,
+        "backward_split": _triton_eq8._BACKWARD_SPLIT,
+        "window_split": _triton_eq8._WINDOW_SPLIT,
     }
 
 
@@ -60,10 +73,18 @@ def use(variant: dict) -> None:
     _fusion.triton_checks.reset()
 
 
-def variants(k_tiles, blocks, stats_once: bool) -> list[dict]:
-    """The defaults, then each requested change of one knob (and each block with stats once)."""
+def variants(k_tiles, blocks, stats_once: bool, splits=()) -> list[dict]:
+    """The defaults, then each requested change of one knob (and each block with stats once, each
+    split in each of the three kernels alone and in all three)."""
     base = defaults()
     found = [base]
+    for n in splits:
+        found += [
+            {**base, "forward_split": n},
+            {**base, "backward_split": n},
+            {**base, "window_split": n},
+            {**base, "forward_split": n, "backward_split": n, "window_split": n},
+        ]
     found += [{**base, "k_tile": k} for k in k_tiles]
     found += [{**base, "block": b} for b in blocks]
     if stats_once:
@@ -105,11 +126,36 @@ def graphed_ms(shape, impl: str) -> float | str:
     return try_graphed_step_ms(lambda: step(module, x, grad))
 
 
+def kernel_us(shape) -> dict[str, float]:
+    """GPU time per kernel of one SSIM forward + backward, microseconds, median of 5 profiled steps
+    (the kernels' names cut to 60 characters)."""
+    _, c_in, c_out, size, k, p = shape
+    torch.manual_seed(0)
+    module = build("ssim", c_in, c_out, k, p, "cuda")
+    x = torch.randn(shape[0], c_in, size, size, device="cuda", requires_grad=True)
+    grad = torch.randn_like(module(x))
+    for _ in range(3):
+        step(module, x, grad)
+    per_step: dict[str, list[float]] = {}
+    for _ in range(5):
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            step(module, x, grad)
+            torch.cuda.synchronize()
+        for event in prof.key_averages():
+            if event.self_device_time_total > 0:
+                per_step.setdefault(event.key[:60], []).append(event.self_device_time_total)
+    return {name: round(statistics.median(us), 2) for name, us in per_step.items()}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--k-tile", type=int, nargs="*", default=[16, 8, 4])
     parser.add_argument("--block", type=int, nargs="*", default=[])
     parser.add_argument("--stats-once", action="store_true")
+    parser.add_argument("--split", type=int, nargs="*", default=[])
+    parser.add_argument("--kernels", action="store_true", help="GPU time per kernel too")
+    parser.add_argument("--shapes", type=int, nargs="*", default=list(range(len(SHAPES))))
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench" / "k_tile.json")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
@@ -122,10 +168,10 @@ def main(argv=None) -> int:
         "rows": [],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    for shape in SHAPES:
-        shape = (128, *shape[1:])
+    for index in args.shapes:
+        shape = (128, *SHAPES[index][1:])
         conv = graphed_ms(shape, "conv")
-        for variant in variants(args.k_tile, args.block, args.stats_once):
+        for variant in variants(args.k_tile, args.block, args.stats_once, args.split):
             use(variant)
             ssim = graphed_ms(shape, "ssim")
             row = {
@@ -140,6 +186,10 @@ def main(argv=None) -> int:
                     variant, default, shape, "cuda"
                 ),
             }
+            if args.kernels:
+                use(variant)
+                row["kernel_us"] = kernel_us(shape)
+                use(default)
             record["rows"].append(row)
             args.out.write_text(json.dumps(record, indent=1) + "\n")
             print(json.dumps(row), flush=True)

@@ -50,6 +50,20 @@ _K_TILE = 8
 # batch 128 is bound by the host, so False stays.
 _STATS_ONCE = False
 _N_BLOCK = 64  # values of each filter read at once for its statistics
+# Programs that share one block of positions, each with its own part of the group's filters, in the
+# forward and in the gradient-coefficient kernel (at most one per filter tile). At 8x8 and batch
+# 128 a block of 64 positions is a whole image, so one program per block makes 128 programs of 2
+# warps for an H200's 132 SMs, and each forward program computes the statistics of all 64 filters
+# one tile after another; splitting the filters makes more, shorter programs. The patch sums are
+# then computed by each of them (from cache); in the backward each writes its own partial P and Q,
+# which the window-terms kernel adds up. 1 = no split, n > 1 = at most n programs per block, 0 =
+# automatic: split only launches of fewer than _SPLIT_PROGRAMS programs, into about that many.
+_FORWARD_SPLIT = 0
+_BACKWARD_SPLIT = 0
+# The same for the input channels of the window-terms kernel's input programs (each adds the window
+# terms to its part of the channels of a block of pixels, summing P and Q over the windows itself).
+_WINDOW_SPLIT = 0
+_SPLIT_PROGRAMS = 512  # about 4 programs per SM on an H100 or H200 (132 SMs)
 
 
 @triton.jit
@@ -115,7 +129,7 @@ def _eq8_terms(mu_x, var_x, mu_y, var_y, s_xy, n, c1, c2):
 @triton.jit
 def _forward_kernel(
     x_ptr, w_ptr, sxy_ptr, out_ptr, ystat_ptr, box_ptr,
-    c_in_g, h, w, h_out, w_out, k_per_group, groups, n_blocks,
+    c_in_g, h, w, h_out, w_out, k_per_group, groups, n_blocks, splits, k_chunk,
     sx_b, sx_c, sx_h, sx_w,
     ss_b, ss_c, ss_h, ss_w,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
@@ -123,7 +137,9 @@ def _forward_kernel(
     KH: tl.constexpr, KW: tl.constexpr, BLOCK: tl.constexpr, C_TILE: tl.constexpr,
     K_TILE: tl.constexpr, N_BLOCK: tl.constexpr, STATS_ONCE: tl.constexpr,
 ):  # fmt: skip
-    """One program: BLOCK output positions of one (batch, group), all filters of the group.
+    """One program: BLOCK output positions of one (batch, group) and the filters ``[s k_chunk,
+    (s + 1) k_chunk)`` of the group, for the program's split ``s`` of ``splits`` (see
+    ``_FORWARD_SPLIT``); the programs of split 0 write the patch sums.
 
     Channels are read C_TILE at a time and filters handled K_TILE at a time, as 2-D tiles, so that
     many loads are in flight at once. Unless STATS_ONCE, each program computes the statistics of
@@ -131,7 +147,8 @@ def _forward_kernel(
     the first program of each group writes them to ``ystat`` for the backward; with STATS_ONCE
     :func:`_filter_stats_kernel` has written ``ystat`` before and the programs read it.
     """
-    pid = tl.program_id(0).to(tl.int64)
+    split = tl.program_id(0) % splits
+    pid = (tl.program_id(0) // splits).to(tl.int64)
     b, g, block, offs, inside = _program_tile(pid, n_blocks, groups, h_out * w_out, BLOCK)
     dt = x_ptr.dtype.element_ty
     oh, ow = offs // w_out, offs % w_out
@@ -156,14 +173,16 @@ def _forward_kernel(
     s_x = tl.sum(acc_x, 0)
     s_xx = tl.sum(acc_xx, 0)
     box = box_ptr + b * (2 * groups * h_out * w_out) + offs
-    tl.store(box + g * (h_out * w_out), s_x, mask=inside)
-    tl.store(box + (groups + g) * (h_out * w_out), s_xx, mask=inside)
+    writes_box = inside & (split == 0)
+    tl.store(box + g * (h_out * w_out), s_x, mask=writes_box)
+    tl.store(box + (groups + g) * (h_out * w_out), s_xx, mask=writes_box)
 
     mu_x, var_x = _patch_stats(s_x, s_xx, n)
     c_out = groups * k_per_group
     pos = (b * ss_b + oh * ss_h + ow * ss_w)[None, :]
     first = (b == 0) & (block == 0)
-    for k0 in range(0, k_per_group, K_TILE):
+    k_lo = split * k_chunk
+    for k0 in range(k_lo, tl.minimum(k_lo + k_chunk, k_per_group), K_TILE):
         ks = k0 + tl.arange(0, K_TILE)
         k_ok = ks < k_per_group
         f = g * k_per_group + ks
@@ -194,7 +213,7 @@ def _filter_stats_kernel(w_ptr, ystat_ptr, n, c_out, K_TILE: tl.constexpr, N_BLO
 @triton.jit
 def _backward_kernel(
     grad_ptr, sxy_ptr, r_ptr, ystat_ptr, box_ptr, pq_ptr, part_ptr,
-    h_out, w_out, k_per_group, groups, n_blocks,
+    h_out, w_out, k_per_group, groups, n_blocks, splits, k_chunk, pq_split,
     sg_b, sg_c, sg_h, sg_w,
     ss_b, ss_c, ss_h, ss_w,
     n, c1: tl.constexpr, c2: tl.constexpr,
@@ -202,11 +221,14 @@ def _backward_kernel(
 ):  # fmt: skip
     """Gradient coefficients (see :class:`ssimlayer.functional._SSIMConv2dEq8`) for one program.
 
-    Writes R (output-sized, Sxy's strides), the input's box terms P and Q summed over the group's
-    filters (``pq``, laid out like ``box``) and this program's partial sums of the filter terms P'
+    The program's filters are ``[s k_chunk, (s + 1) k_chunk)`` of the group, for its split ``s``
+    of ``splits`` (see ``_BACKWARD_SPLIT``). Writes R (output-sized, Sxy's strides), the input's
+    box terms P and Q summed over the program's filters (``pq``: one array laid out like ``box``
+    per split, ``pq_split`` values apart) and this program's partial sums of the filter terms P'
     and Q' (row ``b * n_blocks + block`` of ``part``, ``(rows, 2 C_out)``).
     """
-    pid = tl.program_id(0).to(tl.int64)
+    split = tl.program_id(0) % splits
+    pid = (tl.program_id(0) // splits).to(tl.int64)
     b, g, block, offs, inside = _program_tile(pid, n_blocks, groups, h_out * w_out, BLOCK)
     dt = grad_ptr.dtype.element_ty
     oh, ow = offs // w_out, offs % w_out
@@ -221,7 +243,8 @@ def _backward_kernel(
     part = part_ptr + (b * n_blocks + block) * (2 * c_out)
     p_x = tl.zeros([BLOCK], dtype=dt)
     q_x = tl.zeros([BLOCK], dtype=dt)
-    for k0 in range(0, k_per_group, K_TILE):
+    k_lo = split * k_chunk
+    for k0 in range(k_lo, tl.minimum(k_lo + k_chunk, k_per_group), K_TILE):
         ks = k0 + tl.arange(0, K_TILE)
         k_ok = ks < k_per_group
         f = g * k_per_group + ks
@@ -245,14 +268,14 @@ def _backward_kernel(
         p_y = tl.sum(tl.where(ok, d_mu_y / n - d_var2 * mu_y - r * mu_x, 0.0), 1)
         tl.store(part + f, p_y, mask=k_ok)
         tl.store(part + c_out + f, tl.sum(d_var2, 1), mask=k_ok)
-    pq = pq_ptr + b * (2 * groups * h_out * w_out) + offs
+    pq = pq_ptr + split.to(tl.int64) * pq_split + b * (2 * groups * h_out * w_out) + offs
     tl.store(pq + g * (h_out * w_out), p_x, mask=inside)
     tl.store(pq + (groups + g) * (h_out * w_out), q_x, mask=inside)
 
 
 @triton.jit
 def _input_window_terms(
-    pid, gx_ptr, x_ptr, pq_ptr,
+    pid, gx_ptr, x_ptr, pq_ptr, pq_splits, pq_split, c_splits, c_chunk,
     c_in_g, h, w, h_out, w_out, groups, n_blocks,
     sx_b, sx_c, sx_h, sx_w,
     sgx_b, sgx_c, sgx_h, sgx_w,
@@ -260,30 +283,34 @@ def _input_window_terms(
     KH: tl.constexpr, KW: tl.constexpr, BLOCK: tl.constexpr, C_TILE: tl.constexpr,
 ):  # fmt: skip
     """grad_x += P + Q x for program ``pid``'s pixels, with P and Q summed over every window that
-    covers the pixel."""
-    b, g, _, offs, inside = _program_tile(pid, n_blocks, groups, h * w, BLOCK)
+    covers the pixel and over the ``pq_splits`` partial arrays of ``pq``; the program's channels
+    are ``[s c_chunk, (s + 1) c_chunk)`` of the group, for its split ``s`` of ``c_splits``."""
+    c_lo = (pid % c_splits).to(tl.int32) * c_chunk
+    b, g, _, offs, inside = _program_tile(pid // c_splits, n_blocks, groups, h * w, BLOCK)
     dt = x_ptr.dtype.element_ty
     ih, iw = offs // w, offs % w
 
-    pq = pq_ptr + b * (2 * groups * h_out * w_out)
     p = tl.zeros([BLOCK], dtype=dt)
     q = tl.zeros([BLOCK], dtype=dt)
-    for i in tl.static_range(KH):
-        th = ih + pad_h - i * dil_h  # = oh * stride_h for the window whose row i covers ih
-        oh = th // stride_h
-        row_ok = inside & (th >= 0) & (oh * stride_h == th) & (oh < h_out)
-        for j in tl.static_range(KW):
-            tw = iw + pad_w - j * dil_w
-            ow = tw // stride_w
-            ok = row_ok & (tw >= 0) & (ow * stride_w == tw) & (ow < w_out)
-            o = oh * w_out + ow
-            p += tl.load(pq + g * (h_out * w_out) + o, mask=ok, other=0.0)
-            q += tl.load(pq + (groups + g) * (h_out * w_out) + o, mask=ok, other=0.0)
+    pq = pq_ptr + b * (2 * groups * h_out * w_out)
+    for _ in range(0, pq_splits):
+        for i in tl.static_range(KH):
+            th = ih + pad_h - i * dil_h  # = oh * stride_h for the window whose row i covers ih
+            oh = th // stride_h
+            row_ok = inside & (th >= 0) & (oh * stride_h == th) & (oh < h_out)
+            for j in tl.static_range(KW):
+                tw = iw + pad_w - j * dil_w
+                ow = tw // stride_w
+                ok = row_ok & (tw >= 0) & (ow * stride_w == tw) & (ow < w_out)
+                o = oh * w_out + ow
+                p += tl.load(pq + g * (h_out * w_out) + o, mask=ok, other=0.0)
+                q += tl.load(pq + (groups + g) * (h_out * w_out) + o, mask=ok, other=0.0)
+        pq += pq_split  # the next split's P and Q
     p = p[None, :]
     q = q[None, :]
     x_pix = (b * sx_b + ih * sx_h + iw * sx_w)[None, :]
     gx_pix = (b * sgx_b + ih * sgx_h + iw * sgx_w)[None, :]
-    for c0 in range(0, c_in_g, C_TILE):
+    for c0 in range(c_lo, tl.minimum(c_lo + c_chunk, c_in_g), C_TILE):
         chans = c0 + tl.arange(0, C_TILE)
         chan = (g * c_in_g + chans).to(tl.int64)[:, None]
         tile_ok = (chans < c_in_g)[:, None] & inside[None, :]
@@ -317,7 +344,8 @@ def _filter_terms(f, gw_ptr, w_ptr, part_ptr, rows, n, c_out, BLOCK: tl.constexp
 @triton.jit
 def _window_terms_kernel(
     gx_ptr, x_ptr, pq_ptr, gw_ptr, w_ptr, part_ptr,
-    c_in_g, h, w, h_out, w_out, groups, n_blocks, input_programs,
+    c_in_g, h, w, h_out, w_out, groups, n_blocks, input_programs, pq_splits, pq_split,
+    c_splits, c_chunk,
     sx_b, sx_c, sx_h, sx_w,
     sgx_b, sgx_c, sgx_h, sgx_w,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
@@ -332,7 +360,7 @@ def _window_terms_kernel(
     if INPUT:
         if pid < input_programs:
             _input_window_terms(
-                pid, gx_ptr, x_ptr, pq_ptr,
+                pid, gx_ptr, x_ptr, pq_ptr, pq_splits, pq_split, c_splits, c_chunk,
                 c_in_g, h, w, h_out, w_out, groups, n_blocks,
                 sx_b, sx_c, sx_h, sx_w,
                 sgx_b, sgx_c, sgx_h, sgx_w,
@@ -368,6 +396,21 @@ def _cdiv(a: int, b: int) -> int:
 
 def _warps(block: int) -> int:
     return 4 if block >= 128 else (2 if block >= 64 else 1)
+
+
+@functools.lru_cache(maxsize=256)
+def split_tiles(count: int, tile: int, most: int, blocks: int) -> tuple[int, int]:
+    """``(splits, chunk)``: a group's ``count`` filters (or channels), in tiles of ``tile``, shared
+    among at most ``most`` programs per block of positions, ``chunk`` of them (whole tiles) each;
+    ``most == 0`` shares them among enough programs that the ``blocks`` blocks of positions make
+    about ``_SPLIT_PROGRAMS``."""
+    if most == 0:
+        most = _cdiv(_SPLIT_PROGRAMS, max(blocks, 1))
+    tiles = _cdiv(count, tile)
+    if tiles <= 1 or most <= 1:
+        return 1, max(tiles, 1) * tile
+    chunk = _cdiv(tiles, min(most, tiles)) * tile
+    return _cdiv(count, chunk), chunk
 
 
 @functools.lru_cache(maxsize=256)  # every step asks again; callers only read it
@@ -536,6 +579,25 @@ def set_position_block(positions: int) -> int:
     return previous
 
 
+def set_split(
+    forward: int | None = None, backward: int | None = None, window: int | None = None
+) -> tuple[int, int, int]:
+    """Share each block of positions' filters among at most ``forward`` (``backward``) programs of
+    the forward (gradient-coefficient) kernel, and each block of pixels' input channels among at
+    most ``window`` programs of the window-terms kernel, from the next launch on; 0 for the
+    automatic choice (the default, see ``_FORWARD_SPLIT``), None to leave one as it is (a knob for
+    benchmarks, see experiments/bench/k_tile.py). Returns the previous three."""
+    global _FORWARD_SPLIT, _BACKWARD_SPLIT, _WINDOW_SPLIT
+    for name, value in (("forward", forward), ("backward", backward), ("window", window)):
+        if value is not None and (not isinstance(value, int) or value < 0):
+            raise ValueError(f"set_split: {name} must be an int >= 0, got {value!r}")
+    previous = (_FORWARD_SPLIT, _BACKWARD_SPLIT, _WINDOW_SPLIT)
+    _FORWARD_SPLIT = previous[0] if forward is None else forward
+    _BACKWARD_SPLIT = previous[1] if backward is None else backward
+    _WINDOW_SPLIT = previous[2] if window is None else window
+    return previous
+
+
 def set_stats_once(enabled: bool) -> bool:
     """Compute the filter statistics once per forward in their own launch (True) or in every
     forward program (False, the default); a knob for benchmarks. Returns the previous value."""
@@ -580,6 +642,9 @@ def _eq8_forward(x, w, c1: float, c2: float, geometry, save_sxy: bool):
     box = torch.empty(b, 2 * groups, h_out, w_out, device=x.device, dtype=x.dtype)
     meta = forward_meta(w.shape, groups, h_out * w_out)
     n_blocks = _cdiv(h_out * w_out, meta["BLOCK"])
+    splits, k_chunk = split_tiles(
+        c_out // groups, meta["K_TILE"], _FORWARD_SPLIT, b * groups * n_blocks
+    )
     if meta["STATS_ONCE"] and c_out:  # the backward reads ystat even for an empty batch
         stats_meta = filter_stats_meta(w.shape)
         _filter_stats_launch(
@@ -587,9 +652,9 @@ def _eq8_forward(x, w, c1: float, c2: float, geometry, save_sxy: bool):
         )
     if b * groups * n_blocks:
         _forward_launch(
-            (b * groups * n_blocks,),
+            (b * groups * n_blocks * splits,),
             x, w, s_xy, out, ystat, box,
-            c_in_g, h, w_in, h_out, w_out, c_out // groups, groups, n_blocks,
+            c_in_g, h, w_in, h_out, w_out, c_out // groups, groups, n_blocks, splits, k_chunk,
             *x.stride(), *s_xy.stride(), *stride, *padding, *dilation,
             n, float(c1), float(c2), **meta,
         )  # fmt: skip
@@ -605,15 +670,18 @@ def _eq8_backward(x, w, box, ystat, s_xy, grad_out, c1: float, c2: float, geomet
         s_xy = torch.nn.functional.conv2d(x, w, None, stride, padding, dilation, groups)
     h_out, w_out = s_xy.shape[2:]
     r = torch.empty_like(s_xy)
-    pq = torch.empty_like(box)
     meta = backward_meta(w.shape, groups, h_out * w_out)
     n_blocks = _cdiv(h_out * w_out, meta["BLOCK"])
+    splits, k_chunk = split_tiles(
+        c_out // groups, meta["K_TILE"], _BACKWARD_SPLIT, b * groups * n_blocks
+    )
+    pq = torch.empty((splits, *box.shape), device=x.device, dtype=x.dtype)  # P, Q per split
     part = torch.empty(b * n_blocks, 2 * c_out, device=x.device, dtype=x.dtype)
     if b * groups * n_blocks:
         _backward_launch(
-            (b * groups * n_blocks,),
+            (b * groups * n_blocks * splits,),
             grad_out, s_xy, r, ystat, box, pq, part,
-            h_out, w_out, c_out // groups, groups, n_blocks,
+            h_out, w_out, c_out // groups, groups, n_blocks, splits, k_chunk, box.numel(),
             *grad_out.stride(), *s_xy.stride(),
             n, float(c1), float(c2), **meta,
         )  # fmt: skip
@@ -624,14 +692,16 @@ def _eq8_backward(x, w, box, ystat, s_xy, grad_out, c1: float, c2: float, geomet
         w.shape, groups, h * w_in, b * n_blocks, (bool(needs[0]), bool(needs[1]))
     )
     in_blocks = _cdiv(h * w_in, meta["BLOCK"])
-    input_programs = b * groups * in_blocks if needs[0] else 0
+    c_splits, c_chunk = split_tiles(c_in_g, meta["C_TILE"], _WINDOW_SPLIT, b * groups * in_blocks)
+    input_programs = b * groups * in_blocks * c_splits if needs[0] else 0
     filter_programs = c_out if needs[1] else 0
     if input_programs + filter_programs:
         gx = grad_x if needs[0] else x  # an unused pointer where a gradient is not needed
         _window_terms_launch(
             (input_programs + filter_programs,),
             gx, x, pq, grad_w if needs[1] else w, w, part,
-            c_in_g, h, w_in, h_out, w_out, groups, in_blocks, input_programs,
+            c_in_g, h, w_in, h_out, w_out, groups, in_blocks, input_programs, splits, box.numel(),
+            c_splits, c_chunk,
             *x.stride(), *gx.stride(), *stride, *padding, *dilation,
             b * n_blocks, n, c_out, **meta,
         )  # fmt: skip
