@@ -13,12 +13,13 @@ from experiments.bench import k_tile  # noqa: E402
 
 def test_variants_change_one_knob_from_the_defaults_and_restore_them():
     base = k_tile.defaults()
-    found = k_tile.variants([base["k_tile"], 4], [32, 16], stats_once=True)
+    found = k_tile.variants([base["k_tile"], 4], [32, 16], stats_once=True, warps=[4])
     assert found[0] == base
     changed = [{knob for knob in base if variant[knob] != base[knob]} for variant in found[1:]]
     assert (
         changed
-        == [{"k_tile"}, {"block"}, {"block"}, {"stats_once"}] + [{"block", "stats_once"}] * 2
+        == [{"k_tile"}, {"block"}, {"block"}, {"min_warps"}, {"stats_once"}]
+        + [{"block", "stats_once"}] * 2
     )
     k_tile.use(found[-1])
     assert k_tile.defaults() == found[-1]

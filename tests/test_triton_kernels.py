@@ -131,7 +131,11 @@ def variant(kernels, request):
         kernels.set_split(*previous[0])
         kernels.set_filter_tile(previous[1])
         return
-    setter = {"block": kernels.set_position_block, "stats_once": kernels.set_stats_once}[knob]
+    setter = {
+        "block": kernels.set_position_block,
+        "stats_once": kernels.set_stats_once,
+        "min_warps": kernels.set_min_warps,
+    }[knob]
     previous = setter(value)
     yield request.param
     setter(previous)
@@ -146,9 +150,10 @@ def variant(kernels, request):
         ("split", (1, 8)),
         ("split", (2, 8)),
         ("split", (4, 2)),
+        ("min_warps", 4),
     ],
     indirect=True,
-    ids=["block16", "block128", "stats-once", "no-split", "split2", "split4-tile2"],
+    ids=["block16", "block128", "stats-once", "no-split", "split2", "split4-tile2", "warps4"],
 )
 @pytest.mark.parametrize(
     "case",
@@ -187,6 +192,14 @@ def test_the_split_covers_every_filter_once(kernels, k_per_group, k_tile, most, 
     splits, k_chunk = kernels.split_tiles(k_per_group, k_tile, most, blocks)
     assert (splits, k_chunk) == expected
     assert k_chunk % k_tile == 0 and (splits - 1) * k_chunk < k_per_group <= splits * k_chunk
+
+
+def test_the_forward_splits_itself_into_at_most_two_programs_per_block(kernels):
+    """Its programs each compute the patch sums again: 4 and 8 measured slower than 2 (see
+    ``_FORWARD_AUTO_SPLIT``), while the backward's kernels split into 4 at 8x8, batch 128."""
+    assert kernels.split_tiles(64, 8, 0, 128, cap=kernels._FORWARD_AUTO_SPLIT) == (2, 32)
+    assert kernels.split_tiles(64, 8, 0, 128) == (4, 16)
+    assert kernels.split_tiles(64, 8, 8, 128, cap=2) == (8, 8)  # a number set by hand stands
 
 
 def test_the_split_must_be_an_int_of_at_least_0(kernels):

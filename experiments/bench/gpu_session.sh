@@ -9,6 +9,7 @@
 #   bash experiments/bench/gpu_session.sh next    # at most 8 min: GPU tests, layer bench, CUDA-graph training (every model, batch 32 and 128)
 #   bash experiments/bench/gpu_session.sh more    # at most 8.7 min: direct-launch host time, model.compile=reduce-overhead, k = 8 and 16
 #   bash experiments/bench/gpu_session.sh split   # at most 5.7 min: GPU tests, the splits at 8x8 per kernel, layer bench
+#   bash experiments/bench/gpu_session.sh warps   # at most 4 min: GPU tests, 4 warps and stats once per kernel, layer bench
 #
 # `make gpu-check` and `make gpu-check-train` run the two parts with OUT=outputs/gpu_check.
 # On a lent machine without this project installed: its python3 holds torch, Triton and Lightning;
@@ -105,6 +106,18 @@ split)
     part layer_bench 120 "$PY" experiments/bench/layer.py --device cuda --repeats 8 \
         --out "$OUT/layer.json"
     ;;
+warps)
+    # After split: the GPU tests with the forward split capped at 2, then the GPU time per kernel
+    # of the defaults, of at least 4 warps per program and of the filter statistics once, at the
+    # three shapes, and the layer bench.
+    workers=$("$PY" -c "import xdist" 2>/dev/null && echo "-n 8")
+    part gpu_tests 80 "$PY" -m pytest -q -rfE --tb=short -p no:cacheprovider -m "not slow" \
+        $workers tests/test_gpu.py tests/test_triton_kernels.py
+    part k_tile_warps 60 "$PY" experiments/bench/k_tile.py --k-tile --min-warps 4 --stats-once \
+        --kernels --out "$OUT/k_tile_warps.json"
+    part layer_bench 100 "$PY" experiments/bench/layer.py --device cuda --repeats 8 \
+        --out "$OUT/layer.json"
+    ;;
 more)
     # Whatever time is left after next, most useful first: the host time with and without the
     # direct launch, CUDA graphs through torch.compile, and k = 8 and 16 again with repeats.
@@ -115,7 +128,7 @@ more)
         --out "$OUT/train_k8_k16.json" data=synthetic data.num_train=50000 data.num_val=1000 logger=csv
     ;;
 *)
-    echo "usage: $0 layer|train|tiles|compiled|next|more|split" >&2
+    echo "usage: $0 layer|train|tiles|compiled|next|more|split|warps" >&2
     exit 2
     ;;
 esac

@@ -17,6 +17,9 @@ Each variant changes one knob of :mod:`ssimlayer._triton_eq8` from its default:
 - ``--split``: each block of positions' filters (input channels, in the window-terms kernel)
   shared among at most n programs (``set_split``; default 0, automatic), in each kernel alone and
   in all three. At 8x8 and batch 128 one program per block makes 128 programs for 132 SMs.
+- ``--min-warps``: at least n warps per program of every position-blocked kernel
+  (``set_min_warps``; by default 2 for a block of 64, so at 8x8 an SM holds one or two programs of
+  2 warps).
 - ``--kernels``: also each variant's GPU time per kernel (profiler, microseconds per step).
 - ``--shapes``: which of ``layer.py``'s shapes, by index (default all three).
 
@@ -52,6 +55,7 @@ KNOBS = {
     "forward_split": lambda n: _triton_eq8.set_split(forward=n),
     "backward_split": lambda n: _triton_eq8.set_split(backward=n),
     "window_split": lambda n: _triton_eq8.set_split(window=n),
+    "min_warps": _triton_eq8.set_min_warps,
 }
 
 
@@ -63,6 +67,7 @@ def defaults() -> dict:
         "forward_split": _triton_eq8._FORWARD_SPLIT,
         "backward_split": _triton_eq8._BACKWARD_SPLIT,
         "window_split": _triton_eq8._WINDOW_SPLIT,
+        "min_warps": _triton_eq8._MIN_WARPS,
     }
 
 
@@ -73,7 +78,7 @@ def use(variant: dict) -> None:
     _fusion.triton_checks.reset()
 
 
-def variants(k_tiles, blocks, stats_once: bool, splits=()) -> list[dict]:
+def variants(k_tiles, blocks, stats_once: bool, splits=(), warps=()) -> list[dict]:
     """The defaults, then each requested change of one knob (and each block with stats once, each
     split in each of the three kernels alone and in all three)."""
     base = defaults()
@@ -87,6 +92,7 @@ def variants(k_tiles, blocks, stats_once: bool, splits=()) -> list[dict]:
         ]
     found += [{**base, "k_tile": k} for k in k_tiles]
     found += [{**base, "block": b} for b in blocks]
+    found += [{**base, "min_warps": n} for n in warps]
     if stats_once:
         found += [{**base, "stats_once": True}]
         found += [{**base, "block": b, "stats_once": True} for b in blocks]
@@ -154,6 +160,7 @@ def main(argv=None) -> int:
     parser.add_argument("--block", type=int, nargs="*", default=[])
     parser.add_argument("--stats-once", action="store_true")
     parser.add_argument("--split", type=int, nargs="*", default=[])
+    parser.add_argument("--min-warps", type=int, nargs="*", default=[])
     parser.add_argument("--kernels", action="store_true", help="GPU time per kernel too")
     parser.add_argument("--shapes", type=int, nargs="*", default=list(range(len(SHAPES))))
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench" / "k_tile.json")
@@ -171,7 +178,9 @@ def main(argv=None) -> int:
     for index in args.shapes:
         shape = (128, *SHAPES[index][1:])
         conv = graphed_ms(shape, "conv")
-        for variant in variants(args.k_tile, args.block, args.stats_once, args.split):
+        for variant in variants(
+            args.k_tile, args.block, args.stats_once, args.split, args.min_warps
+        ):
             use(variant)
             ssim = graphed_ms(shape, "ssim")
             row = {

@@ -50,6 +50,7 @@ _K_TILE = 8
 # batch 128 is bound by the host, so False stays.
 _STATS_ONCE = False
 _N_BLOCK = 64  # values of each filter read at once for its statistics
+_MIN_WARPS = 1  # warps per program: at least this, else by the position block (see _warps)
 # Programs that share one block of positions, each with its own part of the group's filters, in the
 # forward and in the gradient-coefficient kernel (at most one per filter tile). At 8x8 and batch
 # 128 a block of 64 positions is a whole image, so one program per block makes 128 programs of 2
@@ -57,9 +58,16 @@ _N_BLOCK = 64  # values of each filter read at once for its statistics
 # one tile after another; splitting the filters makes more, shorter programs. The patch sums are
 # then computed by each of them (from cache); in the backward each writes its own partial P and Q,
 # which the window-terms kernel adds up. 1 = no split, n > 1 = at most n programs per block, 0 =
-# automatic: split only launches of fewer than _SPLIT_PROGRAMS programs, into about that many.
+# automatic: split only launches of fewer than _SPLIT_PROGRAMS programs, into about that many, and
+# the forward's into at most _FORWARD_AUTO_SPLIT. On an H200 at 8x8, batch 128 (automatic: 4 each),
+# GPU microseconds per step of the forward / gradient-coefficient / window-terms kernels with the
+# forward split in 1, 2, 4 or 8: 22.2 / 20.3 / 24.7 / 57.4 (each forward program computes the patch
+# sums again); with the backward split in 1 or 4: 12.6 / 6.4, the window terms' in 1 or 4: 13.3 /
+# 5.8 (experiments/bench/k_tile.py --split, results/k_tile_h200_split.json). At the 32x32 shapes
+# a launch has 2,048 programs or more: no split.
 _FORWARD_SPLIT = 0
 _BACKWARD_SPLIT = 0
+_FORWARD_AUTO_SPLIT = 2
 # The same for the input channels of the window-terms kernel's input programs (each adds the window
 # terms to its part of the channels of a block of pixels, summing P and Q over the windows itself).
 _WINDOW_SPLIT = 0
@@ -395,17 +403,18 @@ def _cdiv(a: int, b: int) -> int:
 
 
 def _warps(block: int) -> int:
-    return 4 if block >= 128 else (2 if block >= 64 else 1)
+    return max(_MIN_WARPS, 4 if block >= 128 else (2 if block >= 64 else 1))
 
 
 @functools.lru_cache(maxsize=256)
-def split_tiles(count: int, tile: int, most: int, blocks: int) -> tuple[int, int]:
+def split_tiles(count: int, tile: int, most: int, blocks: int, cap: int = 0) -> tuple[int, int]:
     """``(splits, chunk)``: a group's ``count`` filters (or channels), in tiles of ``tile``, shared
     among at most ``most`` programs per block of positions, ``chunk`` of them (whole tiles) each;
     ``most == 0`` shares them among enough programs that the ``blocks`` blocks of positions make
-    about ``_SPLIT_PROGRAMS``."""
+    about ``_SPLIT_PROGRAMS``, and among at most ``cap`` if it is not 0."""
     if most == 0:
         most = _cdiv(_SPLIT_PROGRAMS, max(blocks, 1))
+        most = min(most, cap) if cap else most
     tiles = _cdiv(count, tile)
     if tiles <= 1 or most <= 1:
         return 1, max(tiles, 1) * tile
@@ -598,6 +607,18 @@ def set_split(
     return previous
 
 
+def set_min_warps(warps: int) -> int:
+    """Give every program of the position-blocked kernels at least ``warps`` warps (1, 2, 4 or 8;
+    default 1: 4 for blocks of 128, 2 for 64, 1 below) from the next launch on (a knob for
+    benchmarks, see experiments/bench/k_tile.py); returns the previous value."""
+    global _MIN_WARPS
+    if warps not in (1, 2, 4, 8):
+        raise ValueError(f"set_min_warps: 1, 2, 4 or 8, got {warps!r}")
+    previous, _MIN_WARPS = _MIN_WARPS, warps
+    _clear_meta()
+    return previous
+
+
 def set_stats_once(enabled: bool) -> bool:
     """Compute the filter statistics once per forward in their own launch (True) or in every
     forward program (False, the default); a knob for benchmarks. Returns the previous value."""
@@ -643,7 +664,7 @@ def _eq8_forward(x, w, c1: float, c2: float, geometry, save_sxy: bool):
     meta = forward_meta(w.shape, groups, h_out * w_out)
     n_blocks = _cdiv(h_out * w_out, meta["BLOCK"])
     splits, k_chunk = split_tiles(
-        c_out // groups, meta["K_TILE"], _FORWARD_SPLIT, b * groups * n_blocks
+        c_out // groups, meta["K_TILE"], _FORWARD_SPLIT, b * groups * n_blocks, _FORWARD_AUTO_SPLIT
     )
     if meta["STATS_ONCE"] and c_out:  # the backward reads ystat even for an empty batch
         stats_meta = filter_stats_meta(w.shape)
