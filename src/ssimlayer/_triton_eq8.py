@@ -2,7 +2,8 @@
 
 The maths is :mod:`ssimlayer.functional`'s (the same five sums, the same closed-form backward); only
 the scheduling differs. A forward is the convolution for Sxy and one kernel that computes the filter
-statistics and Sx and Sxx of every patch in registers and applies Eq. 8 for all filters of a group.
+statistics and Sx and Sxx of every patch in registers and applies Eq. 8 for the group's filters (all
+of them, or a share where a launch would have few programs: see ``_FORWARD_SPLIT``).
 A backward is one kernel for the gradient coefficients, one ``convolution_backward`` for the input
 and filter terms of R, and one kernel whose programs add the window terms to the input gradient or
 the per-filter terms to the filter gradient. At the sizes of the paper (a conv forward plus backward
