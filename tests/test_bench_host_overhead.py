@@ -26,3 +26,16 @@ def test_python_only_times_the_layer_against_a_bare_function_and_restores_the_ke
     # The stubs and the pretended first-use verdicts are gone again.
     assert functional.triton_eq8 is real
     assert not _fusion.triton_checks._done
+
+
+def test_the_trivial_steps_pass_the_gradient_on_through_a_python_and_a_cpp_node():
+    import torch
+
+    x = torch.randn(3, 4, requires_grad=True)
+    grad = torch.randn(3, 4)
+    for name, step in bench.trivial_steps(x, grad).items():
+        step()
+        torch.testing.assert_close(x.grad, grad, msg=name)
+    # The first node's backward is Python (an autograd Function), the second's C++.
+    assert type(bench._PassOn.apply(x).grad_fn).__name__ == "_PassOnBackward"
+    assert type(x.view_as(x).grad_fn).__name__ == "ViewBackward0"

@@ -16,6 +16,9 @@ Beside the per-call rows it stores what splits a step's time between host and GP
   (``torch.autograd.set_multithreading_enabled(False)``) instead of the autograd engine's CUDA
   device thread, which must take the GIL to run the SSIM layer's Python backward;
 - the GPU time of each step, from replaying it captured in a CUDA graph (``cuda_graph.py``);
+- the same for a step through one trivial node, a Python autograd Function that passes the
+  gradient on against a C++ one (``view_as``): what handing any Python backward to the device
+  thread costs, apart from what the SSIM layer's backward does;
 - a cProfile of 300 SSIM steps with the backward on the calling thread (cProfile sees one thread
   only), the 30 functions with the most own time;
 - torch.profiler tables of 50 SSIM steps: every thread's operators by own host time, and the
@@ -145,6 +148,32 @@ def alternated_us(fns: dict, calls: int = 200, rounds: int = 30) -> dict[str, fl
             sync()
             times[name].append((time.perf_counter() - start) / calls * 1e6)
     return {name: min(ts) for name, ts in times.items()}
+
+
+class _PassOn(torch.autograd.Function):
+    """The smallest Python backward: the gradient passed on unchanged."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        return grad_out
+
+
+def trivial_steps(x: torch.Tensor, grad: torch.Tensor) -> dict:
+    """A step through one Python node and one through one C++ node (``view_as``)."""
+
+    def python_node():
+        x.grad = None
+        _PassOn.apply(x).backward(grad)
+
+    def cpp_node():
+        x.grad = None
+        x.view_as(x).backward(grad)
+
+    return {"one Python autograd node": python_node, "one C++ autograd node": cpp_node}
 
 
 def python_only(device: str, out: Path) -> None:
@@ -304,11 +333,16 @@ def main(argv: list[str] | None = None) -> None:
         jit_launches(step(ssim))
     )
     rows["ssim forward+backward step (torch.compile)"] = per_call_us(without_triton(step(ssim)))
+    trivial = trivial_steps(x, grad)
+    for name, fn in trivial.items():
+        rows[f"step through {name}"] = per_call_us(fn)
     # Backward on the calling thread instead of the autograd engine's CUDA device thread: shows
     # what handing the backward (and, for the SSIM layer, the GIL) to that thread costs.
     with torch.autograd.set_multithreading_enabled(False):
         rows["conv step, backward on the calling thread"] = per_call_us(step(conv))
         rows["ssim step (Triton), backward on the calling thread"] = per_call_us(step(ssim))
+        for name, fn in trivial.items():
+            rows[f"step through {name}, backward on the calling thread"] = per_call_us(fn)
         # cProfile sees the calling thread only: with the backward there, it sees all of it.
         profile = top_own_time(step(ssim))
     # Microseconds per replay, or the message of a capture that failed.
