@@ -38,3 +38,19 @@ def test_each_split_is_timed_in_each_kernel_and_in_all_three():
     assert {k_tile.defaults()[knob] for knob in splits} == {8}
     k_tile.use(base)
     assert k_tile.defaults() == base
+
+
+def test_the_fused_forward_is_timed_with_each_schedule():
+    base = k_tile.defaults()
+    assert base["fused_conv"] is False
+    found = k_tile.variants([], [], stats_once=False, fused=True, fused_schedules=[(4, 1), (8, 2)])
+    fused = {"fused_conv": True}
+    assert found[1:] == [
+        {**base, **fused},
+        {**base, **fused, "fused_warps": 4, "fused_stages": 1},
+        {**base, **fused, "fused_warps": 8, "fused_stages": 2},
+    ]
+    k_tile.use(found[-1])
+    assert k_tile.defaults() == found[-1]
+    k_tile.use(base)
+    assert k_tile.defaults() == base

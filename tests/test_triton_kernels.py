@@ -135,6 +135,7 @@ def variant(kernels, request):
         "block": kernels.set_position_block,
         "stats_once": kernels.set_stats_once,
         "min_warps": kernels.set_min_warps,
+        "fused_conv": kernels.set_fused_conv,
     }[knob]
     previous = setter(value)
     yield request.param
@@ -151,9 +152,19 @@ def variant(kernels, request):
         ("split", (2, 8)),
         ("split", (4, 2)),
         ("min_warps", 4),
+        ("fused_conv", True),
     ],
     indirect=True,
-    ids=["block16", "block128", "stats-once", "no-split", "split2", "split4-tile2", "warps4"],
+    ids=[
+        "block16",
+        "block128",
+        "stats-once",
+        "no-split",
+        "split2",
+        "split4-tile2",
+        "warps4",
+        "fused-conv",
+    ],
 )
 @pytest.mark.parametrize(
     "case",
@@ -200,6 +211,62 @@ def test_the_forward_splits_itself_into_at_most_two_programs_per_block(kernels):
     assert kernels.split_tiles(64, 8, 0, 128, cap=kernels._FORWARD_AUTO_SPLIT) == (2, 32)
     assert kernels.split_tiles(64, 8, 0, 128) == (4, 16)
     assert kernels.split_tiles(64, 8, 8, 128, cap=2) == (8, 8)  # a number set by hand stands
+
+
+@pytest.fixture
+def fused(kernels):
+    """The forward computes Sxy inside its kernel in this test (``set_fused_conv``)."""
+    previous = kernels.set_fused_conv(True)
+    yield kernels
+    kernels.set_fused_conv(previous)
+
+
+@pytest.mark.parametrize("case", GRID, ids=lambda c: "-".join(map(str, c)))
+def test_the_fused_forward_matches_the_reference(fused, device, case):
+    """Every geometry of the grid (empty batch, 1x1, stride, padding, dilation, groups, depthwise)
+    with the convolution inside the forward kernel; Sxy not kept, as for a layer whose output is
+    much larger than its input (the variant test above keeps it)."""
+    torch.manual_seed(1)
+    x, w, geom = _tensors(device, *case)
+    _check_against_reference(fused, x, w, geom, save_sxy=False)
+
+
+def test_the_fused_forward_splits_filters_beyond_what_a_program_holds(fused, device, monkeypatch):
+    """40 filters with programs of at most 16: three programs per block, the last one masked."""
+    monkeypatch.setattr(fused, "_FUSED_FILTERS", 16)
+    fused._clear_meta()
+    try:
+        torch.manual_seed(4)
+        x, w, geom = _tensors(device, 2, 5, 40, 6, 6, 3, 1, 1, 1, 1)
+        meta = fused.fused_forward_meta(w.shape, 1, 36, 2, False)
+        assert (meta["splits"], meta["k_chunk"], meta["F_TILE"]) == (3, 16, 16)
+        _check_against_reference(fused, x, w, geom)
+    finally:
+        monkeypatch.undo()
+        fused._clear_meta()
+
+
+def test_the_fused_dot_rounds_to_tf32_only_where_cudnn_would(kernels):
+    """float32 Sxy in TF32 exactly when a cuDNN convolution would be (PyTorch's default), never
+    under the first-use check's full-float32 convolutions; float64 always in float64."""
+    meta = kernels.fused_forward_meta
+    assert kernels._conv_tf32() == torch.backends.cudnn.conv.fp32_precision.startswith("tf32")
+    with functional._ieee_float32_convolutions():
+        assert not kernels._conv_tf32()
+    assert meta((8, 4, 3, 3), 1, 64, 4, True)["PRECISION"] == "tf32"
+    assert meta((8, 4, 3, 3), 1, 64, 4, False)["PRECISION"] == "ieee"
+
+
+def test_the_fused_schedule_knob_checks_its_values(kernels):
+    previous = kernels.set_fused_schedule(warps=4, stages=2)
+    try:
+        assert kernels.fused_forward_meta((8, 4, 3, 3), 1, 64, 4, False)["num_warps"] == 4
+        with pytest.raises(ValueError, match="warps must be"):
+            kernels.set_fused_schedule(warps=3)
+        with pytest.raises(ValueError, match="stages must be"):
+            kernels.set_fused_schedule(stages=0)
+    finally:
+        kernels.set_fused_schedule(*previous)
 
 
 def test_the_split_must_be_an_int_of_at_least_0(kernels):
@@ -397,7 +464,17 @@ def test_repeated_real_launches_match_the_reference(kernels, device, direct):
     assert direct_launches == expected
 
 
-def test_float32_kernels_agree_with_the_pytorch_path(kernels, device):
+@pytest.mark.parametrize("fused_conv", [False, True], ids=["cudnn-sxy", "fused-sxy"])
+def test_float32_kernels_agree_with_the_pytorch_path(kernels, device, fused_conv):
+    previous = kernels.set_fused_conv(fused_conv)
+    try:
+        with functional._ieee_float32_convolutions():  # no TF32 on either side
+            _float32_kernels_agree_with_the_pytorch_path(kernels, device)
+    finally:
+        kernels.set_fused_conv(previous)
+
+
+def _float32_kernels_agree_with_the_pytorch_path(kernels, device):
     torch.manual_seed(3)
     x, w, geom = _tensors(device, 4, 8, 8, 16, 16, 3, 1, 1, 1, 1, dtype=torch.float32)
     x.requires_grad_()
@@ -589,7 +666,7 @@ def test_every_kernel_compiles_for_a_cuda_target():
         timeout=600,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("OK ") == 4 * 3, result.stdout  # 4 kernels x 3 configurations
+    assert result.stdout.count("OK ") == 5 * 3, result.stdout  # 5 kernels x 3 configurations
 
 
 def test_first_use_checks_run_with_full_float32_convolutions():

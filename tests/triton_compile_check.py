@@ -22,6 +22,7 @@ import ssimlayer._triton_eq8 as kernels
 
 POINTERS = {
     "_forward_kernel": ("x_ptr", "w_ptr", "sxy_ptr", "out_ptr", "ystat_ptr", "box_ptr"),
+    "_fused_forward_kernel": ("x_ptr", "w_ptr", "sxy_ptr", "out_ptr", "ystat_ptr", "box_ptr"),
     "_backward_kernel": (
         "grad_ptr",
         "sxy_ptr",
@@ -41,6 +42,13 @@ CONSTANTS = dict(c1=1e-4, c2=9e-4)
 # those to constants, which changes the code it compiles.
 ONES = ("stride_h", "stride_w", "dil_h", "dil_w", "groups", "splits", "pq_splits", "c_splits")
 BOTH = dict(INPUT=True, FILTER=True)
+# The fused forward's tl.dot takes 16 input channels at a time, whatever the other kernels' C_TILE.
+OVERRIDES = {"_fused_forward_kernel": dict(C_TILE=16)}
+# Compile options where they are not Triton's defaults: the fused forward's (with Triton's default
+# of 3 pipelining stages its 7x7 variant alone takes minutes to compile).
+OPTIONS = {
+    "_fused_forward_kernel": dict(num_warps=kernels._FUSED_WARPS, num_stages=kernels._FUSED_STAGES)
+}
 CONFIGS = [
     (
         "float32, k3, 1s specialised",
@@ -54,6 +62,9 @@ CONFIGS = [
             N_BLOCK=64,
             W_BLOCK=128,
             STATS_ONCE=False,
+            F_TILE=64,
+            SAVE_SXY=True,
+            PRECISION="tf32",
             **BOTH,
         ),  # fmt: skip
         True,
@@ -70,6 +81,9 @@ CONFIGS = [
             N_BLOCK=32,
             W_BLOCK=64,
             STATS_ONCE=True,
+            F_TILE=32,
+            SAVE_SXY=False,
+            PRECISION="ieee",
             INPUT=True,
             FILTER=False,
         ),
@@ -87,6 +101,9 @@ CONFIGS = [
             N_BLOCK=2,
             W_BLOCK=16,
             STATS_ONCE=True,
+            F_TILE=16,
+            SAVE_SXY=True,
+            PRECISION="ieee",
             INPUT=False,
             FILTER=True,
         ),
@@ -98,9 +115,10 @@ CONFIGS = [
 def compile_all() -> int:
     target = GPUTarget("cuda", 90, 32)
     failures = 0
-    for label, dtype, constexprs, ones in CONFIGS:
+    for label, dtype, shared, ones in CONFIGS:
         for name, pointers in POINTERS.items():
             fn = getattr(kernels, name)
+            constexprs = {**shared, **OVERRIDES.get(name, {})}
             signature, constants = {}, {}
             for index, arg in enumerate(fn.arg_names):
                 if arg in constexprs or (arg in CONSTANTS and fn.params[index].is_constexpr):
@@ -117,7 +135,9 @@ def compile_all() -> int:
                     signature[arg] = "i32"
             try:
                 compiled = triton.compile(
-                    ASTSource(fn, signature, constexprs=constants), target=target
+                    ASTSource(fn, signature, constexprs=constants),
+                    target=target,
+                    options=OPTIONS.get(name, {}),
                 )
                 if dtype == "fp64" and "f32" in compiled.asm["ttir"]:
                     raise TypeError("the float64 kernel computes something in float32")

@@ -20,6 +20,9 @@ Each variant changes one knob of :mod:`ssimlayer._triton_eq8` from its default:
 - ``--min-warps``: at least n warps per program of every position-blocked kernel
   (``set_min_warps``; by default 2 for a block of 64, so at 8x8 an SM holds one or two programs of
   2 warps).
+- ``--fused-conv``: the forward's convolution inside the forward kernel (``set_fused_conv``: one
+  launch and no Sxy round trip through memory, against cuDNN's convolution), with its default
+  schedule and each of ``--fused-warps`` and ``--fused-stages`` (``set_fused_schedule``).
 - ``--kernels``: also each variant's GPU time per kernel (profiler, microseconds per step).
 - ``--shapes``: which of ``layer.py``'s shapes, by index (default all three).
 
@@ -56,6 +59,9 @@ KNOBS = {
     "backward_split": lambda n: _triton_eq8.set_split(backward=n),
     "window_split": lambda n: _triton_eq8.set_split(window=n),
     "min_warps": _triton_eq8.set_min_warps,
+    "fused_conv": _triton_eq8.set_fused_conv,
+    "fused_warps": lambda n: _triton_eq8.set_fused_schedule(warps=n)[0],
+    "fused_stages": lambda n: _triton_eq8.set_fused_schedule(stages=n)[1],
 }
 
 
@@ -68,6 +74,9 @@ def defaults() -> dict:
         "backward_split": _triton_eq8._BACKWARD_SPLIT,
         "window_split": _triton_eq8._WINDOW_SPLIT,
         "min_warps": _triton_eq8._MIN_WARPS,
+        "fused_conv": _triton_eq8._FUSED_CONV,
+        "fused_warps": _triton_eq8._FUSED_WARPS,
+        "fused_stages": _triton_eq8._FUSED_STAGES,
     }
 
 
@@ -78,9 +87,12 @@ def use(variant: dict) -> None:
     _fusion.triton_checks.reset()
 
 
-def variants(k_tiles, blocks, stats_once: bool, splits=(), warps=()) -> list[dict]:
+def variants(
+    k_tiles, blocks, stats_once: bool, splits=(), warps=(), fused=False, fused_schedules=()
+) -> list[dict]:
     """The defaults, then each requested change of one knob (and each block with stats once, each
-    split in each of the three kernels alone and in all three)."""
+    split in each of the three kernels alone and in all three, the fused forward with each
+    ``(warps, stages)`` of ``fused_schedules``)."""
     base = defaults()
     found = [base]
     for n in splits:
@@ -96,6 +108,12 @@ def variants(k_tiles, blocks, stats_once: bool, splits=(), warps=()) -> list[dic
     if stats_once:
         found += [{**base, "stats_once": True}]
         found += [{**base, "block": b, "stats_once": True} for b in blocks]
+    if fused:
+        found += [{**base, "fused_conv": True}]
+        found += [
+            {**base, "fused_conv": True, "fused_warps": w, "fused_stages": n}
+            for w, n in fused_schedules
+        ]
     unique = {tuple(sorted(v.items())): v for v in found}
     return list(unique.values())
 
@@ -161,6 +179,9 @@ def main(argv=None) -> int:
     parser.add_argument("--stats-once", action="store_true")
     parser.add_argument("--split", type=int, nargs="*", default=[])
     parser.add_argument("--min-warps", type=int, nargs="*", default=[])
+    parser.add_argument("--fused-conv", action="store_true")
+    parser.add_argument("--fused-warps", type=int, nargs="*", default=[])
+    parser.add_argument("--fused-stages", type=int, nargs="*", default=[])
     parser.add_argument("--kernels", action="store_true", help="GPU time per kernel too")
     parser.add_argument("--shapes", type=int, nargs="*", default=list(range(len(SHAPES))))
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench" / "k_tile.json")
@@ -168,6 +189,11 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         parser.error("needs a CUDA device (triton_resources.py reads registers without one)")
     default = defaults()
+    schedules = [
+        (w, n)
+        for w in args.fused_warps or [default["fused_warps"]]
+        for n in args.fused_stages or [default["fused_stages"]]
+    ]
     record = {
         "device": torch.cuda.get_device_name(),
         "torch": torch.__version__,
@@ -179,7 +205,13 @@ def main(argv=None) -> int:
         shape = (128, *SHAPES[index][1:])
         conv = graphed_ms(shape, "conv")
         for variant in variants(
-            args.k_tile, args.block, args.stats_once, args.split, args.min_warps
+            args.k_tile,
+            args.block,
+            args.stats_once,
+            args.split,
+            args.min_warps,
+            args.fused_conv,
+            schedules,
         ):
             use(variant)
             ssim = graphed_ms(shape, "ssim")

@@ -306,6 +306,16 @@ def print_row(r: dict) -> None:
     print(line, flush=True)
 
 
+def fused_conv_forward() -> bool | None:
+    """Whether the CUDA rows' Triton forward computes Sxy itself (SSIMLAYER_FUSED_CONV=1); None
+    where Triton is not installed."""
+    try:
+        from ssimlayer import _triton_eq8
+    except ImportError:
+        return None
+    return _triton_eq8._FUSED_CONV
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15)
@@ -340,6 +350,7 @@ def main(argv: list[str] | None = None) -> None:
             "cuda_device": torch.cuda.get_device_name() if "cuda" in devices else None,
             "repeats": args.repeats,
             "retain_freed_memory": retained,
+            "fused_conv_forward": fused_conv_forward(),
             "timing": "forward+backward, median of repeats (ssim_over_conv_fastest: fastest "
             "repeat of each), implementations alternated in one process",
             "rows": rows,

@@ -14,7 +14,9 @@ binary. Occupancy is what the registers allow on an H100/H200 SM (65,536 registe
 warp, at most 64 warps and 32 blocks), the other limits set aside.
 
 ``--k-tile`` compiles the filter-tiled kernels with other tile sizes too (``_K_TILE``, filters handled
-at once): smaller tiles hold fewer values per thread. Which is faster is only known on a GPU.
+at once): smaller tiles hold fewer values per thread. ``--fused-conv`` also compiles the forward with
+the convolution inside (``set_fused_conv``), whose programs hold a tile of Sxy for all their
+filters. Which is faster is only known on a GPU.
 """
 
 from __future__ import annotations
@@ -41,7 +43,13 @@ sys.path.insert(0, str(ROOT))
 from experiments.bench.layer import SHAPES  # noqa: E402
 from ssimlayer import _triton_eq8 as kernels  # noqa: E402
 
-KERNELS = ("_forward_kernel", "_filter_stats_kernel", "_backward_kernel", "_window_terms_kernel")
+KERNELS = (
+    "_forward_kernel",
+    "_fused_forward_kernel",
+    "_filter_stats_kernel",
+    "_backward_kernel",
+    "_window_terms_kernel",
+)
 REGISTERS_PER_SM, MAX_WARPS, MAX_BLOCKS = 65536, 64, 32
 
 
@@ -86,6 +94,8 @@ def compile_launch(name: str, args, meta: dict, arch: int):
     fn = getattr(kernels, name)
     meta = dict(meta)
     options = {"num_warps": meta.pop("num_warps")}
+    if "num_stages" in meta:
+        options["num_stages"] = meta.pop("num_stages")
     names = [p.name for p in fn.params]
     values = dict(zip(names, args)) | meta
     signature, constants = {}, {}
@@ -126,9 +136,10 @@ def occupancy(registers: int, warps: int) -> float:
     return min(blocks * warps, MAX_WARPS) / MAX_WARPS
 
 
-def measure(arch: int, k_tiles, shapes=SHAPES) -> list[dict]:
+def measure(arch: int, k_tiles, shapes=SHAPES, fused_conv: bool = False) -> list[dict]:
     rows = []
     default_k_tile = kernels._K_TILE
+    default_fused = kernels.set_fused_conv(fused_conv)
     try:
         for k_tile in k_tiles:
             kernels.set_filter_tile(k_tile)
@@ -141,6 +152,8 @@ def measure(arch: int, k_tiles, shapes=SHAPES) -> list[dict]:
                         continue  # not tiled over filters: the same binary as the default
                     compiled, options = compile_launch(name, args, meta, arch)
                     usage = resource_usage(compiled.asm["cubin"])
+                    if fused_conv and name != "_fused_forward_kernel":
+                        continue  # the other kernels do not change
                     row = {
                         "shape": label,
                         "kernel": name.strip("_"),
@@ -155,13 +168,14 @@ def measure(arch: int, k_tiles, shapes=SHAPES) -> list[dict]:
                     }
                     rows.append(row)
                     print(
-                        f"{label:30s} {row['kernel']:20s} K_TILE={str(row['k_tile']):4s} "
+                        f"{label:30s} {row['kernel']:21s} K_TILE={str(row['k_tile']):4s} "
                         f"warps={row['num_warps']} regs={row['registers']:3d} "
                         f"stack={row['stack_bytes']:3d} occupancy={row['occupancy']:.0%}",
                         flush=True,
                     )
     finally:
         kernels.set_filter_tile(default_k_tile)
+        kernels.set_fused_conv(default_fused)
     return rows
 
 
@@ -173,11 +187,15 @@ def main(argv=None) -> int:
         "--shapes", type=int, nargs="+", default=list(range(len(SHAPES))),
         help="indices into layer.py's SHAPES (default: all)",
     )  # fmt: skip
+    parser.add_argument("--fused-conv", action="store_true", help="also the fused forward kernel")
     parser.add_argument(
         "--out", type=Path, default=ROOT / "outputs" / "bench" / "triton_resources.json"
     )
     args = parser.parse_args(argv)
-    rows = measure(args.arch, args.k_tile, [SHAPES[i] for i in args.shapes])
+    shapes = [SHAPES[i] for i in args.shapes]
+    rows = measure(args.arch, args.k_tile, shapes)
+    if args.fused_conv:
+        rows += measure(args.arch, [kernels._K_TILE], shapes, fused_conv=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     record = {
         "target": f"cuda sm_{args.arch}",

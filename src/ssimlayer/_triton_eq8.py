@@ -3,7 +3,8 @@
 The maths is :mod:`ssimlayer.functional`'s (the same five sums, the same closed-form backward); only
 the scheduling differs. A forward is the convolution for Sxy and one kernel that computes the filter
 statistics and Sx and Sxx of every patch in registers and applies Eq. 8 for the group's filters (all
-of them, or a share where a launch would have few programs: see ``_FORWARD_SPLIT``).
+of them, or a share where a launch would have few programs: see ``_FORWARD_SPLIT``); with
+``_FUSED_CONV`` the forward kernel computes Sxy itself and the forward is one launch.
 A backward is one kernel for the gradient coefficients, one ``convolution_backward`` for the input
 and filter terms of R, and one kernel whose programs add the window terms to the input gradient or
 the per-filter terms to the filter gradient. At the sizes of the paper (a conv forward plus backward
@@ -73,6 +74,24 @@ _FORWARD_AUTO_SPLIT = 2
 # terms to its part of the channels of a block of pixels, summing P and Q over the windows itself).
 _WINDOW_SPLIT = 0
 _SPLIT_PROGRAMS = 512  # about 4 programs per SM on an H100 or H200 (132 SMs)
+# The forward's convolution for Sxy inside the forward kernel (True: ``_fused_forward_kernel``, one
+# launch per forward, Sxy never written unless the backward keeps it) or by cuDNN before it (False,
+# the default). The fused kernel multiplies each tile of patch values it reads for Sx and Sxx by
+# the tile of filter values with ``tl.dot`` (TF32 where cuDNN would use TF32 for a float32
+# convolution), so a program holds all its filters at once: at most _FUSED_FILTERS, more filters
+# per group are split among programs. Not yet timed on a GPU (experiments/bench/k_tile.py
+# --fused-conv); off until it is measured faster. SSIMLAYER_FUSED_CONV=1 (or set_fused_conv) turns
+# it on.
+_FUSED_CONV = os.environ.get("SSIMLAYER_FUSED_CONV", "0") == "1"
+_FUSED_FILTERS = 64  # filters per program of the fused kernel (its Sxy tile is filters x positions)
+_FUSED_C_TILE = 16  # input channels per tl.dot (the smallest inner size tl.dot takes)
+# Warps per fused program and software-pipelining stages of its channel loops. Compiled for sm_90
+# without a GPU (experiments/bench/triton_resources.py), registers per thread at 64 -> 64 32x32 / 8x8:
+# 4 warps, 1 stage: 209 / 125; 4 warps, 2 stages: 250 / 145 (3 stages, Triton's default there:
+# 255 and spills); 8 warps, 1 stage: 128 / 80; 8 warps, 2 stages: 140 / 122. Fewer registers,
+# more programs per SM; which is faster is for k_tile.py on a GPU.
+_FUSED_WARPS = 8
+_FUSED_STAGES = 1
 
 
 @triton.jit
@@ -217,6 +236,96 @@ def _filter_stats_kernel(w_ptr, ystat_ptr, n, c_out, K_TILE: tl.constexpr, N_BLO
     mu_f, var_f = _filter_stats_tile(w_ptr, f, k_ok, n, K_TILE, N_BLOCK)
     tl.store(ystat_ptr + f, mu_f, mask=k_ok)
     tl.store(ystat_ptr + c_out + f, var_f, mask=k_ok)
+
+
+@triton.jit
+def _fused_forward_kernel(
+    x_ptr, w_ptr, sxy_ptr, out_ptr, ystat_ptr, box_ptr,
+    c_in_g, h, w, h_out, w_out, k_per_group, groups, n_blocks, splits, k_chunk,
+    sx_b, sx_c, sx_h, sx_w,
+    ss_b, ss_c, ss_h, ss_w,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    n, c1: tl.constexpr, c2: tl.constexpr,
+    KH: tl.constexpr, KW: tl.constexpr, BLOCK: tl.constexpr, C_TILE: tl.constexpr,
+    F_TILE: tl.constexpr, SAVE_SXY: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    """:func:`_forward_kernel` with the convolution inside (``_FUSED_CONV``): one program, BLOCK
+    output positions of one (batch, group) and the filters ``[s k_chunk, (s + 1) k_chunk)`` of the
+    group (at most F_TILE), for its split ``s``.
+
+    One pass over the group's input channels (C_TILE at a time) and the kernel's taps reads each
+    tile of patch values once and uses it three times: for Sx and Sxx, and, multiplied by the
+    matching tile of filter values, for Sxy (``tl.dot``). The filter tiles give the filters' sums
+    and sums of squares on the way, so the filter statistics need no second pass. Sxy is written
+    only if SAVE_SXY (for the backward); the programs of split 0 write the patch sums, the first
+    program of each group and split the filter statistics.
+    """
+    split = tl.program_id(0) % splits
+    pid = (tl.program_id(0) // splits).to(tl.int64)
+    b, g, block, offs, inside = _program_tile(pid, n_blocks, groups, h_out * w_out, BLOCK)
+    dt = x_ptr.dtype.element_ty
+    oh, ow = offs // w_out, offs % w_out
+    lanes = tl.arange(0, F_TILE)
+    ks = split * k_chunk + lanes
+    k_ok = (lanes < k_chunk) & (ks < k_per_group)
+    f = g * k_per_group + ks
+    w_rows = w_ptr + f.to(tl.int64)[:, None] * n  # filter f's values: (channel, tap) row-major
+
+    acc_x = tl.zeros([C_TILE, BLOCK], dtype=dt)
+    acc_xx = tl.zeros([C_TILE, BLOCK], dtype=dt)
+    acc_y = tl.zeros([F_TILE, C_TILE], dtype=dt)
+    acc_yy = tl.zeros([F_TILE, C_TILE], dtype=dt)
+    acc_xy = tl.zeros([F_TILE, BLOCK], dtype=dt)
+    x_group = x_ptr + b * sx_b + (g * c_in_g) * sx_c
+    # Taps outside, channels inside: one tap's offsets and masks are live at a time (with the
+    # channels outside, the compiler keeps every tap's across the channel loop: 255 registers and
+    # spills at 3x3, triton_resources.py).
+    for i in tl.static_range(KH):
+        ih = oh * stride_h - pad_h + i * dil_h
+        row_ok = inside & (ih >= 0) & (ih < h)
+        for j in tl.static_range(KW):
+            iw = ow * stride_w - pad_w + j * dil_w
+            pos_ok = (row_ok & (iw >= 0) & (iw < w))[None, :]
+            x_tap = x_group + (ih * sx_h + iw * sx_w)[None, :]
+            w_tap = w_rows + (i * KW + j)
+            for c0 in range(0, c_in_g, C_TILE):
+                chans = c0 + tl.arange(0, C_TILE)
+                chan_ok = chans < c_in_g
+                v = tl.load(
+                    x_tap + chans.to(tl.int64)[:, None] * sx_c,
+                    mask=chan_ok[:, None] & pos_ok,
+                    other=0.0,
+                )
+                acc_x += v
+                acc_xx += v * v
+                y = tl.load(
+                    w_tap + (chans * (KH * KW))[None, :],
+                    mask=k_ok[:, None] & chan_ok[None, :],
+                    other=0.0,
+                )
+                acc_y += y
+                acc_yy += y * y
+                acc_xy = tl.dot(y, v, acc_xy, input_precision=PRECISION)
+    s_x = tl.sum(acc_x, 0)
+    s_xx = tl.sum(acc_xx, 0)
+    box = box_ptr + b * (2 * groups * h_out * w_out) + offs
+    writes_box = inside & (split == 0)
+    tl.store(box + g * (h_out * w_out), s_x, mask=writes_box)
+    tl.store(box + (groups + g) * (h_out * w_out), s_xx, mask=writes_box)
+
+    mu_x, var_x = _patch_stats(s_x, s_xx, n)
+    mu_f = tl.sum(acc_y, 1) / n
+    var_f = tl.maximum((tl.sum(acc_yy, 1) - mu_f * mu_f * n) / (n - 1), 0.0)
+    first = (b == 0) & (block == 0)
+    c_out = groups * k_per_group
+    tl.store(ystat_ptr + f, mu_f, mask=k_ok & first)
+    tl.store(ystat_ptr + c_out + f, var_f, mask=k_ok & first)
+    at = (b * ss_b + oh * ss_h + ow * ss_w)[None, :] + f[:, None] * ss_c
+    ok = k_ok[:, None] & inside[None, :]
+    if SAVE_SXY:
+        tl.store(sxy_ptr + at, acc_xy, mask=ok)
+    a1, b1, a2, b2 = _eq8_terms(mu_x, var_x, mu_f[:, None], var_f[:, None], acc_xy, n, c1, c2)
+    tl.store(out_ptr + at, (a1 * a2) / (b1 * b2), mask=ok)
 
 
 @triton.jit
@@ -436,6 +545,26 @@ def forward_meta(w_shape, groups: int, out_positions: int) -> dict:
 
 
 @functools.lru_cache(maxsize=256)  # every step asks again; callers only read it
+def fused_forward_meta(w_shape, groups: int, out_positions: int, blocks: int, tf32: bool) -> dict:
+    """The fused forward kernel's compile-time parameters and warps, and its split: ``splits``
+    programs per block of positions, ``k_chunk`` filters each (``blocks`` blocks in the launch;
+    ``tf32``: whether its ``tl.dot`` may round float32 inputs to TF32)."""
+    c_out, c_in_g, kh, kw = w_shape
+    block = _block(out_positions)
+    k_per_group = c_out // groups
+    splits, k_chunk = split_tiles(k_per_group, 16, _FORWARD_SPLIT, blocks, _FORWARD_AUTO_SPLIT)
+    if k_chunk > _FUSED_FILTERS:  # one program holds all its filters' Sxy at once
+        k_chunk = _FUSED_FILTERS
+        splits = _cdiv(k_per_group, k_chunk)
+    f_tile = max(16, _pow2(k_chunk))
+    return dict(
+        KH=kh, KW=kw, BLOCK=block, C_TILE=_FUSED_C_TILE, F_TILE=f_tile,
+        PRECISION="tf32" if tf32 else "ieee", num_warps=_FUSED_WARPS, num_stages=_FUSED_STAGES,
+        splits=splits, k_chunk=k_chunk,
+    )  # fmt: skip
+
+
+@functools.lru_cache(maxsize=256)  # every step asks again; callers only read it
 def filter_stats_meta(w_shape) -> dict:
     """The filter-statistics kernel's compile-time parameters and warps."""
     c_out, c_in_g, kh, kw = w_shape
@@ -527,10 +656,17 @@ class _Launcher:
 
 
 _forward_launch = _Launcher(_forward_kernel, pointers=6)
+_fused_forward_launch = _Launcher(_fused_forward_kernel, pointers=6)
 _filter_stats_launch = _Launcher(_filter_stats_kernel, pointers=2)
 _backward_launch = _Launcher(_backward_kernel, pointers=7)
 _window_terms_launch = _Launcher(_window_terms_kernel, pointers=6)
-LAUNCHERS = (_forward_launch, _filter_stats_launch, _backward_launch, _window_terms_launch)
+LAUNCHERS = (
+    _forward_launch,
+    _fused_forward_launch,
+    _filter_stats_launch,
+    _backward_launch,
+    _window_terms_launch,
+)
 
 
 def _direct_launch_failed(err: BaseException) -> None:
@@ -564,7 +700,13 @@ def set_direct_launch(enabled: bool) -> bool:
 
 
 def _clear_meta() -> None:
-    for meta in (forward_meta, filter_stats_meta, backward_meta, window_terms_meta):
+    for meta in (
+        forward_meta,
+        fused_forward_meta,
+        filter_stats_meta,
+        backward_meta,
+        window_terms_meta,
+    ):
         meta.cache_clear()
 
 
@@ -629,6 +771,44 @@ def set_stats_once(enabled: bool) -> bool:
     return previous
 
 
+def set_fused_conv(enabled: bool) -> bool:
+    """Compute the forward's Sxy inside the forward kernel (True) or by cuDNN before it (False, the
+    default) from the next launch on (see ``_FUSED_CONV``; a knob for benchmarks, see
+    experiments/bench/k_tile.py). Returns the previous value."""
+    global _FUSED_CONV
+    previous, _FUSED_CONV = _FUSED_CONV, bool(enabled)
+    return previous
+
+
+def set_fused_schedule(warps: int | None = None, stages: int | None = None) -> tuple[int, int]:
+    """Warps per program (1, 2, 4, 8 or 16) and pipelining stages (1 to 4) of the fused forward
+    kernel from the next launch on, None to leave one as it is (a knob for benchmarks, see
+    ``_FUSED_WARPS``); returns the previous pair."""
+    global _FUSED_WARPS, _FUSED_STAGES
+    if warps is not None and warps not in (1, 2, 4, 8, 16):
+        raise ValueError(f"set_fused_schedule: warps must be 1, 2, 4, 8 or 16, got {warps!r}")
+    if stages is not None and stages not in (1, 2, 3, 4):
+        raise ValueError(f"set_fused_schedule: stages must be 1 to 4, got {stages!r}")
+    previous = (_FUSED_WARPS, _FUSED_STAGES)
+    _FUSED_WARPS = previous[0] if warps is None else warps
+    _FUSED_STAGES = previous[1] if stages is None else stages
+    _clear_meta()
+    return previous
+
+
+def _conv_tf32() -> bool:
+    """Whether cuDNN would now run a float32 convolution in TF32 (PyTorch's default is yes)."""
+    cudnn = torch.backends.cudnn
+    conv = getattr(cudnn, "conv", None)
+    if conv is None or not hasattr(conv, "fp32_precision"):  # torch < 2.9
+        return bool(cudnn.allow_tf32)
+    for level in (conv, cudnn, torch.backends):  # "none" defers to the level above
+        precision = getattr(level, "fp32_precision", "none")
+        if precision != "none":
+            return precision == "tf32"
+    return False
+
+
 def _on_device_of(t: torch.Tensor):
     """Triton launches on the current CUDA device: make it ``t``'s (a no-op in the common case)."""
     if t.is_cuda and t.device.index != torch.cuda.current_device():
@@ -653,6 +833,8 @@ def eq8_backward(x, w, box, ystat, s_xy, grad_out, c1: float, c2: float, geometr
 
 
 def _eq8_forward(x, w, c1: float, c2: float, geometry, save_sxy: bool):
+    if _FUSED_CONV:
+        return _fused_eq8_forward(x, w, c1, c2, geometry, save_sxy)
     stride, padding, dilation, groups = geometry
     b, c_in, h, w_in = x.shape
     c_out, c_in_g, kh, kw = w.shape
@@ -681,6 +863,35 @@ def _eq8_forward(x, w, c1: float, c2: float, geometry, save_sxy: bool):
             n, float(c1), float(c2), **meta,
         )  # fmt: skip
     return out, box, ystat, (s_xy if save_sxy else None)
+
+
+def _fused_eq8_forward(x, w, c1: float, c2: float, geometry, save_sxy: bool):
+    stride, padding, dilation, groups = geometry
+    b, c_in, h, w_in = x.shape
+    c_out, c_in_g, kh, kw = w.shape
+    n = c_in_g * kh * kw
+    h_out = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    w_out = (w_in + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    # The layout cuDNN would give the convolution's output: channels last for a channels-last input.
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    out = torch.empty(b, c_out, h_out, w_out, device=x.device, dtype=x.dtype, memory_format=layout)
+    s_xy = torch.empty_like(out) if save_sxy else None
+    ystat = torch.empty(2, c_out, device=x.device, dtype=x.dtype)  # written by the kernel
+    box = torch.empty(b, 2 * groups, h_out, w_out, device=x.device, dtype=x.dtype)
+    n_blocks = _cdiv(h_out * w_out, _block(h_out * w_out))
+    tf32 = x.dtype == torch.float32 and _conv_tf32()
+    meta = dict(fused_forward_meta(w.shape, groups, h_out * w_out, b * groups * n_blocks, tf32))
+    splits, k_chunk = meta.pop("splits"), meta.pop("k_chunk")
+    if b * groups * n_blocks and c_out:
+        _fused_forward_launch(
+            (b * groups * n_blocks * splits,),
+            x, w, out if s_xy is None else s_xy, out, ystat, box,
+            c_in_g, h, w_in, h_out, w_out, c_out // groups, groups, n_blocks, splits, k_chunk,
+            *x.stride(), *out.stride(), *stride, *padding, *dilation,
+            n, float(c1), float(c2), SAVE_SXY=save_sxy, **meta,
+        )  # fmt: skip
+    return out, box, ystat, s_xy
 
 
 def _eq8_backward(x, w, box, ystat, s_xy, grad_out, c1: float, c2: float, geometry, needs):
