@@ -4,11 +4,11 @@ ARGS ?=
 
 .PHONY: install test test-all check lint bench gpu-check gpu-check-train bench-train train reproduce-table1 reproduce-shallow reproduce-nonlinearity reproduce-table2 robustness
 
-install:  ## create .venv and install the package with every dependency
+install:  ## create .venv and install the package with every dependency (about 6 GB: torch's CUDA build; no pip cache kept)
 	python3.11 -m venv .venv
-	.venv/bin/pip install --upgrade pip
-	.venv/bin/pip install torch==2.14.1 torchvision==0.29.1
-	.venv/bin/pip install -e ".[pipeline,dev]"
+	.venv/bin/pip install --no-cache-dir --upgrade pip
+	.venv/bin/pip install --no-cache-dir torch==2.14.1 torchvision==0.29.1
+	.venv/bin/pip install --no-cache-dir -e ".[pipeline,dev]"
 
 test:  ## the default suite: no slow, no GPU tests
 	$(PY) -m pytest -q
