@@ -246,6 +246,21 @@ def test_the_fused_forward_splits_filters_beyond_what_a_program_holds(fused, dev
         fused._clear_meta()
 
 
+def test_switching_the_fused_forward_checks_every_configuration_again(kernels):
+    from ssimlayer import _fusion
+
+    previous = kernels.set_fused_conv(False)
+    try:
+        _fusion.triton_checks.record("forward", ("some", "configuration"), True)
+        kernels.set_fused_conv(False)  # no change: the verdicts stay
+        assert _fusion.triton_checks.checked("forward", ("some", "configuration"))
+        kernels.set_fused_conv(True)
+        assert not _fusion.triton_checks.checked("forward", ("some", "configuration"))
+    finally:
+        kernels.set_fused_conv(previous)
+        _fusion.triton_checks.reset()
+
+
 def test_the_fused_dot_rounds_to_tf32_only_where_cudnn_would(kernels):
     """float32 Sxy in TF32 exactly when a cuDNN convolution would be (PyTorch's default), never
     under the first-use check's full-float32 convolutions; float64 always in float64."""

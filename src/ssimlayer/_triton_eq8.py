@@ -29,6 +29,7 @@ import triton
 import triton.language as tl
 from triton.compiler import CompiledKernel as _CompiledKernel
 
+from ssimlayer import _fusion
 from ssimlayer.functional import _conv_backward
 
 __all__ = ["eq8_forward", "eq8_backward"]
@@ -774,9 +775,12 @@ def set_stats_once(enabled: bool) -> bool:
 def set_fused_conv(enabled: bool) -> bool:
     """Compute the forward's Sxy inside the forward kernel (True) or by cuDNN before it (False, the
     default) from the next launch on (see ``_FUSED_CONV``; a knob for benchmarks, see
-    experiments/bench/k_tile.py). Returns the previous value."""
+    experiments/bench/k_tile.py). Returns the previous value. A change makes the layer check the
+    kernels of every configuration again on first use (see ``ssimlayer._fusion.TritonChecks``)."""
     global _FUSED_CONV
     previous, _FUSED_CONV = _FUSED_CONV, bool(enabled)
+    if previous != _FUSED_CONV:
+        _fusion.triton_checks.reset()
     return previous
 
 
