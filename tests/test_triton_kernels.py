@@ -222,28 +222,45 @@ def fused(kernels):
 
 
 @pytest.mark.parametrize("case", GRID, ids=lambda c: "-".join(map(str, c)))
-def test_the_fused_forward_matches_the_reference(fused, device, case):
+def test_the_fused_kernels_match_the_reference(fused, device, case):
     """Every geometry of the grid (empty batch, 1x1, stride, padding, dilation, groups, depthwise)
-    with the convolution inside the forward kernel; Sxy not kept, as for a layer whose output is
-    much larger than its input (the variant test above keeps it)."""
+    with the convolution inside the forward kernel and Sxy not kept, as for a layer whose output
+    is much larger than its input, so that the backward's coefficient kernel computes Sxy itself
+    too (the variant test above keeps it)."""
     torch.manual_seed(1)
     x, w, geom = _tensors(device, *case)
     _check_against_reference(fused, x, w, geom, save_sxy=False)
 
 
-def test_the_fused_forward_splits_filters_beyond_what_a_program_holds(fused, device, monkeypatch):
-    """40 filters with programs of at most 16: three programs per block, the last one masked."""
+@pytest.mark.parametrize("save_sxy", [True, False])
+def test_the_fused_kernels_split_filters_beyond_what_a_program_holds(
+    fused, device, monkeypatch, save_sxy
+):
+    """40 filters with programs of at most 16: three programs per block, the last one masked (in
+    the backward's fused kernel too when Sxy is not kept)."""
     monkeypatch.setattr(fused, "_FUSED_FILTERS", 16)
+    monkeypatch.setattr(fused, "_FUSED_BACKWARD_FILTERS", 16)
+    monkeypatch.setattr(fused, "_SPLIT_PROGRAMS", 1)  # no automatic split of small launches
     fused._clear_meta()
     try:
         torch.manual_seed(4)
         x, w, geom = _tensors(device, 2, 5, 40, 6, 6, 3, 1, 1, 1, 1)
-        meta = fused.fused_forward_meta(w.shape, 1, 36, 2, False)
-        assert (meta["splits"], meta["k_chunk"], meta["F_TILE"]) == (3, 16, 16)
-        _check_against_reference(fused, x, w, geom)
+        for meta in (fused.fused_forward_meta, fused.fused_backward_meta):
+            found = meta(w.shape, 1, 36, 2, False)
+            assert (found["splits"], found["k_chunk"], found["F_TILE"]) == (3, 16, 16)
+        _check_against_reference(fused, x, w, geom, save_sxy)
     finally:
         monkeypatch.undo()
         fused._clear_meta()
+
+
+def test_the_fused_backward_holds_fewer_filters_per_program_than_the_forward(kernels):
+    """64 filters in a launch of many blocks (no automatic split): one forward program holds all
+    64, the backward's coefficient terms are split in two programs of 32."""
+    forward = kernels.fused_forward_meta((64, 64, 3, 3), 1, 1024, 2048, True)
+    backward = kernels.fused_backward_meta((64, 64, 3, 3), 1, 1024, 2048, True)
+    assert (forward["splits"], forward["F_TILE"]) == (1, 64)
+    assert (backward["splits"], backward["F_TILE"]) == (2, 32)
 
 
 def test_switching_the_fused_forward_checks_every_configuration_again(kernels):
@@ -681,7 +698,7 @@ def test_every_kernel_compiles_for_a_cuda_target():
         timeout=600,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("OK ") == 5 * 3, result.stdout  # 5 kernels x 3 configurations
+    assert result.stdout.count("OK ") == 6 * 3, result.stdout  # 6 kernels x 3 configurations
 
 
 def test_first_use_checks_run_with_full_float32_convolutions():

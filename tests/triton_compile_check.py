@@ -20,21 +20,15 @@ from triton.compiler import ASTSource
 
 import ssimlayer._triton_eq8 as kernels
 
-POINTERS = {
-    "_forward_kernel": ("x_ptr", "w_ptr", "sxy_ptr", "out_ptr", "ystat_ptr", "box_ptr"),
-    "_fused_forward_kernel": ("x_ptr", "w_ptr", "sxy_ptr", "out_ptr", "ystat_ptr", "box_ptr"),
-    "_backward_kernel": (
-        "grad_ptr",
-        "sxy_ptr",
-        "r_ptr",
-        "ystat_ptr",
-        "box_ptr",
-        "pq_ptr",
-        "part_ptr",
-    ),  # fmt: skip
-    "_window_terms_kernel": ("gx_ptr", "x_ptr", "pq_ptr", "gw_ptr", "w_ptr", "part_ptr"),
-    "_filter_stats_kernel": ("w_ptr", "ystat_ptr"),
-}
+# Every kernel, in the order reported; their pointer arguments are those named ``*_ptr``.
+KERNELS = (
+    "_forward_kernel",
+    "_fused_forward_kernel",
+    "_fused_backward_kernel",
+    "_backward_kernel",
+    "_window_terms_kernel",
+    "_filter_stats_kernel",
+)
 # C1 and C2: compile-time constants of the kernels, so that they take the tensors' dtype (as a
 # run-time argument a Python float is float32).
 CONSTANTS = dict(c1=1e-4, c2=9e-4)
@@ -43,12 +37,11 @@ CONSTANTS = dict(c1=1e-4, c2=9e-4)
 ONES = ("stride_h", "stride_w", "dil_h", "dil_w", "groups", "splits", "pq_splits", "c_splits")
 BOTH = dict(INPUT=True, FILTER=True)
 # The fused forward's tl.dot takes 16 input channels at a time, whatever the other kernels' C_TILE.
-OVERRIDES = {"_fused_forward_kernel": dict(C_TILE=16)}
-# Compile options where they are not Triton's defaults: the fused forward's (with Triton's default
+OVERRIDES = {"_fused_forward_kernel": dict(C_TILE=16), "_fused_backward_kernel": dict(C_TILE=16)}
+# Compile options where they are not Triton's defaults: the fused kernels' (with Triton's default
 # of 3 pipelining stages its 7x7 variant alone takes minutes to compile).
-OPTIONS = {
-    "_fused_forward_kernel": dict(num_warps=kernels._FUSED_WARPS, num_stages=kernels._FUSED_STAGES)
-}
+FUSED_OPTIONS = dict(num_warps=kernels._FUSED_WARPS, num_stages=kernels._FUSED_STAGES)
+OPTIONS = {"_fused_forward_kernel": FUSED_OPTIONS, "_fused_backward_kernel": FUSED_OPTIONS}
 CONFIGS = [
     (
         "float32, k3, 1s specialised",
@@ -116,7 +109,7 @@ def compile_all() -> int:
     target = GPUTarget("cuda", 90, 32)
     failures = 0
     for label, dtype, shared, ones in CONFIGS:
-        for name, pointers in POINTERS.items():
+        for name in KERNELS:
             fn = getattr(kernels, name)
             constexprs = {**shared, **OVERRIDES.get(name, {})}
             signature, constants = {}, {}
@@ -129,7 +122,7 @@ def compile_all() -> int:
                 elif ones and arg in ONES:
                     signature[arg] = "constexpr"
                     constants[(index,)] = 1
-                elif arg in pointers:
+                elif arg.endswith("_ptr"):
                     signature[arg] = f"*{dtype}"
                 else:
                     signature[arg] = "i32"

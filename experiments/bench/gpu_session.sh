@@ -10,7 +10,7 @@
 #   bash experiments/bench/gpu_session.sh more    # at most 8.7 min: direct-launch host time, model.compile=reduce-overhead, k = 8 and 16
 #   bash experiments/bench/gpu_session.sh split   # at most 5.7 min: GPU tests, the splits at 8x8 per kernel, layer bench
 #   bash experiments/bench/gpu_session.sh warps   # at most 4 min: GPU tests, 4 warps and stats once per kernel, layer bench
-#   bash experiments/bench/gpu_session.sh fused   # at most 9.5 min: GPU tests, host time, the fused forward per kernel, layer bench without and with it
+#   bash experiments/bench/gpu_session.sh fused   # at most 8.5 min: GPU tests, host time, the fused kernels per kernel and schedule, layer bench without and with them
 #
 # `make gpu-check` and `make gpu-check-train` run the two parts with OUT=outputs/gpu_check.
 # On a lent machine without this project installed: its python3 holds torch, Triton and Lightning;
@@ -129,20 +129,23 @@ more)
         --out "$OUT/train_k8_k16.json" data=synthetic data.num_train=50000 data.num_val=1000 logger=csv
     ;;
 fused)
-    # The forward with the convolution inside its kernel (SSIMLAYER_FUSED_CONV, off by default
-    # until measured): the GPU tests (its compiled float64 and float32 kernels against the
-    # reference), the host time per piece (with the Python and C++ trivial-node rows, not yet run
-    # on a GPU), its GPU time per kernel with 4 and 8 warps and 1 and 2 stages at the three
-    # shapes, then the layer bench's wall clock without and with it.
+    # The kernels that compute Sxy themselves (SSIMLAYER_FUSED_CONV, off by default until
+    # measured): the GPU tests (their compiled float64 and float32 kernels against the reference),
+    # the host time per piece (with the Python and C++ trivial-node rows, not yet run on a GPU),
+    # their GPU time per kernel at the three shapes, four schedules at the two 3x3 shapes (a 7x7
+    # kernel with 2 pipelining stages may take a minute to compile), then the layer bench's wall
+    # clock and peak memory without and with them.
     workers=$("$PY" -c "import xdist" 2>/dev/null && echo "-n 8")
     part gpu_tests 90 "$PY" -m pytest -q -rfE --tb=short -p no:cacheprovider -m "not slow" \
         $workers tests/test_gpu.py tests/test_triton_kernels.py
-    part host_overhead 100 "$PY" experiments/bench/host_overhead.py --out "$OUT/host_overhead.json"
-    part k_tile_fused 150 "$PY" experiments/bench/k_tile.py --k-tile --fused-conv \
-        --fused-warps 4 8 --fused-stages 1 2 --kernels --out "$OUT/k_tile_fused.json"
-    part layer_bench 90 "$PY" experiments/bench/layer.py --device cuda --repeats 6 \
+    part host_overhead 90 "$PY" experiments/bench/host_overhead.py --out "$OUT/host_overhead.json"
+    part k_tile_fused 90 "$PY" experiments/bench/k_tile.py --k-tile --fused-conv --kernels \
+        --out "$OUT/k_tile_fused.json"
+    part k_tile_fused_schedules 80 "$PY" experiments/bench/k_tile.py --k-tile --fused-conv \
+        --fused-warps 4 8 --fused-stages 1 2 --shapes 0 2 --out "$OUT/k_tile_fused_schedules.json"
+    part layer_bench 80 "$PY" experiments/bench/layer.py --device cuda --repeats 6 \
         --out "$OUT/layer.json"
-    SSIMLAYER_FUSED_CONV=1 part layer_bench_fused 90 "$PY" experiments/bench/layer.py \
+    SSIMLAYER_FUSED_CONV=1 part layer_bench_fused 80 "$PY" experiments/bench/layer.py \
         --device cuda --repeats 6 --out "$OUT/layer_fused.json"
     ;;
 *)

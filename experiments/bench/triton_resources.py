@@ -14,9 +14,10 @@ binary. Occupancy is what the registers allow on an H100/H200 SM (65,536 registe
 warp, at most 64 warps and 32 blocks), the other limits set aside.
 
 ``--k-tile`` compiles the filter-tiled kernels with other tile sizes too (``_K_TILE``, filters handled
-at once): smaller tiles hold fewer values per thread. ``--fused-conv`` also compiles the forward with
-the convolution inside (``set_fused_conv``), whose programs hold a tile of Sxy for all their
-filters. Which is faster is only known on a GPU.
+at once): smaller tiles hold fewer values per thread. ``--fused-conv`` also compiles the kernels that
+compute Sxy themselves (``set_fused_conv``: the forward, and the backward's gradient coefficients
+when the forward did not keep Sxy), whose programs hold a tile of Sxy for all their filters.
+Which is faster is only known on a GPU.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from ssimlayer import _triton_eq8 as kernels  # noqa: E402
 KERNELS = (
     "_forward_kernel",
     "_fused_forward_kernel",
+    "_fused_backward_kernel",
     "_filter_stats_kernel",
     "_backward_kernel",
     "_window_terms_kernel",
@@ -63,8 +65,9 @@ class _Capture:
         return lambda *args, **meta: self.calls.append((self.name, grid, args, meta))
 
 
-def captured_launches(shape, batch: int = 128) -> list:
-    """The kernel launches of one forward and one backward at ``shape`` (a ``layer.py`` row)."""
+def captured_launches(shape, batch: int = 128, save_sxy: bool = True) -> list:
+    """The kernel launches of one forward and one backward at ``shape`` (a ``layer.py`` row), the
+    forward keeping Sxy for the backward or not."""
     _, c_in, c_out, size, k, padding = shape
     x = torch.randn(batch, c_in, size, size)
     w = torch.randn(c_out, c_in, k, k)
@@ -80,7 +83,7 @@ def captured_launches(shape, batch: int = 128) -> list:
     try:
         for name, launch in launchers.items():
             launch.kernel = _Capture(name, calls)
-        out, box, ystat, s_xy = kernels.eq8_forward(x, w, 1e-4, 9e-4, geometry, True)
+        out, box, ystat, s_xy = kernels.eq8_forward(x, w, 1e-4, 9e-4, geometry, save_sxy)
         grad = torch.ones_like(out)
         kernels.eq8_backward(x, w, box, ystat, s_xy, grad, 1e-4, 9e-4, geometry, (True, True))
     finally:
@@ -147,12 +150,13 @@ def measure(arch: int, k_tiles, shapes=SHAPES, fused_conv: bool = False) -> list
                 label = (
                     f"128x{shape[1]}x{shape[3]}x{shape[3]} -> {shape[2]}, k{shape[4]} p{shape[5]}"
                 )
-                for name, grid, args, meta in captured_launches(shape):
+                # Fused: Sxy not kept, so that the backward's fused kernel is launched too.
+                for name, grid, args, meta in captured_launches(shape, save_sxy=not fused_conv):
                     if "K_TILE" not in meta and k_tile != default_k_tile:
                         continue  # not tiled over filters: the same binary as the default
                     compiled, options = compile_launch(name, args, meta, arch)
                     usage = resource_usage(compiled.asm["cubin"])
-                    if fused_conv and name != "_fused_forward_kernel":
+                    if fused_conv and not name.startswith("_fused"):
                         continue  # the other kernels do not change
                     row = {
                         "shape": label,

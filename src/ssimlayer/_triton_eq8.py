@@ -85,6 +85,11 @@ _SPLIT_PROGRAMS = 512  # about 4 programs per SM on an H100 or H200 (132 SMs)
 # it on.
 _FUSED_CONV = os.environ.get("SSIMLAYER_FUSED_CONV", "0") == "1"
 _FUSED_FILTERS = 64  # filters per program of the fused kernel (its Sxy tile is filters x positions)
+# The same in the backward's fused kernel (for a forward that did not keep Sxy: the gradient
+# coefficients computed from a Sxy it computes itself, instead of a convolution that recomputes
+# it). Its coefficient terms are several tiles of that size at once, hence a smaller tile; a split
+# costs only re-reading the input tiles, each program computes Sxy for its own filters only.
+_FUSED_BACKWARD_FILTERS = 32
 _FUSED_C_TILE = 16  # input channels per tl.dot (the smallest inner size tl.dot takes)
 # Warps per fused program and software-pipelining stages of its channel loops. Compiled for sm_90
 # without a GPU (experiments/bench/triton_resources.py), registers per thread at 64 -> 64 32x32 / 8x8:
@@ -119,6 +124,25 @@ def _program_tile(pid, n_blocks, groups, size, BLOCK: tl.constexpr):
     bg, block = pid // n_blocks, pid % n_blocks
     offs = block * BLOCK + tl.arange(0, BLOCK)
     return bg // groups, bg % groups, block, offs, offs < size
+
+
+@triton.jit
+def _store_box(box_ptr, b, g, groups, size, offs, mask, first, second):
+    """Write one block's two ``(BLOCK,)`` values of group ``g`` (Sx and Sxx, or P and Q) into an
+    array laid out as ``box``: ``(B, 2 G, Ho, Wo)``, the first at channel g, the second at G + g."""
+    at = box_ptr + b * (2 * groups * size) + offs
+    tl.store(at + g * size, first, mask=mask)
+    tl.store(at + (groups + g) * size, second, mask=mask)
+
+
+@triton.jit
+def _load_box(box_ptr, b, g, groups, size, offs, mask):
+    """Read what :func:`_store_box` wrote: Sx and Sxx of one block of group ``g``."""
+    at = box_ptr + b * (2 * groups * size) + offs
+    return (
+        tl.load(at + g * size, mask=mask, other=0.0),
+        tl.load(at + (groups + g) * size, mask=mask, other=0.0),
+    )
 
 
 @triton.jit
@@ -201,10 +225,7 @@ def _forward_kernel(
                 acc_xx += v * v
     s_x = tl.sum(acc_x, 0)
     s_xx = tl.sum(acc_xx, 0)
-    box = box_ptr + b * (2 * groups * h_out * w_out) + offs
-    writes_box = inside & (split == 0)
-    tl.store(box + g * (h_out * w_out), s_x, mask=writes_box)
-    tl.store(box + (groups + g) * (h_out * w_out), s_xx, mask=writes_box)
+    _store_box(box_ptr, b, g, groups, h_out * w_out, offs, inside & (split == 0), s_x, s_xx)
 
     mu_x, var_x = _patch_stats(s_x, s_xx, n)
     c_out = groups * k_per_group
@@ -240,6 +261,59 @@ def _filter_stats_kernel(w_ptr, ystat_ptr, n, c_out, K_TILE: tl.constexpr, N_BLO
 
 
 @triton.jit
+def _patch_dot(
+    x_group, w_rows, k_ok, oh, ow, inside, c_in_g, h, w, sx_c, sx_h, sx_w,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    KH: tl.constexpr, KW: tl.constexpr, BLOCK: tl.constexpr, C_TILE: tl.constexpr,
+    F_TILE: tl.constexpr, PRECISION: tl.constexpr, STATS: tl.constexpr,
+):  # fmt: skip
+    """Sxy of BLOCK patches (positions ``oh, ow`` of the image at ``x_group``, its group's first
+    channel) with F_TILE filters (rows ``w_rows``, masked by ``k_ok``), as an ``(F_TILE, BLOCK)``
+    tile, by ``tl.dot`` of C_TILE channels of one tap at a time; and, if STATS, on the way, Sx and
+    Sxx of the patches (``(BLOCK,)``) and the filters' sums and sums of squares (``(F_TILE,)``),
+    else zeros for those.
+
+    Taps outside, channels inside: one tap's offsets and masks are live at a time (with the
+    channels outside, the compiler keeps every tap's across the channel loop: 255 registers and
+    spills at 3x3, experiments/bench/triton_resources.py).
+    """
+    dt = x_group.dtype.element_ty
+    acc_x = tl.zeros([C_TILE, BLOCK], dtype=dt)
+    acc_xx = tl.zeros([C_TILE, BLOCK], dtype=dt)
+    acc_y = tl.zeros([F_TILE, C_TILE], dtype=dt)
+    acc_yy = tl.zeros([F_TILE, C_TILE], dtype=dt)
+    s_xy = tl.zeros([F_TILE, BLOCK], dtype=dt)
+    for i in tl.static_range(KH):
+        ih = oh * stride_h - pad_h + i * dil_h
+        row_ok = inside & (ih >= 0) & (ih < h)
+        for j in tl.static_range(KW):
+            iw = ow * stride_w - pad_w + j * dil_w
+            pos_ok = (row_ok & (iw >= 0) & (iw < w))[None, :]
+            x_tap = x_group + (ih * sx_h + iw * sx_w)[None, :]
+            w_tap = w_rows + (i * KW + j)
+            for c0 in range(0, c_in_g, C_TILE):
+                chans = c0 + tl.arange(0, C_TILE)
+                chan_ok = chans < c_in_g
+                v = tl.load(
+                    x_tap + chans.to(tl.int64)[:, None] * sx_c,
+                    mask=chan_ok[:, None] & pos_ok,
+                    other=0.0,
+                )
+                y = tl.load(
+                    w_tap + (chans * (KH * KW))[None, :],
+                    mask=k_ok[:, None] & chan_ok[None, :],
+                    other=0.0,
+                )
+                if STATS:
+                    acc_x += v
+                    acc_xx += v * v
+                    acc_y += y
+                    acc_yy += y * y
+                s_xy = tl.dot(y, v, s_xy, input_precision=PRECISION)
+    return tl.sum(acc_x, 0), tl.sum(acc_xx, 0), tl.sum(acc_y, 1), tl.sum(acc_yy, 1), s_xy
+
+
+@triton.jit
 def _fused_forward_kernel(
     x_ptr, w_ptr, sxy_ptr, out_ptr, ystat_ptr, box_ptr,
     c_in_g, h, w, h_out, w_out, k_per_group, groups, n_blocks, splits, k_chunk,
@@ -264,7 +338,6 @@ def _fused_forward_kernel(
     split = tl.program_id(0) % splits
     pid = (tl.program_id(0) // splits).to(tl.int64)
     b, g, block, offs, inside = _program_tile(pid, n_blocks, groups, h_out * w_out, BLOCK)
-    dt = x_ptr.dtype.element_ty
     oh, ow = offs // w_out, offs % w_out
     lanes = tl.arange(0, F_TILE)
     ks = split * k_chunk + lanes
@@ -272,51 +345,17 @@ def _fused_forward_kernel(
     f = g * k_per_group + ks
     w_rows = w_ptr + f.to(tl.int64)[:, None] * n  # filter f's values: (channel, tap) row-major
 
-    acc_x = tl.zeros([C_TILE, BLOCK], dtype=dt)
-    acc_xx = tl.zeros([C_TILE, BLOCK], dtype=dt)
-    acc_y = tl.zeros([F_TILE, C_TILE], dtype=dt)
-    acc_yy = tl.zeros([F_TILE, C_TILE], dtype=dt)
-    acc_xy = tl.zeros([F_TILE, BLOCK], dtype=dt)
     x_group = x_ptr + b * sx_b + (g * c_in_g) * sx_c
-    # Taps outside, channels inside: one tap's offsets and masks are live at a time (with the
-    # channels outside, the compiler keeps every tap's across the channel loop: 255 registers and
-    # spills at 3x3, triton_resources.py).
-    for i in tl.static_range(KH):
-        ih = oh * stride_h - pad_h + i * dil_h
-        row_ok = inside & (ih >= 0) & (ih < h)
-        for j in tl.static_range(KW):
-            iw = ow * stride_w - pad_w + j * dil_w
-            pos_ok = (row_ok & (iw >= 0) & (iw < w))[None, :]
-            x_tap = x_group + (ih * sx_h + iw * sx_w)[None, :]
-            w_tap = w_rows + (i * KW + j)
-            for c0 in range(0, c_in_g, C_TILE):
-                chans = c0 + tl.arange(0, C_TILE)
-                chan_ok = chans < c_in_g
-                v = tl.load(
-                    x_tap + chans.to(tl.int64)[:, None] * sx_c,
-                    mask=chan_ok[:, None] & pos_ok,
-                    other=0.0,
-                )
-                acc_x += v
-                acc_xx += v * v
-                y = tl.load(
-                    w_tap + (chans * (KH * KW))[None, :],
-                    mask=k_ok[:, None] & chan_ok[None, :],
-                    other=0.0,
-                )
-                acc_y += y
-                acc_yy += y * y
-                acc_xy = tl.dot(y, v, acc_xy, input_precision=PRECISION)
-    s_x = tl.sum(acc_x, 0)
-    s_xx = tl.sum(acc_xx, 0)
-    box = box_ptr + b * (2 * groups * h_out * w_out) + offs
-    writes_box = inside & (split == 0)
-    tl.store(box + g * (h_out * w_out), s_x, mask=writes_box)
-    tl.store(box + (groups + g) * (h_out * w_out), s_xx, mask=writes_box)
+    s_x, s_xx, s_y, s_yy, s_xy = _patch_dot(
+        x_group, w_rows, k_ok, oh, ow, inside, c_in_g, h, w, sx_c, sx_h, sx_w,
+        stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+        KH, KW, BLOCK, C_TILE, F_TILE, PRECISION, True,
+    )  # fmt: skip
+    _store_box(box_ptr, b, g, groups, h_out * w_out, offs, inside & (split == 0), s_x, s_xx)
 
     mu_x, var_x = _patch_stats(s_x, s_xx, n)
-    mu_f = tl.sum(acc_y, 1) / n
-    var_f = tl.maximum((tl.sum(acc_yy, 1) - mu_f * mu_f * n) / (n - 1), 0.0)
+    mu_f = s_y / n
+    var_f = tl.maximum((s_yy - mu_f * mu_f * n) / (n - 1), 0.0)
     first = (b == 0) & (block == 0)
     c_out = groups * k_per_group
     tl.store(ystat_ptr + f, mu_f, mask=k_ok & first)
@@ -324,9 +363,30 @@ def _fused_forward_kernel(
     at = (b * ss_b + oh * ss_h + ow * ss_w)[None, :] + f[:, None] * ss_c
     ok = k_ok[:, None] & inside[None, :]
     if SAVE_SXY:
-        tl.store(sxy_ptr + at, acc_xy, mask=ok)
-    a1, b1, a2, b2 = _eq8_terms(mu_x, var_x, mu_f[:, None], var_f[:, None], acc_xy, n, c1, c2)
+        tl.store(sxy_ptr + at, s_xy, mask=ok)
+    a1, b1, a2, b2 = _eq8_terms(mu_x, var_x, mu_f[:, None], var_f[:, None], s_xy, n, c1, c2)
     tl.store(out_ptr + at, (a1 * a2) / (b1 * b2), mask=ok)
+
+
+@triton.jit
+def _coefficients(grad, s_xy, mu_x, var_x, mu_y, var_y, ok, n, c1, c2):
+    """The backward's terms for a ``(filters, positions)`` tile (``ok`` masks it): R (g dS/dcov /
+    (N - 1), the tile), the input's box terms P and Q summed over the filters (``(positions,)``)
+    and the filters' terms P' and Q' summed over the positions (``(filters,)``); see
+    :class:`ssimlayer.functional._SSIMConv2dEq8` for the maths."""
+    a1, b1, a2, b2 = _eq8_terms(mu_x, var_x, mu_y, var_y, s_xy, n, c1, c2)
+    inv = grad / (b1 * b2)
+    d_a1 = inv * a2  # g dS/dA1
+    g_s = d_a1 * a1  # g S
+    d_b1 = g_s / b1  # -g dS/dB1
+    d_var = -g_s / b2  # g dS/dvar_x = g dS/dvar_y
+    r = inv * a1 * 2 / (n - 1)  # g dS/dcov / (N - 1)
+    d_mu_x = (d_a1 * mu_y - d_b1 * mu_x) * 2
+    d_mu_y = (d_a1 * mu_x - d_b1 * mu_y) * 2
+    d_var2 = tl.where(ok, d_var * 2 / (n - 1), 0.0)  # g dS/dvar * dvar/dx_i / (x_i - mu)
+    p_x = tl.sum(tl.where(ok, d_mu_x / n - d_var2 * mu_x - r * mu_y, 0.0), 0)
+    p_y = tl.sum(tl.where(ok, d_mu_y / n - d_var2 * mu_y - r * mu_x, 0.0), 1)
+    return r, p_x, tl.sum(d_var2, 0), p_y, tl.sum(d_var2, 1)
 
 
 @triton.jit
@@ -352,9 +412,7 @@ def _backward_kernel(
     dt = grad_ptr.dtype.element_ty
     oh, ow = offs // w_out, offs % w_out
 
-    box = box_ptr + b * (2 * groups * h_out * w_out) + offs
-    s_x = tl.load(box + g * (h_out * w_out), mask=inside, other=0.0)
-    s_xx = tl.load(box + (groups + g) * (h_out * w_out), mask=inside, other=0.0)
+    s_x, s_xx = _load_box(box_ptr, b, g, groups, h_out * w_out, offs, inside)
     mu_x, var_x = _patch_stats(s_x, s_xx, n)
     c_out = groups * k_per_group
     pos_s = (b * ss_b + oh * ss_h + ow * ss_w)[None, :]
@@ -371,25 +429,61 @@ def _backward_kernel(
         ok = k_ok[:, None] & inside[None, :]
         grad = tl.load(grad_ptr + pos_g + f[:, None] * sg_c, mask=ok, other=0.0).to(dt)
         s_xy = tl.load(sxy_ptr + pos_s + f[:, None] * ss_c, mask=ok, other=0.0)
-        a1, b1, a2, b2 = _eq8_terms(mu_x, var_x, mu_y, var_y, s_xy, n, c1, c2)
-        inv = grad / (b1 * b2)
-        d_a1 = inv * a2  # g dS/dA1
-        g_s = d_a1 * a1  # g S
-        d_b1 = g_s / b1  # -g dS/dB1
-        d_var = -g_s / b2  # g dS/dvar_x = g dS/dvar_y
-        r = inv * a1 * 2 / (n - 1)  # g dS/dcov / (N - 1)
-        d_mu_x = (d_a1 * mu_y - d_b1 * mu_x) * 2
-        d_mu_y = (d_a1 * mu_x - d_b1 * mu_y) * 2
-        d_var2 = tl.where(ok, d_var * 2 / (n - 1), 0.0)  # g dS/dvar * dvar/dx_i / (x_i - mu)
+        r, p_xk, q_xk, p_y, q_y = _coefficients(grad, s_xy, mu_x, var_x, mu_y, var_y, ok, n, c1, c2)
         tl.store(r_ptr + pos_s + f[:, None] * ss_c, r, mask=ok)
-        p_x += tl.sum(tl.where(ok, d_mu_x / n - d_var2 * mu_x - r * mu_y, 0.0), 0)
-        q_x += tl.sum(d_var2, 0)
-        p_y = tl.sum(tl.where(ok, d_mu_y / n - d_var2 * mu_y - r * mu_x, 0.0), 1)
+        p_x += p_xk
+        q_x += q_xk
         tl.store(part + f, p_y, mask=k_ok)
-        tl.store(part + c_out + f, tl.sum(d_var2, 1), mask=k_ok)
-    pq = pq_ptr + split.to(tl.int64) * pq_split + b * (2 * groups * h_out * w_out) + offs
-    tl.store(pq + g * (h_out * w_out), p_x, mask=inside)
-    tl.store(pq + (groups + g) * (h_out * w_out), q_x, mask=inside)
+        tl.store(part + c_out + f, q_y, mask=k_ok)
+    pq = pq_ptr + split.to(tl.int64) * pq_split  # this split's P and Q
+    _store_box(pq, b, g, groups, h_out * w_out, offs, inside, p_x, q_x)
+
+
+@triton.jit
+def _fused_backward_kernel(
+    grad_ptr, x_ptr, w_ptr, r_ptr, ystat_ptr, box_ptr, pq_ptr, part_ptr,
+    c_in_g, h, w, h_out, w_out, k_per_group, groups, n_blocks, splits, k_chunk, pq_split,
+    sg_b, sg_c, sg_h, sg_w,
+    sr_b, sr_c, sr_h, sr_w,
+    sx_b, sx_c, sx_h, sx_w,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    n, c1: tl.constexpr, c2: tl.constexpr,
+    KH: tl.constexpr, KW: tl.constexpr, BLOCK: tl.constexpr, C_TILE: tl.constexpr,
+    F_TILE: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    """:func:`_backward_kernel` for a forward that did not keep Sxy, with ``_FUSED_CONV``: the
+    program computes its filters' Sxy itself (:func:`_patch_dot`) instead of reading a Sxy that a
+    convolution recomputed, and handles its (at most F_TILE) filters as one tile. Writes R (its own
+    strides), P and Q per split and the partial filter terms as :func:`_backward_kernel` does."""
+    split = tl.program_id(0) % splits
+    pid = (tl.program_id(0) // splits).to(tl.int64)
+    b, g, block, offs, inside = _program_tile(pid, n_blocks, groups, h_out * w_out, BLOCK)
+    oh, ow = offs // w_out, offs % w_out
+    lanes = tl.arange(0, F_TILE)
+    ks = split * k_chunk + lanes
+    k_ok = (lanes < k_chunk) & (ks < k_per_group)
+    f = g * k_per_group + ks
+    _, _, _, _, s_xy = _patch_dot(
+        x_ptr + b * sx_b + (g * c_in_g) * sx_c, w_ptr + f.to(tl.int64)[:, None] * n, k_ok,
+        oh, ow, inside, c_in_g, h, w, sx_c, sx_h, sx_w,
+        stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+        KH, KW, BLOCK, C_TILE, F_TILE, PRECISION, False,
+    )  # fmt: skip
+
+    s_x, s_xx = _load_box(box_ptr, b, g, groups, h_out * w_out, offs, inside)
+    mu_x, var_x = _patch_stats(s_x, s_xx, n)
+    c_out = groups * k_per_group
+    mu_y, var_y = _filter_tile(ystat_ptr, f, k_ok, c_out)
+    ok = k_ok[:, None] & inside[None, :]
+    at_g = (b * sg_b + oh * sg_h + ow * sg_w)[None, :] + f[:, None] * sg_c
+    grad = tl.load(grad_ptr + at_g, mask=ok, other=0.0).to(s_xy.dtype)
+    r, p_x, q_x, p_y, q_y = _coefficients(grad, s_xy, mu_x, var_x, mu_y, var_y, ok, n, c1, c2)
+    tl.store(r_ptr + (b * sr_b + oh * sr_h + ow * sr_w)[None, :] + f[:, None] * sr_c, r, mask=ok)
+    part = part_ptr + (b * n_blocks + block) * (2 * c_out)
+    tl.store(part + f, p_y, mask=k_ok)
+    tl.store(part + c_out + f, q_y, mask=k_ok)
+    pq = pq_ptr + split.to(tl.int64) * pq_split  # this split's P and Q
+    _store_box(pq, b, g, groups, h_out * w_out, offs, inside, p_x, q_x)
 
 
 @triton.jit
@@ -545,24 +639,41 @@ def forward_meta(w_shape, groups: int, out_positions: int) -> dict:
     )  # fmt: skip
 
 
-@functools.lru_cache(maxsize=256)  # every step asks again; callers only read it
-def fused_forward_meta(w_shape, groups: int, out_positions: int, blocks: int, tf32: bool) -> dict:
-    """The fused forward kernel's compile-time parameters and warps, and its split: ``splits``
-    programs per block of positions, ``k_chunk`` filters each (``blocks`` blocks in the launch;
-    ``tf32``: whether its ``tl.dot`` may round float32 inputs to TF32)."""
+def _fused_meta(w_shape, groups, positions, blocks, tf32, most, cap, filters) -> dict:
+    """A fused kernel's compile-time parameters, warps and split: ``splits`` programs per block of
+    positions (at most ``most``, 0 for automatic, automatic at most ``cap``), ``k_chunk`` filters
+    each, at most ``filters`` (``blocks`` blocks in the launch; ``tf32``: whether its ``tl.dot``
+    may round float32 inputs to TF32)."""
     c_out, c_in_g, kh, kw = w_shape
-    block = _block(out_positions)
     k_per_group = c_out // groups
-    splits, k_chunk = split_tiles(k_per_group, 16, _FORWARD_SPLIT, blocks, _FORWARD_AUTO_SPLIT)
-    if k_chunk > _FUSED_FILTERS:  # one program holds all its filters' Sxy at once
-        k_chunk = _FUSED_FILTERS
+    splits, k_chunk = split_tiles(k_per_group, 16, most, blocks, cap)
+    if k_chunk > filters:  # one program holds all its filters' Sxy at once
+        k_chunk = filters
         splits = _cdiv(k_per_group, k_chunk)
-    f_tile = max(16, _pow2(k_chunk))
     return dict(
-        KH=kh, KW=kw, BLOCK=block, C_TILE=_FUSED_C_TILE, F_TILE=f_tile,
+        KH=kh, KW=kw, BLOCK=_block(positions), C_TILE=_FUSED_C_TILE, F_TILE=max(16, _pow2(k_chunk)),
         PRECISION="tf32" if tf32 else "ieee", num_warps=_FUSED_WARPS, num_stages=_FUSED_STAGES,
         splits=splits, k_chunk=k_chunk,
     )  # fmt: skip
+
+
+@functools.lru_cache(maxsize=256)  # every step asks again; callers only read it
+def fused_forward_meta(w_shape, groups: int, out_positions: int, blocks: int, tf32: bool) -> dict:
+    """The fused forward kernel's :func:`_fused_meta`: split as the forward (``_FORWARD_SPLIT``),
+    at most _FUSED_FILTERS filters per program."""
+    return _fused_meta(
+        w_shape, groups, out_positions, blocks, tf32,
+        _FORWARD_SPLIT, _FORWARD_AUTO_SPLIT, _FUSED_FILTERS,
+    )  # fmt: skip
+
+
+@functools.lru_cache(maxsize=256)  # every step asks again; callers only read it
+def fused_backward_meta(w_shape, groups: int, out_positions: int, blocks: int, tf32: bool) -> dict:
+    """The fused gradient-coefficient kernel's :func:`_fused_meta`: split as the backward
+    (``_BACKWARD_SPLIT``), at most _FUSED_BACKWARD_FILTERS filters per program."""
+    return _fused_meta(
+        w_shape, groups, out_positions, blocks, tf32, _BACKWARD_SPLIT, 0, _FUSED_BACKWARD_FILTERS
+    )
 
 
 @functools.lru_cache(maxsize=256)  # every step asks again; callers only read it
@@ -658,12 +769,14 @@ class _Launcher:
 
 _forward_launch = _Launcher(_forward_kernel, pointers=6)
 _fused_forward_launch = _Launcher(_fused_forward_kernel, pointers=6)
+_fused_backward_launch = _Launcher(_fused_backward_kernel, pointers=8)
 _filter_stats_launch = _Launcher(_filter_stats_kernel, pointers=2)
 _backward_launch = _Launcher(_backward_kernel, pointers=7)
 _window_terms_launch = _Launcher(_window_terms_kernel, pointers=6)
 LAUNCHERS = (
     _forward_launch,
     _fused_forward_launch,
+    _fused_backward_launch,
     _filter_stats_launch,
     _backward_launch,
     _window_terms_launch,
@@ -704,6 +817,7 @@ def _clear_meta() -> None:
     for meta in (
         forward_meta,
         fused_forward_meta,
+        fused_backward_meta,
         filter_stats_meta,
         backward_meta,
         window_terms_meta,
@@ -748,6 +862,7 @@ def set_split(
     _FORWARD_SPLIT = previous[0] if forward is None else forward
     _BACKWARD_SPLIT = previous[1] if backward is None else backward
     _WINDOW_SPLIT = previous[2] if window is None else window
+    _clear_meta()  # the fused kernels' meta holds their split
     return previous
 
 
@@ -869,6 +984,13 @@ def _eq8_forward(x, w, c1: float, c2: float, geometry, save_sxy: bool):
     return out, box, ystat, (s_xy if save_sxy else None)
 
 
+def _conv_layout(x: torch.Tensor) -> torch.memory_format:
+    """The layout cuDNN gives a convolution's output: channels last for a channels-last input."""
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 def _fused_eq8_forward(x, w, c1: float, c2: float, geometry, save_sxy: bool):
     stride, padding, dilation, groups = geometry
     b, c_in, h, w_in = x.shape
@@ -876,10 +998,8 @@ def _fused_eq8_forward(x, w, c1: float, c2: float, geometry, save_sxy: bool):
     n = c_in_g * kh * kw
     h_out = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
     w_out = (w_in + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
-    # The layout cuDNN would give the convolution's output: channels last for a channels-last input.
-    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-    layout = torch.channels_last if channels_last else torch.contiguous_format
-    out = torch.empty(b, c_out, h_out, w_out, device=x.device, dtype=x.dtype, memory_format=layout)
+    out = torch.empty(b, c_out, h_out, w_out, device=x.device, dtype=x.dtype,
+                      memory_format=_conv_layout(x))  # fmt: skip
     s_xy = torch.empty_like(out) if save_sxy else None
     ystat = torch.empty(2, c_out, device=x.device, dtype=x.dtype)  # written by the kernel
     box = torch.empty(b, 2 * groups, h_out, w_out, device=x.device, dtype=x.dtype)
@@ -903,18 +1023,36 @@ def _eq8_backward(x, w, box, ystat, s_xy, grad_out, c1: float, c2: float, geomet
     b, c_in, h, w_in = x.shape
     c_out, c_in_g, kh, kw = w.shape
     n = c_in_g * kh * kw
-    if s_xy is None:  # not saved: recompute with one more convolution
-        s_xy = torch.nn.functional.conv2d(x, w, None, stride, padding, dilation, groups)
-    h_out, w_out = s_xy.shape[2:]
-    r = torch.empty_like(s_xy)
-    meta = backward_meta(w.shape, groups, h_out * w_out)
-    n_blocks = _cdiv(h_out * w_out, meta["BLOCK"])
-    splits, k_chunk = split_tiles(
-        c_out // groups, meta["K_TILE"], _BACKWARD_SPLIT, b * groups * n_blocks
-    )
+    h_out, w_out = box.shape[2:]
+    n_blocks = _cdiv(h_out * w_out, _block(h_out * w_out))
+    if s_xy is None and _FUSED_CONV:  # not saved: the coefficient kernel computes it
+        r = torch.empty(b, c_out, h_out, w_out, device=x.device, dtype=x.dtype,
+                        memory_format=_conv_layout(x))  # fmt: skip
+        tf32 = x.dtype == torch.float32 and _conv_tf32()
+        meta = dict(
+            fused_backward_meta(w.shape, groups, h_out * w_out, b * groups * n_blocks, tf32)
+        )
+        splits, k_chunk = meta.pop("splits"), meta.pop("k_chunk")
+    else:
+        if s_xy is None:  # not saved: recompute with one more convolution
+            s_xy = torch.nn.functional.conv2d(x, w, None, stride, padding, dilation, groups)
+        r = torch.empty_like(s_xy)
+        meta = backward_meta(w.shape, groups, h_out * w_out)
+        splits, k_chunk = split_tiles(
+            c_out // groups, meta["K_TILE"], _BACKWARD_SPLIT, b * groups * n_blocks
+        )
     pq = torch.empty((splits, *box.shape), device=x.device, dtype=x.dtype)  # P, Q per split
     part = torch.empty(b * n_blocks, 2 * c_out, device=x.device, dtype=x.dtype)
-    if b * groups * n_blocks:
+    if b * groups * n_blocks and s_xy is None:
+        _fused_backward_launch(
+            (b * groups * n_blocks * splits,),
+            grad_out, x, w, r, ystat, box, pq, part,
+            c_in_g, h, w_in, h_out, w_out, c_out // groups, groups, n_blocks, splits, k_chunk,
+            box.numel(), *grad_out.stride(), *r.stride(), *x.stride(),
+            *stride, *padding, *dilation,
+            n, float(c1), float(c2), **meta,
+        )  # fmt: skip
+    elif b * groups * n_blocks:
         _backward_launch(
             (b * groups * n_blocks * splits,),
             grad_out, s_xy, r, ystat, box, pq, part,
