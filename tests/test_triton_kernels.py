@@ -221,15 +221,24 @@ def fused(kernels):
     kernels.set_fused_conv(previous)
 
 
+@pytest.mark.parametrize("flat", [True, False], ids=["flat", "per-tap"])
 @pytest.mark.parametrize("case", GRID, ids=lambda c: "-".join(map(str, c)))
-def test_the_fused_kernels_match_the_reference(fused, device, case):
+def test_the_fused_kernels_match_the_reference(fused, device, monkeypatch, case, flat):
     """Every geometry of the grid (empty batch, 1x1, stride, padding, dilation, groups, depthwise)
     with the convolution inside the forward kernel and Sxy not kept, as for a layer whose output
     is much larger than its input, so that the backward's coefficient kernel computes Sxy itself
-    too (the variant test above keeps it)."""
-    torch.manual_seed(1)
-    x, w, geom = _tensors(device, *case)
-    _check_against_reference(fused, x, w, geom, save_sxy=False)
+    too (the variant test above keeps it); the grid's groups of 1 to 6 channels read both ways:
+    values of the whole patch at a time (their default) and channels of one tap at a time."""
+    monkeypatch.setattr(fused, "_FUSED_FLAT_CHANNELS", 16 if flat else 0)
+    fused._clear_meta()
+    try:
+        torch.manual_seed(1)
+        x, w, geom = _tensors(device, *case)
+        assert fused.fused_forward_meta(w.shape, geom["groups"], 1, 1, False)["FLAT"] == flat
+        _check_against_reference(fused, x, w, geom, save_sxy=False)
+    finally:
+        monkeypatch.undo()
+        fused._clear_meta()
 
 
 @pytest.mark.parametrize("save_sxy", [True, False])

@@ -58,6 +58,7 @@ CONFIGS = [
             F_TILE=64,
             SAVE_SXY=True,
             PRECISION="tf32",
+            FLAT=False,
             **BOTH,
         ),  # fmt: skip
         True,
@@ -77,6 +78,7 @@ CONFIGS = [
             F_TILE=32,
             SAVE_SXY=False,
             PRECISION="ieee",
+            FLAT=True,
             INPUT=True,
             FILTER=False,
         ),
@@ -97,6 +99,7 @@ CONFIGS = [
             F_TILE=16,
             SAVE_SXY=True,
             PRECISION="ieee",
+            FLAT=True,
             INPUT=False,
             FILTER=True,
         ),

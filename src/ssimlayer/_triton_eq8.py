@@ -91,6 +91,9 @@ _FUSED_FILTERS = 64  # filters per program of the fused kernel (its Sxy tile is 
 # costs only re-reading the input tiles, each program computes Sxy for its own filters only.
 _FUSED_BACKWARD_FILTERS = 32
 _FUSED_C_TILE = 16  # input channels per tl.dot (the smallest inner size tl.dot takes)
+# Groups of fewer input channels than this take each tl.dot's 16 values from the whole patch in
+# the filters' (channel, tap) order instead of from the channels of one tap (``_patch_dot``'s FLAT).
+_FUSED_FLAT_CHANNELS = 16
 # Warps per fused program and software-pipelining stages of its channel loops. Compiled for sm_90
 # without a GPU (experiments/bench/triton_resources.py), registers per thread at 64 -> 64 32x32 / 8x8:
 # 4 warps, 1 stage: 209 / 125; 4 warps, 2 stages: 250 / 145 (3 stages, Triton's default there:
@@ -265,17 +268,21 @@ def _patch_dot(
     x_group, w_rows, k_ok, oh, ow, inside, c_in_g, h, w, sx_c, sx_h, sx_w,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     KH: tl.constexpr, KW: tl.constexpr, BLOCK: tl.constexpr, C_TILE: tl.constexpr,
-    F_TILE: tl.constexpr, PRECISION: tl.constexpr, STATS: tl.constexpr,
+    F_TILE: tl.constexpr, PRECISION: tl.constexpr, STATS: tl.constexpr, FLAT: tl.constexpr,
 ):  # fmt: skip
     """Sxy of BLOCK patches (positions ``oh, ow`` of the image at ``x_group``, its group's first
     channel) with F_TILE filters (rows ``w_rows``, masked by ``k_ok``), as an ``(F_TILE, BLOCK)``
-    tile, by ``tl.dot`` of C_TILE channels of one tap at a time; and, if STATS, on the way, Sx and
-    Sxx of the patches (``(BLOCK,)``) and the filters' sums and sums of squares (``(F_TILE,)``),
-    else zeros for those.
+    tile, by ``tl.dot`` of C_TILE patch values at a time; and, if STATS, on the way, Sx and Sxx of
+    the patches (``(BLOCK,)``) and the filters' sums and sums of squares (``(F_TILE,)``), else
+    zeros for those.
 
-    Taps outside, channels inside: one tap's offsets and masks are live at a time (with the
-    channels outside, the compiler keeps every tap's across the channel loop: 255 registers and
-    spills at 3x3, experiments/bench/triton_resources.py).
+    Unless FLAT, the C_TILE values are channels of one tap: taps outside, channels inside, so that
+    one tap's offsets and masks are live at a time (with the channels outside, the compiler keeps
+    every tap's across the channel loop: 255 registers and spills at 3x3,
+    experiments/bench/triton_resources.py). With FLAT (for groups of fewer channels than C_TILE,
+    such as an RGB input's 3) they are C_TILE consecutive values of the patch in the filters'
+    (channel, tap) order, each with its own channel and tap: a 7x7 patch of 3 channels takes 10
+    steps instead of 49 mostly masked ones.
     """
     dt = x_group.dtype.element_ty
     acc_x = tl.zeros([C_TILE, BLOCK], dtype=dt)
@@ -283,6 +290,25 @@ def _patch_dot(
     acc_y = tl.zeros([F_TILE, C_TILE], dtype=dt)
     acc_yy = tl.zeros([F_TILE, C_TILE], dtype=dt)
     s_xy = tl.zeros([F_TILE, BLOCK], dtype=dt)
+    if FLAT:
+        n = c_in_g * KH * KW
+        for k0 in range(0, n, C_TILE):
+            kk = k0 + tl.arange(0, C_TILE)  # positions in a filter's row: (channel, i, j)
+            k_in = kk < n
+            tap = kk % (KH * KW)
+            ih = (oh * stride_h - pad_h)[None, :] + ((tap // KW) * dil_h)[:, None]
+            iw = (ow * stride_w - pad_w)[None, :] + ((tap % KW) * dil_w)[:, None]
+            ok = (k_in[:, None] & inside[None, :]) & (ih >= 0) & (ih < h) & (iw >= 0) & (iw < w)
+            chan = (kk // (KH * KW)).to(tl.int64)[:, None] * sx_c
+            v = tl.load(x_group + chan + ih * sx_h + iw * sx_w, mask=ok, other=0.0)
+            y = tl.load(w_rows + kk[None, :], mask=k_ok[:, None] & k_in[None, :], other=0.0)
+            if STATS:
+                acc_x += v
+                acc_xx += v * v
+                acc_y += y
+                acc_yy += y * y
+            s_xy = tl.dot(y, v, s_xy, input_precision=PRECISION)
+        return tl.sum(acc_x, 0), tl.sum(acc_xx, 0), tl.sum(acc_y, 1), tl.sum(acc_yy, 1), s_xy
     for i in tl.static_range(KH):
         ih = oh * stride_h - pad_h + i * dil_h
         row_ok = inside & (ih >= 0) & (ih < h)
@@ -322,7 +348,7 @@ def _fused_forward_kernel(
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     n, c1: tl.constexpr, c2: tl.constexpr,
     KH: tl.constexpr, KW: tl.constexpr, BLOCK: tl.constexpr, C_TILE: tl.constexpr,
-    F_TILE: tl.constexpr, SAVE_SXY: tl.constexpr, PRECISION: tl.constexpr,
+    F_TILE: tl.constexpr, SAVE_SXY: tl.constexpr, PRECISION: tl.constexpr, FLAT: tl.constexpr,
 ):  # fmt: skip
     """:func:`_forward_kernel` with the convolution inside (``_FUSED_CONV``): one program, BLOCK
     output positions of one (batch, group) and the filters ``[s k_chunk, (s + 1) k_chunk)`` of the
@@ -349,7 +375,7 @@ def _fused_forward_kernel(
     s_x, s_xx, s_y, s_yy, s_xy = _patch_dot(
         x_group, w_rows, k_ok, oh, ow, inside, c_in_g, h, w, sx_c, sx_h, sx_w,
         stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-        KH, KW, BLOCK, C_TILE, F_TILE, PRECISION, True,
+        KH, KW, BLOCK, C_TILE, F_TILE, PRECISION, True, FLAT,
     )  # fmt: skip
     _store_box(box_ptr, b, g, groups, h_out * w_out, offs, inside & (split == 0), s_x, s_xx)
 
@@ -449,7 +475,7 @@ def _fused_backward_kernel(
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     n, c1: tl.constexpr, c2: tl.constexpr,
     KH: tl.constexpr, KW: tl.constexpr, BLOCK: tl.constexpr, C_TILE: tl.constexpr,
-    F_TILE: tl.constexpr, PRECISION: tl.constexpr,
+    F_TILE: tl.constexpr, PRECISION: tl.constexpr, FLAT: tl.constexpr,
 ):  # fmt: skip
     """:func:`_backward_kernel` for a forward that did not keep Sxy, with ``_FUSED_CONV``: the
     program computes its filters' Sxy itself (:func:`_patch_dot`) instead of reading a Sxy that a
@@ -467,7 +493,7 @@ def _fused_backward_kernel(
         x_ptr + b * sx_b + (g * c_in_g) * sx_c, w_ptr + f.to(tl.int64)[:, None] * n, k_ok,
         oh, ow, inside, c_in_g, h, w, sx_c, sx_h, sx_w,
         stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-        KH, KW, BLOCK, C_TILE, F_TILE, PRECISION, False,
+        KH, KW, BLOCK, C_TILE, F_TILE, PRECISION, False, FLAT,
     )  # fmt: skip
 
     s_x, s_xx = _load_box(box_ptr, b, g, groups, h_out * w_out, offs, inside)
@@ -652,7 +678,8 @@ def _fused_meta(w_shape, groups, positions, blocks, tf32, most, cap, filters) ->
         splits = _cdiv(k_per_group, k_chunk)
     return dict(
         KH=kh, KW=kw, BLOCK=_block(positions), C_TILE=_FUSED_C_TILE, F_TILE=max(16, _pow2(k_chunk)),
-        PRECISION="tf32" if tf32 else "ieee", num_warps=_FUSED_WARPS, num_stages=_FUSED_STAGES,
+        PRECISION="tf32" if tf32 else "ieee", FLAT=c_in_g < _FUSED_FLAT_CHANNELS,
+        num_warps=_FUSED_WARPS, num_stages=_FUSED_STAGES,
         splits=splits, k_chunk=k_chunk,
     )  # fmt: skip
 
