@@ -82,15 +82,30 @@ def test_forward_and_backward_match_reference(kernels, device, case, save_sxy):
     _check_against_reference(kernels, x, w, geom, save_sxy)
 
 
-def test_strided_gradient_and_channels_last_input(kernels, device):
-    """Kernels read through strides: an expanded gradient and a channels-last input need no copy."""
+@pytest.mark.parametrize(
+    "fused_conv, save_sxy",
+    [(False, True), (True, True), (True, False)],
+    ids=["cudnn", "fused", "fused-recompute"],
+)
+def test_strided_gradient_and_channels_last_input(kernels, device, fused_conv, save_sxy):
+    """Kernels read through strides: an expanded gradient and a channels-last input need no copy
+    (the fused kernels' outputs take the input's layout, as cuDNN's would)."""
     torch.manual_seed(2)
     x, w, geom = _tensors(device, 2, 4, 6, 9, 7, 3, 2, 1, 1, 2)
     x = x.contiguous(memory_format=torch.channels_last)
     ref = ssim_conv2d_reference(x.cpu(), w.cpu(), **geom)
     # Stride 0 everywhere, as the gradient of out.sum() arrives.
     grad = torch.tensor(0.5, dtype=torch.float64, device=device).expand(ref.shape)
-    out, box, ystat, s_xy = kernels.eq8_forward(x, w, 1e-4, 9e-4, _geometry(geom), True)
+    previous = kernels.set_fused_conv(fused_conv)
+    try:
+        _strided_gradient_and_channels_last_input(kernels, x, w, geom, grad, ref, save_sxy)
+    finally:
+        kernels.set_fused_conv(previous)
+
+
+def _strided_gradient_and_channels_last_input(kernels, x, w, geom, grad, ref, save_sxy):
+    out, box, ystat, s_xy = kernels.eq8_forward(x, w, 1e-4, 9e-4, _geometry(geom), save_sxy)
+    assert out.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(out.cpu(), ref, rtol=1e-9, atol=1e-9)
     grad_x, grad_w = kernels.eq8_backward(
         x, w, box, ystat, s_xy, grad, 1e-4, 9e-4, _geometry(geom), (True, True)
@@ -506,18 +521,23 @@ def test_repeated_real_launches_match_the_reference(kernels, device, direct):
 
 
 @pytest.mark.parametrize("fused_conv", [False, True], ids=["cudnn-sxy", "fused-sxy"])
-def test_float32_kernels_agree_with_the_pytorch_path(kernels, device, fused_conv):
+@pytest.mark.parametrize(
+    "case",
+    [(4, 8, 8, 16, 16, 3, 1, 1, 1, 1), (4, 3, 24, 16, 16, 5, 1, 2, 1, 1)],
+    ids=["sxy-kept", "sxy-recomputed"],  # the output 8x the input: the backward recomputes Sxy
+)
+def test_float32_kernels_agree_with_the_pytorch_path(kernels, device, fused_conv, case):
     previous = kernels.set_fused_conv(fused_conv)
     try:
         with functional._ieee_float32_convolutions():  # no TF32 on either side
-            _float32_kernels_agree_with_the_pytorch_path(kernels, device)
+            _float32_kernels_agree_with_the_pytorch_path(kernels, device, case)
     finally:
         kernels.set_fused_conv(previous)
 
 
-def _float32_kernels_agree_with_the_pytorch_path(kernels, device):
+def _float32_kernels_agree_with_the_pytorch_path(kernels, device, case):
     torch.manual_seed(3)
-    x, w, geom = _tensors(device, 4, 8, 8, 16, 16, 3, 1, 1, 1, 1, dtype=torch.float32)
+    x, w, geom = _tensors(device, *case, dtype=torch.float32)
     x.requires_grad_()
     w.requires_grad_()
     geometry = _geometry(geom)
