@@ -10,7 +10,7 @@
 #   bash experiments/bench/gpu_session.sh more    # at most 8.7 min: direct-launch host time, model.compile=reduce-overhead, k = 8 and 16
 #   bash experiments/bench/gpu_session.sh split   # at most 5.7 min: GPU tests, the splits at 8x8 per kernel, layer bench
 #   bash experiments/bench/gpu_session.sh warps   # at most 4 min: GPU tests, 4 warps and stats once per kernel, layer bench
-#   bash experiments/bench/gpu_session.sh fused   # at most 8.5 min: GPU tests, host time, the fused kernels per kernel and schedule, layer bench without and with them
+#   bash experiments/bench/gpu_session.sh fused   # at most 9 min: GPU tests, host time, the fused kernels per kernel and schedule, layer bench without and with them
 #
 # `make gpu-check` and `make gpu-check-train` run the two parts with OUT=outputs/gpu_check.
 # On a lent machine without this project installed: its python3 holds torch, Triton and Lightning;
@@ -136,7 +136,8 @@ fused)
     # kernel with 2 pipelining stages may take a minute to compile), then the layer bench's wall
     # clock and peak memory without and with them.
     workers=$("$PY" -c "import xdist" 2>/dev/null && echo "-n 8")
-    part gpu_tests 90 "$PY" -m pytest -q -rfE --tb=short -p no:cacheprovider -m "not slow" \
+    # (120 s: about 40 more kernel variants to compile than in the lease of session 12.)
+    part gpu_tests 120 "$PY" -m pytest -q -rfE --tb=short -p no:cacheprovider -m "not slow" \
         $workers tests/test_gpu.py tests/test_triton_kernels.py
     part host_overhead 90 "$PY" experiments/bench/host_overhead.py --out "$OUT/host_overhead.json"
     part k_tile_fused 90 "$PY" experiments/bench/k_tile.py --k-tile --fused-conv --kernels \
