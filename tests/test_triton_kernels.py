@@ -20,6 +20,8 @@ from tests.reference import ssim_conv2d_reference
 from tests.test_functional import GRID, _case
 
 pytest.importorskip("triton")
+from ssimlayer import _triton_launch as launching  # noqa: E402  (needs triton)
+
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 
@@ -393,7 +395,7 @@ class _FakeJIT:
 def _fake_compiled(kernels, error=None):
     """A compiled kernel that records its direct launches, or raises ``error`` on each."""
 
-    class FakeCompiled(kernels._CompiledKernel):
+    class FakeCompiled(launching.CompiledKernel):
         def __init__(self):  # no binary
             self.launched = []
 
@@ -417,7 +419,7 @@ def direct(kernels):
 
 def test_repeated_launches_skip_the_jit_with_the_same_arguments(kernels, direct):
     fake = _FakeJIT(kernels)
-    launch = kernels._Launcher(fake, pointers=1)
+    launch = launching.Launcher(fake, pointers=1)
     x = torch.zeros(8)
     meta = dict(BLOCK=64, KH=3, num_warps=2)  # num_warps is an option, not a parameter
     launch((4,), x, 7, 1e-4, **meta)
@@ -437,7 +439,7 @@ def test_a_failing_direct_launch_falls_back_to_the_jit(kernels, direct):
     goes through the JIT, the failed one included."""
     fake = _FakeJIT(kernels)
     fake.compiled = _fake_compiled(kernels, IndexError("tuple index out of range"))
-    launch = kernels._Launcher(fake, pointers=1)
+    launch = launching.Launcher(fake, pointers=1)
     x = torch.zeros(8)
     launch((4,), x, 7, 1e-4, BLOCK=64, KH=3)
     with pytest.warns(RuntimeWarning, match="directly failed .*IndexError.*through Triton's JIT"):
@@ -454,7 +456,7 @@ def test_a_failing_direct_launch_falls_back_to_the_jit(kernels, direct):
 )
 def test_what_the_jit_specialises_on_goes_through_the_jit_again(kernels, direct, change):
     fake = _FakeJIT(kernels)
-    launch = kernels._Launcher(fake, pointers=1)
+    launch = launching.Launcher(fake, pointers=1)
     x = torch.zeros(16)
     launch((1,), x, 16, 1e-4, BLOCK=64, KH=3)
     args, meta = [x, 16, 1e-4], dict(BLOCK=64, KH=3)
@@ -475,13 +477,13 @@ def test_what_the_jit_specialises_on_goes_through_the_jit_again(kernels, direct,
 
 def test_interpreted_or_switched_off_launches_always_use_the_jit(kernels, direct):
     interpreted = _FakeJIT(kernels, interpreted=True)
-    launch = kernels._Launcher(interpreted, pointers=1)
+    launch = launching.Launcher(interpreted, pointers=1)
     for _ in range(3):
         launch((1,), torch.zeros(4), 1, 0.5, BLOCK=16, KH=1)
     assert len(interpreted.bound) == 3 and launch.direct_launches == 0
 
     fake = _FakeJIT(kernels)
-    launch = kernels._Launcher(fake, pointers=1)
+    launch = launching.Launcher(fake, pointers=1)
     kernels.set_direct_launch(False)
     for _ in range(3):
         launch((1,), torch.zeros(4), 1, 0.5, BLOCK=16, KH=1)
@@ -489,14 +491,14 @@ def test_interpreted_or_switched_off_launches_always_use_the_jit(kernels, direct
 
 
 def test_tensors_after_the_leading_pointers_are_refused(kernels, direct):
-    launch = kernels._Launcher(_FakeJIT(kernels), pointers=1)
+    launch = launching.Launcher(_FakeJIT(kernels), pointers=1)
     with pytest.raises(TypeError, match="only the first 1 arguments may be tensors"):
         launch((1,), torch.zeros(4), torch.zeros(1), 0.5, BLOCK=16, KH=1)
 
 
 def test_the_launcher_keeps_a_bounded_number_of_configurations(kernels, direct, monkeypatch):
-    monkeypatch.setattr(kernels._Launcher, "MAX_KEYS", 3)
-    launch = kernels._Launcher(_FakeJIT(kernels), pointers=1)
+    monkeypatch.setattr(launching.Launcher, "MAX_KEYS", 3)
+    launch = launching.Launcher(_FakeJIT(kernels), pointers=1)
     for n in range(5):
         launch((1,), torch.zeros(4), n, 0.5, BLOCK=16, KH=1)
     assert len(launch.compiled) == 3
@@ -504,7 +506,7 @@ def test_the_launcher_keeps_a_bounded_number_of_configurations(kernels, direct, 
 
 def test_repeated_real_launches_match_the_reference(kernels, device, direct):
     """The same configuration three times: on a GPU the second and third launch every kernel
-    directly (see ``_Launcher``); each result still matches the float64 reference."""
+    directly (see ``ssimlayer._triton_launch.Launcher``); each result still matches the float64 reference."""
     torch.manual_seed(6)
     x, w, geom = _tensors(device, 2, 3, 5, 7, 6, 3, 1, 1, 1, 1)
     for launch in kernels.LAUNCHERS:
@@ -698,7 +700,7 @@ def test_the_check_runs_the_kernels_twice_only_where_launches_can_be_direct(kern
     try:
         assert kernels.launches_per_check() == 1
         kernels.set_direct_launch(True)
-        assert kernels.launches_per_check() == (1 if kernels._INTERPRETED else 2)
+        assert kernels.launches_per_check() == (1 if launching.INTERPRETED else 2)
     finally:
         kernels.set_direct_launch(previous)
 

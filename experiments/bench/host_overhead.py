@@ -14,7 +14,7 @@ The rows include the forward and the SSIM step with the kernels that compute Sxy
 Beside the per-call rows it stores what splits a step's time between host and GPU:
 
 - the SSIM step and its forward with every Triton launch through Triton's JIT, as before the
-  direct launch of compiled kernels (``ssimlayer._triton_eq8._Launcher``);
+  direct launch of compiled kernels (``ssimlayer._triton_launch.Launcher``);
 - the conv and SSIM steps with the backward on the calling thread
   (``torch.autograd.set_multithreading_enabled(False)``) instead of the autograd engine's CUDA
   device thread, which must take the GIL to run the SSIM layer's Python backward;

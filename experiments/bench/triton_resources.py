@@ -73,7 +73,7 @@ def captured_launches(shape, batch: int = 128, save_sxy: bool = True) -> list:
     w = torch.randn(c_out, c_in, k, k)
     geometry = ((1, 1), (padding, padding), (1, 1), 1)
     calls: list = []
-    # Each kernel is launched through its _Launcher: give the launcher the stand-in.
+    # Each kernel is launched through its Launcher: give the launcher the stand-in.
     launchers = {
         name: next(
             launch for launch in kernels.LAUNCHERS if launch.kernel is getattr(kernels, name)

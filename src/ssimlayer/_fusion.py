@@ -201,7 +201,7 @@ class TritonChecks:
     The first forward and the first backward of each configuration (device, dtype, input shape
     without the batch, strides, filter shape, geometry: what selects a compiled variant) are run
     again by both the kernels and the PyTorch path, with full-float32 convolutions; on a GPU the
-    kernels run twice, so that their direct launch (see :class:`ssimlayer._triton_eq8._Launcher`)
+    kernels run twice, so that their direct launch (see :class:`ssimlayer._triton_launch.Launcher`)
     is checked too. If the two disagree beyond float32 rounding, the configuration uses the PyTorch
     path for the rest of the process and a warning says so; otherwise it is never checked again.
     This costs two or three extra forwards and backwards per configuration, not per step.
