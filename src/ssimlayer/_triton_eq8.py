@@ -304,34 +304,34 @@ def _patch_dot(
                 acc_y += y
                 acc_yy += y * y
             s_xy = tl.dot(y, v, s_xy, input_precision=PRECISION)
-        return tl.sum(acc_x, 0), tl.sum(acc_xx, 0), tl.sum(acc_y, 1), tl.sum(acc_yy, 1), s_xy
-    for i in tl.static_range(KH):
-        ih = oh * stride_h - pad_h + i * dil_h
-        row_ok = inside & (ih >= 0) & (ih < h)
-        for j in tl.static_range(KW):
-            iw = ow * stride_w - pad_w + j * dil_w
-            pos_ok = (row_ok & (iw >= 0) & (iw < w))[None, :]
-            x_tap = x_group + (ih * sx_h + iw * sx_w)[None, :]
-            w_tap = w_rows + (i * KW + j)
-            for c0 in range(0, c_in_g, C_TILE):
-                chans = c0 + tl.arange(0, C_TILE)
-                chan_ok = chans < c_in_g
-                v = tl.load(
-                    x_tap + chans.to(tl.int64)[:, None] * sx_c,
-                    mask=chan_ok[:, None] & pos_ok,
-                    other=0.0,
-                )
-                y = tl.load(
-                    w_tap + (chans * (KH * KW))[None, :],
-                    mask=k_ok[:, None] & chan_ok[None, :],
-                    other=0.0,
-                )
-                if STATS:
-                    acc_x += v
-                    acc_xx += v * v
-                    acc_y += y
-                    acc_yy += y * y
-                s_xy = tl.dot(y, v, s_xy, input_precision=PRECISION)
+    else:
+        for i in tl.static_range(KH):
+            ih = oh * stride_h - pad_h + i * dil_h
+            row_ok = inside & (ih >= 0) & (ih < h)
+            for j in tl.static_range(KW):
+                iw = ow * stride_w - pad_w + j * dil_w
+                pos_ok = (row_ok & (iw >= 0) & (iw < w))[None, :]
+                x_tap = x_group + (ih * sx_h + iw * sx_w)[None, :]
+                w_tap = w_rows + (i * KW + j)
+                for c0 in range(0, c_in_g, C_TILE):
+                    chans = c0 + tl.arange(0, C_TILE)
+                    chan_ok = chans < c_in_g
+                    v = tl.load(
+                        x_tap + chans.to(tl.int64)[:, None] * sx_c,
+                        mask=chan_ok[:, None] & pos_ok,
+                        other=0.0,
+                    )
+                    y = tl.load(
+                        w_tap + (chans * (KH * KW))[None, :],
+                        mask=k_ok[:, None] & chan_ok[None, :],
+                        other=0.0,
+                    )
+                    if STATS:
+                        acc_x += v
+                        acc_xx += v * v
+                        acc_y += y
+                        acc_yy += y * y
+                    s_xy = tl.dot(y, v, s_xy, input_precision=PRECISION)
     return tl.sum(acc_x, 0), tl.sum(acc_xx, 0), tl.sum(acc_y, 1), tl.sum(acc_yy, 1), s_xy
 
 
