@@ -303,7 +303,7 @@ def _patch_dot(
                 acc_xx += v * v
                 acc_y += y
                 acc_yy += y * y
-            s_xy = tl.dot(y, v, s_xy, input_precision=PRECISION)
+            s_xy = tl.dot(y, v, s_xy, input_precision=PRECISION, out_dtype=dt)
     else:
         for i in tl.static_range(KH):
             ih = oh * stride_h - pad_h + i * dil_h
@@ -331,7 +331,7 @@ def _patch_dot(
                         acc_xx += v * v
                         acc_y += y
                         acc_yy += y * y
-                    s_xy = tl.dot(y, v, s_xy, input_precision=PRECISION)
+                    s_xy = tl.dot(y, v, s_xy, input_precision=PRECISION, out_dtype=dt)
     return tl.sum(acc_x, 0), tl.sum(acc_xx, 0), tl.sum(acc_y, 1), tl.sum(acc_yy, 1), s_xy
 
 
