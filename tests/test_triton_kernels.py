@@ -153,6 +153,7 @@ def variant(kernels, request):
         "stats_once": kernels.set_stats_once,
         "min_warps": kernels.set_min_warps,
         "fused_conv": kernels.set_fused_conv,
+        "max_registers": kernels.set_max_registers,
     }[knob]
     previous = setter(value)
     yield request.param
@@ -170,6 +171,7 @@ def variant(kernels, request):
         ("split", (4, 2)),
         ("min_warps", 4),
         ("fused_conv", True),
+        ("max_registers", 128),
     ],
     indirect=True,
     ids=[
@@ -181,6 +183,7 @@ def variant(kernels, request):
         "split4-tile2",
         "warps4",
         "fused-conv",
+        "registers128",
     ],
 )
 @pytest.mark.parametrize(
@@ -313,6 +316,26 @@ def test_the_fused_dot_rounds_to_tf32_only_where_cudnn_would(kernels):
         assert not kernels._conv_tf32()
     assert meta((8, 4, 3, 3), 1, 64, 4, True)["PRECISION"] == "tf32"
     assert meta((8, 4, 3, 3), 1, 64, 4, False)["PRECISION"] == "ieee"
+
+
+def test_the_register_cap_reaches_every_position_blocked_kernel(kernels):
+    previous = kernels.set_max_registers(96)
+    try:
+        w_shape = (8, 4, 3, 3)
+        metas = [
+            kernels.forward_meta(w_shape, 1, 64),
+            kernels.backward_meta(w_shape, 1, 64),
+            kernels.window_terms_meta(w_shape, 1, 64, 4, (True, True)),
+            kernels.fused_forward_meta(w_shape, 1, 64, 4, False),
+            kernels.fused_backward_meta(w_shape, 1, 64, 4, False),
+        ]
+        assert [meta["maxnreg"] for meta in metas] == [96] * 5
+        kernels.set_max_registers(0)
+        assert "maxnreg" not in kernels.forward_meta(w_shape, 1, 64)  # the compiler's choice
+        with pytest.raises(ValueError, match="0 or 24 to 255"):
+            kernels.set_max_registers(300)
+    finally:
+        kernels.set_max_registers(previous)
 
 
 def test_the_fused_schedule_knob_checks_its_values(kernels):

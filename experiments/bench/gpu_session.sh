@@ -10,7 +10,7 @@
 #   bash experiments/bench/gpu_session.sh more    # at most 8.7 min: direct-launch host time, model.compile=reduce-overhead, k = 8 and 16
 #   bash experiments/bench/gpu_session.sh split   # at most 5.7 min: GPU tests, the splits at 8x8 per kernel, layer bench
 #   bash experiments/bench/gpu_session.sh warps   # at most 4 min: GPU tests, 4 warps and stats once per kernel, layer bench
-#   bash experiments/bench/gpu_session.sh fused   # at most 9 min: GPU tests, host time, the fused kernels per kernel and schedule, layer bench without and with them
+#   bash experiments/bench/gpu_session.sh fused   # at most 9.5 min: GPU tests, host time, the fused kernels per kernel and schedule, layer bench without and with them
 #
 # `make gpu-check` and `make gpu-check-train` run the two parts with OUT=outputs/gpu_check.
 # On a lent machine without this project installed: its python3 holds torch, Triton and Lightning;
@@ -132,7 +132,8 @@ fused)
     # The kernels that compute Sxy themselves (SSIMLAYER_FUSED_CONV, off by default until
     # measured): the GPU tests (their compiled float64 and float32 kernels against the reference),
     # the host time per piece (with the Python and C++ trivial-node rows, not yet run on a GPU),
-    # their GPU time per kernel at the three shapes, four schedules at the two 3x3 shapes (a 7x7
+    # their GPU time per kernel at the three shapes with register caps of 128 and 96 for the
+    # other kernels beside them, four schedules at the two 3x3 shapes (a 7x7
     # kernel with 2 pipelining stages may take a minute to compile), then the layer bench's wall
     # clock and peak memory without and with them.
     workers=$("$PY" -c "import xdist" 2>/dev/null && echo "-n 8")
@@ -140,8 +141,8 @@ fused)
     part gpu_tests 120 "$PY" -m pytest -q -rfE --tb=short -p no:cacheprovider -m "not slow" \
         $workers tests/test_gpu.py tests/test_triton_kernels.py
     part host_overhead 90 "$PY" experiments/bench/host_overhead.py --out "$OUT/host_overhead.json"
-    part k_tile_fused 90 "$PY" experiments/bench/k_tile.py --k-tile --fused-conv --kernels \
-        --out "$OUT/k_tile_fused.json"
+    part k_tile_fused 120 "$PY" experiments/bench/k_tile.py --k-tile --fused-conv \
+        --max-registers 128 96 --kernels --out "$OUT/k_tile_fused.json"
     part k_tile_fused_schedules 80 "$PY" experiments/bench/k_tile.py --k-tile --fused-conv \
         --fused-warps 4 8 --fused-stages 1 2 --shapes 0 2 --out "$OUT/k_tile_fused_schedules.json"
     part layer_bench 80 "$PY" experiments/bench/layer.py --device cuda --repeats 6 \

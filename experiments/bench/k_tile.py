@@ -20,6 +20,8 @@ Each variant changes one knob of :mod:`ssimlayer._triton_eq8` from its default:
 - ``--min-warps``: at least n warps per program of every position-blocked kernel
   (``set_min_warps``; by default 2 for a block of 64, so at 8x8 an SM holds one or two programs of
   2 warps).
+- ``--max-registers``: at most n registers per thread in every position-blocked kernel
+  (``set_max_registers``, Triton's ``maxnreg``): more programs per SM, some values spilled.
 - ``--fused-conv``: the forward's convolution inside the forward kernel (``set_fused_conv``: one
   launch and no Sxy round trip through memory, against cuDNN's convolution), with its default
   schedule and each of ``--fused-warps`` and ``--fused-stages`` (``set_fused_schedule``).
@@ -59,6 +61,7 @@ KNOBS = {
     "backward_split": lambda n: _triton_eq8.set_split(backward=n),
     "window_split": lambda n: _triton_eq8.set_split(window=n),
     "min_warps": _triton_eq8.set_min_warps,
+    "max_registers": _triton_eq8.set_max_registers,
     "fused_conv": _triton_eq8.set_fused_conv,
     "fused_warps": lambda n: _triton_eq8.set_fused_schedule(warps=n)[0],
     "fused_stages": lambda n: _triton_eq8.set_fused_schedule(stages=n)[1],
@@ -74,6 +77,7 @@ def defaults() -> dict:
         "backward_split": _triton_eq8._BACKWARD_SPLIT,
         "window_split": _triton_eq8._WINDOW_SPLIT,
         "min_warps": _triton_eq8._MIN_WARPS,
+        "max_registers": _triton_eq8._MAX_REGISTERS,
         "fused_conv": _triton_eq8._FUSED_CONV,
         "fused_warps": _triton_eq8._FUSED_WARPS,
         "fused_stages": _triton_eq8._FUSED_STAGES,
@@ -88,7 +92,14 @@ def use(variant: dict) -> None:
 
 
 def variants(
-    k_tiles, blocks, stats_once: bool, splits=(), warps=(), fused=False, fused_schedules=()
+    k_tiles,
+    blocks,
+    stats_once: bool,
+    splits=(),
+    warps=(),
+    fused=False,
+    fused_schedules=(),
+    max_registers=(),
 ) -> list[dict]:
     """The defaults, then each requested change of one knob (and each block with stats once, each
     split in each of the three kernels alone and in all three, the fused forward with each
@@ -105,6 +116,7 @@ def variants(
     found += [{**base, "k_tile": k} for k in k_tiles]
     found += [{**base, "block": b} for b in blocks]
     found += [{**base, "min_warps": n} for n in warps]
+    found += [{**base, "max_registers": n} for n in max_registers]
     if stats_once:
         found += [{**base, "stats_once": True}]
         found += [{**base, "block": b, "stats_once": True} for b in blocks]
@@ -179,6 +191,7 @@ def main(argv=None) -> int:
     parser.add_argument("--stats-once", action="store_true")
     parser.add_argument("--split", type=int, nargs="*", default=[])
     parser.add_argument("--min-warps", type=int, nargs="*", default=[])
+    parser.add_argument("--max-registers", type=int, nargs="*", default=[])
     parser.add_argument("--fused-conv", action="store_true")
     parser.add_argument("--fused-warps", type=int, nargs="*", default=[])
     parser.add_argument("--fused-stages", type=int, nargs="*", default=[])
@@ -212,6 +225,7 @@ def main(argv=None) -> int:
             args.min_warps,
             args.fused_conv,
             schedules,
+            args.max_registers,
         ):
             use(variant)
             ssim = graphed_ms(shape, "ssim")

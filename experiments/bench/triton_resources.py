@@ -97,8 +97,9 @@ def compile_launch(name: str, args, meta: dict, arch: int):
     fn = getattr(kernels, name)
     meta = dict(meta)
     options = {"num_warps": meta.pop("num_warps")}
-    if "num_stages" in meta:
-        options["num_stages"] = meta.pop("num_stages")
+    for option in ("num_stages", "maxnreg"):
+        if option in meta:
+            options[option] = meta.pop(option)
     names = [p.name for p in fn.params]
     values = dict(zip(names, args)) | meta
     signature, constants = {}, {}
@@ -193,10 +194,14 @@ def main(argv=None) -> int:
     )  # fmt: skip
     parser.add_argument("--fused-conv", action="store_true", help="also the fused forward kernel")
     parser.add_argument(
+        "--max-registers", type=int, default=0, help="registers per thread at most (maxnreg)"
+    )
+    parser.add_argument(
         "--out", type=Path, default=ROOT / "outputs" / "bench" / "triton_resources.json"
     )
     args = parser.parse_args(argv)
     shapes = [SHAPES[i] for i in args.shapes]
+    kernels.set_max_registers(args.max_registers)
     rows = measure(args.arch, args.k_tile, shapes)
     if args.fused_conv:
         rows += measure(args.arch, [kernels._K_TILE], shapes, fused_conv=True)
@@ -206,6 +211,7 @@ def main(argv=None) -> int:
         "triton": triton.__version__,
         "torch": torch.__version__,
         "how": "compiled without a GPU from the launches the host code makes at layer.py's shapes",
+        "max_registers": args.max_registers,
         "rows": rows,
     }
     args.out.write_text(json.dumps(record, indent=1) + "\n")

@@ -71,6 +71,12 @@ _FORWARD_AUTO_SPLIT = 2
 # terms to its part of the channels of a block of pixels, summing P and Q over the windows itself).
 _WINDOW_SPLIT = 0
 _SPLIT_PROGRAMS = 512  # about 4 programs per SM on an H100 or H200 (132 SMs)
+# Registers per thread the position-blocked kernels may use (Triton's ``maxnreg``; 0: as many as
+# the compiler wants). Compiled with the lent H200s' Triton 3.6 (experiments/bench/
+# triton_resources.py), the forward and gradient-coefficient kernels take 182-234 registers, so an
+# SM holds 8-10 of its 64 warps; a cap of 128 doubles that for 24-168 bytes of spills per thread
+# (Triton 3.8 compiles the same kernels to 106-152). Which is faster is for k_tile.py on a GPU.
+_MAX_REGISTERS = 0
 # The forward's convolution for Sxy inside the forward kernel (True: ``_fused_forward_kernel``, one
 # launch per forward, Sxy never written unless the backward keeps it) or by cuDNN before it (False,
 # the default). The fused kernel multiplies each tile of patch values it reads for Sx and Sxx by
@@ -629,6 +635,11 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def _register_cap() -> dict:
+    """The ``maxnreg`` compile option where ``_MAX_REGISTERS`` sets one, else nothing."""
+    return {"maxnreg": _MAX_REGISTERS} if _MAX_REGISTERS else {}
+
+
 def _warps(block: int) -> int:
     return max(_MIN_WARPS, 4 if block >= 128 else (2 if block >= 64 else 1))
 
@@ -657,7 +668,7 @@ def forward_meta(w_shape, groups: int, out_positions: int) -> dict:
     return dict(
         KH=kh, KW=kw, BLOCK=block, C_TILE=_tile(c_in_g, _C_TILE),
         K_TILE=_tile(c_out // groups, _K_TILE), N_BLOCK=_tile(c_in_g * kh * kw, _N_BLOCK),
-        STATS_ONCE=_STATS_ONCE, num_warps=_warps(block),
+        STATS_ONCE=_STATS_ONCE, num_warps=_warps(block), **_register_cap(),
     )  # fmt: skip
 
 
@@ -675,7 +686,7 @@ def _fused_meta(w_shape, groups, positions, blocks, tf32, most, cap, filters) ->
     return dict(
         KH=kh, KW=kw, BLOCK=_block(positions), C_TILE=_FUSED_C_TILE, F_TILE=max(16, _pow2(k_chunk)),
         PRECISION="tf32" if tf32 else "ieee", FLAT=c_in_g < _FUSED_FLAT_CHANNELS,
-        num_warps=_FUSED_WARPS, num_stages=_FUSED_STAGES,
+        num_warps=_FUSED_WARPS, num_stages=_FUSED_STAGES, **_register_cap(),
         splits=splits, k_chunk=k_chunk,
     )  # fmt: skip
 
@@ -712,7 +723,10 @@ def filter_stats_meta(w_shape) -> dict:
 def backward_meta(w_shape, groups: int, out_positions: int) -> dict:
     """The gradient-coefficient kernel's compile-time parameters and warps."""
     block = _block(out_positions)
-    return dict(BLOCK=block, K_TILE=_tile(w_shape[0] // groups, _K_TILE), num_warps=_warps(block))
+    return dict(
+        BLOCK=block, K_TILE=_tile(w_shape[0] // groups, _K_TILE), num_warps=_warps(block),
+        **_register_cap(),
+    )  # fmt: skip
 
 
 @functools.lru_cache(maxsize=256)  # every step asks again; callers only read it
@@ -725,7 +739,7 @@ def window_terms_meta(w_shape, groups: int, in_positions: int, part_rows: int, n
     return dict(
         KH=kh, KW=kw, BLOCK=block, C_TILE=_tile(c_in_g, _C_TILE), W_BLOCK=w_block,
         INPUT=needs[0], FILTER=needs[1],
-        num_warps=max(_warps(block), _warps(w_block)),
+        num_warps=max(_warps(block), _warps(w_block)), **_register_cap(),
     )  # fmt: skip
 
 
@@ -815,6 +829,18 @@ def set_stats_once(enabled: bool) -> bool:
     forward program (False, the default); a knob for benchmarks. Returns the previous value."""
     global _STATS_ONCE
     previous, _STATS_ONCE = _STATS_ONCE, bool(enabled)
+    _clear_meta()
+    return previous
+
+
+def set_max_registers(registers: int) -> int:
+    """Cap the registers per thread of every position-blocked kernel at ``registers`` (24 to 255;
+    0, the default, for no cap) from the next launch on (a knob for benchmarks, see
+    ``_MAX_REGISTERS`` and experiments/bench/k_tile.py); returns the previous value."""
+    global _MAX_REGISTERS
+    if registers != 0 and not 24 <= registers <= 255:
+        raise ValueError(f"set_max_registers: 0 or 24 to 255, got {registers!r}")
+    previous, _MAX_REGISTERS = _MAX_REGISTERS, int(registers)
     _clear_meta()
     return previous
 
