@@ -56,12 +56,16 @@ def test_the_fused_forward_is_timed_with_each_schedule():
     assert k_tile.defaults() == base
 
 
-def test_each_register_cap_is_timed_alone():
+def test_each_register_cap_and_the_taps_outside_are_timed_alone():
     base = k_tile.defaults()
     assert base["max_registers"] == 0
-    found = k_tile.variants([], [], stats_once=False, max_registers=[128, 96])
-    assert found[1:] == [{**base, "max_registers": 128}, {**base, "max_registers": 96}]
-    k_tile.use(found[-1])
+    found = k_tile.variants([], [], stats_once=False, max_registers=[128, 96], taps_outside=True)
+    assert found[1:] == [
+        {**base, "max_registers": 128},
+        {**base, "max_registers": 96},
+        {**base, "taps_outside": True},
+    ]
+    k_tile.use(found[-2])
     assert k_tile.defaults()["max_registers"] == 96
     k_tile.use(base)
     assert k_tile.defaults() == base

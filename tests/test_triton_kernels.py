@@ -154,6 +154,7 @@ def variant(kernels, request):
         "min_warps": kernels.set_min_warps,
         "fused_conv": kernels.set_fused_conv,
         "max_registers": kernels.set_max_registers,
+        "taps_outside": kernels.set_taps_outside,
     }[knob]
     previous = setter(value)
     yield request.param
@@ -172,6 +173,7 @@ def variant(kernels, request):
         ("min_warps", 4),
         ("fused_conv", True),
         ("max_registers", 128),
+        ("taps_outside", True),
     ],
     indirect=True,
     ids=[
@@ -184,6 +186,7 @@ def variant(kernels, request):
         "warps4",
         "fused-conv",
         "registers128",
+        "taps-outside",
     ],
 )
 @pytest.mark.parametrize(

@@ -59,6 +59,7 @@ CONFIGS = [
             SAVE_SXY=True,
             PRECISION="tf32",
             FLAT=False,
+            TAPS_OUTSIDE=False,
             **BOTH,
         ),  # fmt: skip
         True,
@@ -79,6 +80,7 @@ CONFIGS = [
             SAVE_SXY=False,
             PRECISION="ieee",
             FLAT=True,
+            TAPS_OUTSIDE=True,
             INPUT=True,
             FILTER=False,
         ),
@@ -100,6 +102,7 @@ CONFIGS = [
             SAVE_SXY=True,
             PRECISION="ieee",
             FLAT=True,
+            TAPS_OUTSIDE=True,
             INPUT=False,
             FILTER=True,
         ),

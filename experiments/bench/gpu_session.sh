@@ -133,7 +133,7 @@ fused)
     # measured): the GPU tests (their compiled float64 and float32 kernels against the reference),
     # the host time per piece (with the Python and C++ trivial-node rows, not yet run on a GPU),
     # their GPU time per kernel at the three shapes with register caps of 128 and 96 for the
-    # other kernels beside them, four schedules at the two 3x3 shapes (a 7x7
+    # other kernels and the forward's patch sums tap by tap beside them, four schedules at the two 3x3 shapes (a 7x7
     # kernel with 2 pipelining stages may take a minute to compile), then the layer bench's wall
     # clock and peak memory without and with them.
     workers=$("$PY" -c "import xdist" 2>/dev/null && echo "-n 8")
@@ -142,7 +142,7 @@ fused)
         $workers tests/test_gpu.py tests/test_triton_kernels.py
     part host_overhead 90 "$PY" experiments/bench/host_overhead.py --out "$OUT/host_overhead.json"
     part k_tile_fused 120 "$PY" experiments/bench/k_tile.py --k-tile --fused-conv \
-        --max-registers 128 96 --kernels --out "$OUT/k_tile_fused.json"
+        --max-registers 128 96 --taps-outside --kernels --out "$OUT/k_tile_fused.json"
     part k_tile_fused_schedules 80 "$PY" experiments/bench/k_tile.py --k-tile --fused-conv \
         --fused-warps 4 8 --fused-stages 1 2 --shapes 0 2 --out "$OUT/k_tile_fused_schedules.json"
     part layer_bench 80 "$PY" experiments/bench/layer.py --device cuda --repeats 6 \

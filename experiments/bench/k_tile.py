@@ -22,6 +22,8 @@ Each variant changes one knob of :mod:`ssimlayer._triton_eq8` from its default:
   2 warps).
 - ``--max-registers``: at most n registers per thread in every position-blocked kernel
   (``set_max_registers``, Triton's ``maxnreg``): more programs per SM, some values spilled.
+- ``--taps-outside``: the forward kernel's patch sums tap by tap, each over the channels
+  (``set_taps_outside``): fewer registers, fewer loads in flight per step.
 - ``--fused-conv``: the forward's convolution inside the forward kernel (``set_fused_conv``: one
   launch and no Sxy round trip through memory, against cuDNN's convolution), with its default
   schedule and each of ``--fused-warps`` and ``--fused-stages`` (``set_fused_schedule``).
@@ -62,6 +64,7 @@ KNOBS = {
     "window_split": lambda n: _triton_eq8.set_split(window=n),
     "min_warps": _triton_eq8.set_min_warps,
     "max_registers": _triton_eq8.set_max_registers,
+    "taps_outside": _triton_eq8.set_taps_outside,
     "fused_conv": _triton_eq8.set_fused_conv,
     "fused_warps": lambda n: _triton_eq8.set_fused_schedule(warps=n)[0],
     "fused_stages": lambda n: _triton_eq8.set_fused_schedule(stages=n)[1],
@@ -78,6 +81,7 @@ def defaults() -> dict:
         "window_split": _triton_eq8._WINDOW_SPLIT,
         "min_warps": _triton_eq8._MIN_WARPS,
         "max_registers": _triton_eq8._MAX_REGISTERS,
+        "taps_outside": _triton_eq8._TAPS_OUTSIDE,
         "fused_conv": _triton_eq8._FUSED_CONV,
         "fused_warps": _triton_eq8._FUSED_WARPS,
         "fused_stages": _triton_eq8._FUSED_STAGES,
@@ -100,6 +104,7 @@ def variants(
     fused=False,
     fused_schedules=(),
     max_registers=(),
+    taps_outside=False,
 ) -> list[dict]:
     """The defaults, then each requested change of one knob (and each block with stats once, each
     split in each of the three kernels alone and in all three, the fused forward with each
@@ -117,6 +122,8 @@ def variants(
     found += [{**base, "block": b} for b in blocks]
     found += [{**base, "min_warps": n} for n in warps]
     found += [{**base, "max_registers": n} for n in max_registers]
+    if taps_outside:
+        found += [{**base, "taps_outside": True}]
     if stats_once:
         found += [{**base, "stats_once": True}]
         found += [{**base, "block": b, "stats_once": True} for b in blocks]
@@ -192,6 +199,7 @@ def main(argv=None) -> int:
     parser.add_argument("--split", type=int, nargs="*", default=[])
     parser.add_argument("--min-warps", type=int, nargs="*", default=[])
     parser.add_argument("--max-registers", type=int, nargs="*", default=[])
+    parser.add_argument("--taps-outside", action="store_true")
     parser.add_argument("--fused-conv", action="store_true")
     parser.add_argument("--fused-warps", type=int, nargs="*", default=[])
     parser.add_argument("--fused-stages", type=int, nargs="*", default=[])
@@ -226,6 +234,7 @@ def main(argv=None) -> int:
             args.fused_conv,
             schedules,
             args.max_registers,
+            args.taps_outside,
         ):
             use(variant)
             ssim = graphed_ms(shape, "ssim")

@@ -77,6 +77,13 @@ _SPLIT_PROGRAMS = 512  # about 4 programs per SM on an H100 or H200 (132 SMs)
 # SM holds 8-10 of its 64 warps; a cap of 128 doubles that for 24-168 bytes of spills per thread
 # (Triton 3.8 compiles the same kernels to 106-152). Which is faster is for k_tile.py on a GPU.
 _MAX_REGISTERS = 0
+# The forward kernel's patch sums with the kernel's taps in the outer loop and the channels in the
+# inner one (True), or the other way round (False, the default, timed on the GPUs so far). Compiled
+# for sm_90 (triton_resources.py), registers per thread at 64 -> 64 32x32 / 3 -> 64 7x7 / 8x8,
+# Triton 3.6 (the lent H200s'): 207 / 182 / 190 -> 166 / 143 / 140; Triton 3.8: 112 / 152 / 106 ->
+# 72 / 79 / 72. With the taps inside, each step over the channels has all of the kernel's loads
+# in flight at once, but the compiler keeps every tap's offsets and masks live across the loop.
+_TAPS_OUTSIDE = False
 # The forward's convolution for Sxy inside the forward kernel (True: ``_fused_forward_kernel``, one
 # launch per forward, Sxy never written unless the backward keeps it) or by cuDNN before it (False,
 # the default). The fused kernel multiplies each tile of patch values it reads for Sx and Sxx by
@@ -194,6 +201,7 @@ def _forward_kernel(
     n, c1: tl.constexpr, c2: tl.constexpr,
     KH: tl.constexpr, KW: tl.constexpr, BLOCK: tl.constexpr, C_TILE: tl.constexpr,
     K_TILE: tl.constexpr, N_BLOCK: tl.constexpr, STATS_ONCE: tl.constexpr,
+    TAPS_OUTSIDE: tl.constexpr,
 ):  # fmt: skip
     """One program: BLOCK output positions of one (batch, group) and the filters ``[s k_chunk,
     (s + 1) k_chunk)`` of the group, for the program's split ``s`` of ``splits`` (see
@@ -215,19 +223,34 @@ def _forward_kernel(
     acc_x = tl.zeros([C_TILE, BLOCK], dtype=dt)
     acc_xx = tl.zeros([C_TILE, BLOCK], dtype=dt)
     x_group = x_ptr + b * sx_b + (g * c_in_g) * sx_c
-    for c0 in range(0, c_in_g, C_TILE):
-        chans = c0 + tl.arange(0, C_TILE)
-        x_chans = x_group + chans.to(tl.int64)[:, None] * sx_c
-        chan_ok = (chans < c_in_g)[:, None]
+    if TAPS_OUTSIDE:  # one tap's offsets live at a time, one load per step (see _TAPS_OUTSIDE)
         for i in tl.static_range(KH):
             ih = oh * stride_h - pad_h + i * dil_h
             row_ok = inside & (ih >= 0) & (ih < h)
             for j in tl.static_range(KW):
                 iw = ow * stride_w - pad_w + j * dil_w
-                ok = chan_ok & (row_ok & (iw >= 0) & (iw < w))[None, :]
-                v = tl.load(x_chans + (ih * sx_h + iw * sx_w)[None, :], mask=ok, other=0.0)
-                acc_x += v
-                acc_xx += v * v
+                pos_ok = (row_ok & (iw >= 0) & (iw < w))[None, :]
+                x_tap = x_group + (ih * sx_h + iw * sx_w)[None, :]
+                for c0 in range(0, c_in_g, C_TILE):
+                    chans = c0 + tl.arange(0, C_TILE)
+                    ok = (chans < c_in_g)[:, None] & pos_ok
+                    v = tl.load(x_tap + chans.to(tl.int64)[:, None] * sx_c, mask=ok, other=0.0)
+                    acc_x += v
+                    acc_xx += v * v
+    else:  # every tap's load in each step over the channels
+        for c0 in range(0, c_in_g, C_TILE):
+            chans = c0 + tl.arange(0, C_TILE)
+            x_chans = x_group + chans.to(tl.int64)[:, None] * sx_c
+            chan_ok = (chans < c_in_g)[:, None]
+            for i in tl.static_range(KH):
+                ih = oh * stride_h - pad_h + i * dil_h
+                row_ok = inside & (ih >= 0) & (ih < h)
+                for j in tl.static_range(KW):
+                    iw = ow * stride_w - pad_w + j * dil_w
+                    ok = chan_ok & (row_ok & (iw >= 0) & (iw < w))[None, :]
+                    v = tl.load(x_chans + (ih * sx_h + iw * sx_w)[None, :], mask=ok, other=0.0)
+                    acc_x += v
+                    acc_xx += v * v
     s_x = tl.sum(acc_x, 0)
     s_xx = tl.sum(acc_xx, 0)
     _store_box(box_ptr, b, g, groups, h_out * w_out, offs, inside & (split == 0), s_x, s_xx)
@@ -668,7 +691,8 @@ def forward_meta(w_shape, groups: int, out_positions: int) -> dict:
     return dict(
         KH=kh, KW=kw, BLOCK=block, C_TILE=_tile(c_in_g, _C_TILE),
         K_TILE=_tile(c_out // groups, _K_TILE), N_BLOCK=_tile(c_in_g * kh * kw, _N_BLOCK),
-        STATS_ONCE=_STATS_ONCE, num_warps=_warps(block), **_register_cap(),
+        STATS_ONCE=_STATS_ONCE, TAPS_OUTSIDE=_TAPS_OUTSIDE, num_warps=_warps(block),
+        **_register_cap(),
     )  # fmt: skip
 
 
@@ -841,6 +865,16 @@ def set_max_registers(registers: int) -> int:
     if registers != 0 and not 24 <= registers <= 255:
         raise ValueError(f"set_max_registers: 0 or 24 to 255, got {registers!r}")
     previous, _MAX_REGISTERS = _MAX_REGISTERS, int(registers)
+    _clear_meta()
+    return previous
+
+
+def set_taps_outside(enabled: bool) -> bool:
+    """Sum the forward kernel's patches tap by tap, each over the channels (True), or channel
+    tile by channel tile, each over every tap (False, the default) from the next launch on (see
+    ``_TAPS_OUTSIDE``; a knob for benchmarks); returns the previous value."""
+    global _TAPS_OUTSIDE
+    previous, _TAPS_OUTSIDE = _TAPS_OUTSIDE, bool(enabled)
     _clear_meta()
     return previous
 
