@@ -132,19 +132,21 @@ fused)
     # The kernels that compute Sxy themselves (SSIMLAYER_FUSED_CONV, off by default until
     # measured): the GPU tests (their compiled float64 and float32 kernels against the reference),
     # the host time per piece (with the Python and C++ trivial-node rows, not yet run on a GPU),
-    # their GPU time per kernel at the three shapes with register caps of 128 and 96 for the
-    # other kernels and the forward's patch sums tap by tap beside them, four schedules at the two 3x3 shapes (a 7x7
-    # kernel with 2 pipelining stages may take a minute to compile), then the layer bench's wall
-    # clock and peak memory without and with them.
+    # their GPU time per kernel at the three shapes beside register caps of 128 and 96 and the
+    # forward's patch sums tap by tap, four schedules at the two 3x3 shapes (a 7x7 kernel with 2
+    # pipelining stages may take a minute to compile), then the layer bench's wall clock and peak
+    # memory without and with them. The 8x8 shape first: a part cut short by its time limit keeps
+    # the rows it wrote.
     workers=$("$PY" -c "import xdist" 2>/dev/null && echo "-n 8")
     # (120 s: about 40 more kernel variants to compile than in the lease of session 12.)
     part gpu_tests 120 "$PY" -m pytest -q -rfE --tb=short -p no:cacheprovider -m "not slow" \
         $workers tests/test_gpu.py tests/test_triton_kernels.py
     part host_overhead 90 "$PY" experiments/bench/host_overhead.py --out "$OUT/host_overhead.json"
     part k_tile_fused 120 "$PY" experiments/bench/k_tile.py --k-tile --fused-conv \
-        --max-registers 128 96 --taps-outside --kernels --out "$OUT/k_tile_fused.json"
+        --max-registers 128 96 --taps-outside --kernels --shapes 2 0 1 \
+        --out "$OUT/k_tile_fused.json"
     part k_tile_fused_schedules 80 "$PY" experiments/bench/k_tile.py --k-tile --fused-conv \
-        --fused-warps 4 8 --fused-stages 1 2 --shapes 0 2 --out "$OUT/k_tile_fused_schedules.json"
+        --fused-warps 4 8 --fused-stages 1 2 --shapes 2 0 --out "$OUT/k_tile_fused_schedules.json"
     part layer_bench 80 "$PY" experiments/bench/layer.py --device cuda --repeats 6 \
         --out "$OUT/layer.json"
     SSIMLAYER_FUSED_CONV=1 part layer_bench_fused 80 "$PY" experiments/bench/layer.py \
