@@ -1,5 +1,6 @@
 """experiments/bench/k_tile.py: which kernel schedules it times (the timing itself needs CUDA)."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -69,3 +70,27 @@ def test_each_register_cap_and_the_taps_outside_are_timed_alone():
     assert k_tile.defaults()["max_registers"] == 96
     k_tile.use(base)
     assert k_tile.defaults() == base
+
+
+def test_a_written_result_reads_as_a_table(tmp_path, capsys):
+    """The lease's JSON as Markdown: one row per shape and variant, the changed knobs named, our
+    kernels in their own columns and the rest summed."""
+    base = k_tile.defaults()
+    rows = [
+        {"shape": [128, 64, 64, 8, 3, 1], **base, "ssim_over_conv_graphed": 1.56,
+         "largest_relative_difference_from_default": 0.0,
+         "kernel_us": {"_forward_kernel": 20.3, "_ZN7cutlass6KernelI": 10.0, "nchwToNhwc": 2.5}},
+        {"shape": [128, 64, 64, 8, 3, 1], **base, "fused_conv": True,
+         "ssim_over_conv_graphed": None, "largest_relative_difference_from_default": 2e-7,
+         "kernel_us": {"_fused_forward_kernel": 15.0}},
+    ]  # fmt: skip
+    path = tmp_path / "k_tile.json"
+    path.write_text(json.dumps({"device": "H200", "torch": "2.11", "defaults": base, "rows": rows}))
+    assert k_tile.main(["--summarize", str(path)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert (
+        table[3]
+        == "| shape | variant | SSIM / conv | largest difference | forward_kernel | fused_forward_kernel | other kernels |"
+    )
+    assert table[5] == "| 128x64x64x8x3x1 | defaults | 1.560 | 0.0e+00 | 20.3 | - | 12.5 |"
+    assert table[6] == "| 128x64x64x8x3x1 | fused_conv=True | - | 2.0e-07 | - | 15.0 | 0.0 |"

@@ -28,7 +28,9 @@ Each variant changes one knob of :mod:`ssimlayer._triton_eq8` from its default:
   launch and no Sxy round trip through memory, against cuDNN's convolution), with its default
   schedule and each of ``--fused-warps`` and ``--fused-stages`` (``set_fused_schedule``).
 - ``--kernels``: also each variant's GPU time per kernel (profiler, microseconds per step).
-- ``--shapes``: which of ``layer.py``'s shapes, by index (default all three).
+- ``--shapes``: which of ``layer.py``'s shapes, by index (default all three), in that order.
+
+``--summarize FILE ...`` prints written results as Markdown tables, on any machine.
 
 Whether any is faster is a GPU question: at each CUDA shape of ``layer.py`` (batch 128) this replays
 the conv and SSIM forward + backward steps from CUDA graphs (GPU time only, no host) for every
@@ -191,8 +193,50 @@ def kernel_us(shape) -> dict[str, float]:
     return {name: round(statistics.median(us), 2) for name, us in per_step.items()}
 
 
+def _ours(kernel: str) -> bool:
+    """A kernel of :mod:`ssimlayer._triton_eq8` (``_forward_kernel``...), not a mangled C++ name."""
+    return kernel.startswith("_") and not kernel.startswith("_Z")
+
+
+def summary(record: dict) -> str:
+    """A written result as a Markdown table, one row per shape and variant: the knobs it changes
+    from the defaults, SSIM / conv GPU time, the largest difference from the defaults' results, and
+    (where measured) GPU microseconds per step of each of this package's Triton kernels and of
+    everything else (cuDNN's kernels, layout conversions) together."""
+    default = record["defaults"]
+    ours = sorted({name for row in record["rows"] for name in row.get("kernel_us", {})
+                   if _ours(name)})  # fmt: skip
+    lines = [
+        f"{record['device']}, torch {record['torch']}; defaults {default}",
+        "",
+        "| shape | variant | SSIM / conv | largest difference | "
+        + " | ".join(name.strip("_") for name in ours)
+        + (" | other kernels |" if ours else ""),
+        "|---" * (4 + len(ours) + bool(ours)) + "|",
+    ]
+    for row in record["rows"]:
+        changed = {k: row[k] for k in default if k in row and row[k] != default[k]}
+        variant = ", ".join(f"{k}={v}" for k, v in changed.items()) or "defaults"
+        ratio = row["ssim_over_conv_graphed"]
+        cells = [
+            "x".join(map(str, row["shape"])),
+            variant,
+            "-" if ratio is None else f"{ratio:.3f}",
+            f"{row['largest_relative_difference_from_default']:.1e}",
+        ]
+        if ours:
+            us = row.get("kernel_us", {})
+            cells += [f"{us[name]:.1f}" if name in us else "-" for name in ours]
+            cells.append(f"{sum(v for k, v in us.items() if not _ours(k)):.1f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--summarize", type=Path, nargs="+", help="print written results as tables (no GPU needed)"
+    )
     parser.add_argument("--k-tile", type=int, nargs="*", default=[16, 8, 4])
     parser.add_argument("--block", type=int, nargs="*", default=[])
     parser.add_argument("--stats-once", action="store_true")
@@ -207,6 +251,10 @@ def main(argv=None) -> int:
     parser.add_argument("--shapes", type=int, nargs="*", default=list(range(len(SHAPES))))
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench" / "k_tile.json")
     args = parser.parse_args(argv)
+    if args.summarize:
+        for path in args.summarize:
+            print(f"{path}:\n{summary(json.loads(path.read_text()))}\n")
+        return 0
     if not torch.cuda.is_available():
         parser.error("needs a CUDA device (triton_resources.py reads registers without one)")
     default = defaults()
