@@ -139,6 +139,25 @@ def _program_tile(pid, n_blocks, groups, size, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def _split_program(splits, n_blocks, groups, size, BLOCK: tl.constexpr):
+    """This program's split (of ``splits`` programs sharing one block of positions) and the
+    block's batch index, group, block and BLOCK flat positions (of ``size``) with their mask."""
+    split = tl.program_id(0) % splits
+    pid = (tl.program_id(0) // splits).to(tl.int64)
+    b, g, block, offs, inside = _program_tile(pid, n_blocks, groups, size, BLOCK)
+    return split, b, g, block, offs, inside
+
+
+@triton.jit
+def _split_filters(split, k_chunk, k_per_group, g, F_TILE: tl.constexpr):
+    """The filters ``[split k_chunk, (split + 1) k_chunk)`` of group ``g`` as F_TILE lanes (global
+    filter indices), with the mask of those that exist."""
+    lanes = tl.arange(0, F_TILE)
+    ks = split * k_chunk + lanes
+    return g * k_per_group + ks, (lanes < k_chunk) & (ks < k_per_group)
+
+
+@triton.jit
 def _store_box(box_ptr, b, g, groups, size, offs, mask, first, second):
     """Write one block's two ``(BLOCK,)`` values of group ``g`` (Sx and Sxx, or P and Q) into an
     array laid out as ``box``: ``(B, 2 G, Ho, Wo)``, the first at channel g, the second at G + g."""
@@ -213,9 +232,9 @@ def _forward_kernel(
     the first program of each group writes them to ``ystat`` for the backward; with STATS_ONCE
     :func:`_filter_stats_kernel` has written ``ystat`` before and the programs read it.
     """
-    split = tl.program_id(0) % splits
-    pid = (tl.program_id(0) // splits).to(tl.int64)
-    b, g, block, offs, inside = _program_tile(pid, n_blocks, groups, h_out * w_out, BLOCK)
+    split, b, g, block, offs, inside = _split_program(
+        splits, n_blocks, groups, h_out * w_out, BLOCK
+    )
     dt = x_ptr.dtype.element_ty
     oh, ow = offs // w_out, offs % w_out
 
@@ -386,14 +405,11 @@ def _fused_forward_kernel(
     only if SAVE_SXY (for the backward); the programs of split 0 write the patch sums, the first
     program of each group and split the filter statistics.
     """
-    split = tl.program_id(0) % splits
-    pid = (tl.program_id(0) // splits).to(tl.int64)
-    b, g, block, offs, inside = _program_tile(pid, n_blocks, groups, h_out * w_out, BLOCK)
+    split, b, g, block, offs, inside = _split_program(
+        splits, n_blocks, groups, h_out * w_out, BLOCK
+    )
     oh, ow = offs // w_out, offs % w_out
-    lanes = tl.arange(0, F_TILE)
-    ks = split * k_chunk + lanes
-    k_ok = (lanes < k_chunk) & (ks < k_per_group)
-    f = g * k_per_group + ks
+    f, k_ok = _split_filters(split, k_chunk, k_per_group, g, F_TILE)
     w_rows = w_ptr + f.to(tl.int64)[:, None] * n  # filter f's values: (channel, tap) row-major
 
     x_group = x_ptr + b * sx_b + (g * c_in_g) * sx_c
@@ -457,9 +473,9 @@ def _backward_kernel(
     per split, ``pq_split`` values apart) and this program's partial sums of the filter terms P'
     and Q' (row ``b * n_blocks + block`` of ``part``, ``(rows, 2 C_out)``).
     """
-    split = tl.program_id(0) % splits
-    pid = (tl.program_id(0) // splits).to(tl.int64)
-    b, g, block, offs, inside = _program_tile(pid, n_blocks, groups, h_out * w_out, BLOCK)
+    split, b, g, block, offs, inside = _split_program(
+        splits, n_blocks, groups, h_out * w_out, BLOCK
+    )
     dt = grad_ptr.dtype.element_ty
     oh, ow = offs // w_out, offs % w_out
 
@@ -506,14 +522,11 @@ def _fused_backward_kernel(
     program computes its filters' Sxy itself (:func:`_patch_dot`) instead of reading a Sxy that a
     convolution recomputed, and handles its (at most F_TILE) filters as one tile. Writes R (its own
     strides), P and Q per split and the partial filter terms as :func:`_backward_kernel` does."""
-    split = tl.program_id(0) % splits
-    pid = (tl.program_id(0) // splits).to(tl.int64)
-    b, g, block, offs, inside = _program_tile(pid, n_blocks, groups, h_out * w_out, BLOCK)
+    split, b, g, block, offs, inside = _split_program(
+        splits, n_blocks, groups, h_out * w_out, BLOCK
+    )
     oh, ow = offs // w_out, offs % w_out
-    lanes = tl.arange(0, F_TILE)
-    ks = split * k_chunk + lanes
-    k_ok = (lanes < k_chunk) & (ks < k_per_group)
-    f = g * k_per_group + ks
+    f, k_ok = _split_filters(split, k_chunk, k_per_group, g, F_TILE)
     _, _, _, _, s_xy = _patch_dot(
         x_ptr + b * sx_b + (g * c_in_g) * sx_c, w_ptr + f.to(tl.int64)[:, None] * n, k_ok,
         oh, ow, inside, c_in_g, h, w, sx_c, sx_h, sx_w,
