@@ -103,8 +103,9 @@ _FUSED_C_TILE = 16  # input channels per tl.dot (the smallest inner size tl.dot 
 # Groups of fewer input channels than this take each tl.dot's 16 values from the whole patch in
 # the filters' (channel, tap) order instead of from the channels of one tap (``_patch_dot``'s FLAT).
 _FUSED_FLAT_CHANNELS = 16
-# Warps per fused program and software-pipelining stages of its channel loops. Compiled for sm_90
-# without a GPU (experiments/bench/triton_resources.py), registers per thread at 64 -> 64 32x32 / 8x8:
+# Warps per fused program and software-pipelining stages of its channel loops. Compiled (Triton 3.8)
+# for sm_90 without a GPU (experiments/bench/triton_resources.py), registers per thread at 64 -> 64
+# 32x32 / 8x8, with Sxy kept:
 # 4 warps, 1 stage: 209 / 125; 4 warps, 2 stages: 250 / 145 (3 stages, Triton's default there:
 # 255 and spills); 8 warps, 1 stage: 128 / 80; 8 warps, 2 stages: 140 / 122. Fewer registers,
 # more programs per SM; which is faster is for k_tile.py on a GPU.
