@@ -265,6 +265,42 @@ def test_the_fused_kernels_match_the_reference(fused, device, monkeypatch, case,
 
 
 @pytest.mark.parametrize("save_sxy", [True, False])
+class _OpsSeen(TorchDispatchMode):
+    """Records each ATen op with the shape of its result (None for several results)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[tuple[str, tuple | None]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else None
+        self.ops.append((func.overloadpacket.__name__, shape))
+        return out
+
+
+@pytest.mark.parametrize("fused_conv", [False, True], ids=["cudnn", "fused"])
+def test_a_backward_without_sxy_stores_it_only_where_not_fused(kernels, device, fused_conv):
+    """A layer whose output is 8x its input does not keep Sxy: the cuDNN path's backward
+    recomputes it with a convolution (one more output-sized tensor, one more launch); the fused
+    coefficient kernel computes it in registers, and R is the only output-sized tensor made."""
+    torch.manual_seed(5)
+    x, w, geom = _tensors(device, 2, 3, 24, 8, 8, 5, 1, 2, 1, 1)
+    previous = kernels.set_fused_conv(fused_conv)
+    try:
+        geometry = _geometry(geom)
+        out, box, ystat, s_xy = kernels.eq8_forward(x, w, 1e-4, 9e-4, geometry, False)
+        grad = torch.randn_like(out)
+        seen = _OpsSeen()
+        with seen:
+            kernels.eq8_backward(x, w, box, ystat, None, grad, 1e-4, 9e-4, geometry, (True, True))
+    finally:
+        kernels.set_fused_conv(previous)
+    made = {"empty", "empty_like", "empty_strided", "new_empty", "convolution"}
+    output_sized = [op for op, shape in seen.ops if op in made and shape == tuple(out.shape)]
+    assert output_sized == (["empty"] if fused_conv else ["convolution", "empty_like"])
+
+
 def test_the_fused_kernels_split_filters_beyond_what_a_program_holds(
     fused, device, monkeypatch, save_sxy
 ):
