@@ -264,7 +264,6 @@ def test_the_fused_kernels_match_the_reference(fused, device, monkeypatch, case,
         fused._clear_meta()
 
 
-@pytest.mark.parametrize("save_sxy", [True, False])
 class _OpsSeen(TorchDispatchMode):
     """Records each ATen op with the shape of its result (None for several results)."""
 
@@ -301,6 +300,7 @@ def test_a_backward_without_sxy_stores_it_only_where_not_fused(kernels, device, 
     assert output_sized == (["empty"] if fused_conv else ["convolution", "empty_like"])
 
 
+@pytest.mark.parametrize("save_sxy", [True, False])
 def test_the_fused_kernels_split_filters_beyond_what_a_program_holds(
     fused, device, monkeypatch, save_sxy
 ):
