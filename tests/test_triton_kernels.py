@@ -257,7 +257,7 @@ def test_the_fused_kernels_match_the_reference(fused, device, monkeypatch, case,
     try:
         torch.manual_seed(1)
         x, w, geom = _tensors(device, *case)
-        assert fused.fused_forward_meta(w.shape, geom["groups"], 1, 1, False)["FLAT"] == flat
+        assert fused.fused_forward_meta(w.shape, geom["groups"], 1, 1, False)[0]["FLAT"] == flat
         _check_against_reference(fused, x, w, geom, save_sxy=False)
     finally:
         monkeypatch.undo()
@@ -314,8 +314,8 @@ def test_the_fused_kernels_split_filters_beyond_what_a_program_holds(
         torch.manual_seed(4)
         x, w, geom = _tensors(device, 2, 5, 40, 6, 6, 3, 1, 1, 1, 1)
         for meta in (fused.fused_forward_meta, fused.fused_backward_meta):
-            found = meta(w.shape, 1, 36, 2, False)
-            assert (found["splits"], found["k_chunk"], found["F_TILE"]) == (3, 16, 16)
+            found, splits, k_chunk = meta(w.shape, 1, 36, 2, False)
+            assert (splits, k_chunk, found["F_TILE"]) == (3, 16, 16)
         _check_against_reference(fused, x, w, geom, save_sxy)
     finally:
         monkeypatch.undo()
@@ -325,10 +325,10 @@ def test_the_fused_kernels_split_filters_beyond_what_a_program_holds(
 def test_the_fused_backward_holds_fewer_filters_per_program_than_the_forward(kernels):
     """64 filters in a launch of many blocks (no automatic split): one forward program holds all
     64, the backward's coefficient terms are split in two programs of 32."""
-    forward = kernels.fused_forward_meta((64, 64, 3, 3), 1, 1024, 2048, True)
-    backward = kernels.fused_backward_meta((64, 64, 3, 3), 1, 1024, 2048, True)
-    assert (forward["splits"], forward["F_TILE"]) == (1, 64)
-    assert (backward["splits"], backward["F_TILE"]) == (2, 32)
+    forward, forward_splits, _ = kernels.fused_forward_meta((64, 64, 3, 3), 1, 1024, 2048, True)
+    backward, backward_splits, _ = kernels.fused_backward_meta((64, 64, 3, 3), 1, 1024, 2048, True)
+    assert (forward_splits, forward["F_TILE"]) == (1, 64)
+    assert (backward_splits, backward["F_TILE"]) == (2, 32)
 
 
 def test_switching_the_fused_forward_checks_every_configuration_again(kernels):
@@ -353,8 +353,8 @@ def test_the_fused_dot_rounds_to_tf32_only_where_cudnn_would(kernels):
     assert kernels._conv_tf32() == torch.backends.cudnn.conv.fp32_precision.startswith("tf32")
     with functional._ieee_float32_convolutions():
         assert not kernels._conv_tf32()
-    assert meta((8, 4, 3, 3), 1, 64, 4, True)["PRECISION"] == "tf32"
-    assert meta((8, 4, 3, 3), 1, 64, 4, False)["PRECISION"] == "ieee"
+    assert meta((8, 4, 3, 3), 1, 64, 4, True)[0]["PRECISION"] == "tf32"
+    assert meta((8, 4, 3, 3), 1, 64, 4, False)[0]["PRECISION"] == "ieee"
 
 
 def test_the_register_cap_reaches_every_position_blocked_kernel(kernels):
@@ -365,8 +365,8 @@ def test_the_register_cap_reaches_every_position_blocked_kernel(kernels):
             kernels.forward_meta(w_shape, 1, 64),
             kernels.backward_meta(w_shape, 1, 64),
             kernels.window_terms_meta(w_shape, 1, 64, 4, (True, True)),
-            kernels.fused_forward_meta(w_shape, 1, 64, 4, False),
-            kernels.fused_backward_meta(w_shape, 1, 64, 4, False),
+            kernels.fused_forward_meta(w_shape, 1, 64, 4, False)[0],
+            kernels.fused_backward_meta(w_shape, 1, 64, 4, False)[0],
         ]
         assert [meta["maxnreg"] for meta in metas] == [96] * 5
         kernels.set_max_registers(0)
@@ -380,7 +380,7 @@ def test_the_register_cap_reaches_every_position_blocked_kernel(kernels):
 def test_the_fused_schedule_knob_checks_its_values(kernels):
     previous = kernels.set_fused_schedule(warps=4, stages=2)
     try:
-        assert kernels.fused_forward_meta((8, 4, 3, 3), 1, 64, 4, False)["num_warps"] == 4
+        assert kernels.fused_forward_meta((8, 4, 3, 3), 1, 64, 4, False)[0]["num_warps"] == 4
         with pytest.raises(ValueError, match="warps must be"):
             kernels.set_fused_schedule(warps=3)
         with pytest.raises(ValueError, match="stages must be"):

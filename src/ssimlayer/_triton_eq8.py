@@ -29,7 +29,7 @@ import triton.language as tl
 
 from ssimlayer import _fusion
 from ssimlayer._triton_launch import Launcher, launches_per_check, set_direct_launch
-from ssimlayer.functional import _conv_backward
+from ssimlayer.functional import _conv_backward, _output_size
 
 __all__ = ["eq8_forward", "eq8_backward", "launches_per_check", "set_direct_launch"]
 
@@ -710,27 +710,27 @@ def forward_meta(w_shape, groups: int, out_positions: int) -> dict:
     )  # fmt: skip
 
 
-def _fused_meta(w_shape, groups, positions, blocks, tf32, most, cap, filters) -> dict:
-    """A fused kernel's compile-time parameters, warps and split: ``splits`` programs per block of
-    positions (at most ``most``, 0 for automatic, automatic at most ``cap``), ``k_chunk`` filters
-    each, at most ``filters`` (``blocks`` blocks in the launch; ``tf32``: whether its ``tl.dot``
-    may round float32 inputs to TF32)."""
+def _fused_meta(w_shape, groups, positions, blocks, tf32, most, cap, filters) -> tuple:
+    """A fused kernel's ``(meta, splits, k_chunk)``: its compile-time parameters and warps, and
+    its split, ``splits`` programs per block of positions (at most ``most``, 0 for automatic,
+    automatic at most ``cap``), ``k_chunk`` filters each, at most ``filters`` (``blocks`` blocks in
+    the launch; ``tf32``: whether its ``tl.dot`` may round float32 inputs to TF32)."""
     c_out, c_in_g, kh, kw = w_shape
     k_per_group = c_out // groups
     splits, k_chunk = split_tiles(k_per_group, 16, most, blocks, cap)
     if k_chunk > filters:  # one program holds all its filters' Sxy at once
         k_chunk = filters
         splits = _cdiv(k_per_group, k_chunk)
-    return dict(
+    meta = dict(
         KH=kh, KW=kw, BLOCK=_block(positions), C_TILE=_FUSED_C_TILE, F_TILE=max(16, _pow2(k_chunk)),
         PRECISION="tf32" if tf32 else "ieee", FLAT=c_in_g < _FUSED_FLAT_CHANNELS,
         num_warps=_FUSED_WARPS, num_stages=_FUSED_STAGES, **_register_cap(),
-        splits=splits, k_chunk=k_chunk,
     )  # fmt: skip
+    return meta, splits, k_chunk
 
 
 @functools.lru_cache(maxsize=256)  # every step asks again; callers only read it
-def fused_forward_meta(w_shape, groups: int, out_positions: int, blocks: int, tf32: bool) -> dict:
+def fused_forward_meta(w_shape, groups: int, out_positions: int, blocks: int, tf32: bool) -> tuple:
     """The fused forward kernel's :func:`_fused_meta`: split as the forward (``_FORWARD_SPLIT``),
     at most _FUSED_FILTERS filters per program."""
     return _fused_meta(
@@ -740,7 +740,7 @@ def fused_forward_meta(w_shape, groups: int, out_positions: int, blocks: int, tf
 
 
 @functools.lru_cache(maxsize=256)  # every step asks again; callers only read it
-def fused_backward_meta(w_shape, groups: int, out_positions: int, blocks: int, tf32: bool) -> dict:
+def fused_backward_meta(w_shape, groups: int, out_positions: int, blocks: int, tf32: bool) -> tuple:
     """The fused gradient-coefficient kernel's :func:`_fused_meta`: split as the backward
     (``_BACKWARD_SPLIT``), at most _FUSED_BACKWARD_FILTERS filters per program."""
     return _fused_meta(
@@ -1002,8 +1002,7 @@ def _fused_eq8_forward(x, w, c1: float, c2: float, geometry, save_sxy: bool):
     b, c_in, h, w_in = x.shape
     c_out, c_in_g, kh, kw = w.shape
     n = c_in_g * kh * kw
-    h_out = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-    w_out = (w_in + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    h_out, w_out = _output_size((h, w_in), (kh, kw), geometry)
     out = torch.empty(b, c_out, h_out, w_out, device=x.device, dtype=x.dtype,
                       memory_format=_conv_layout(x))  # fmt: skip
     s_xy = torch.empty_like(out) if save_sxy else None
@@ -1011,8 +1010,9 @@ def _fused_eq8_forward(x, w, c1: float, c2: float, geometry, save_sxy: bool):
     box = torch.empty(b, 2 * groups, h_out, w_out, device=x.device, dtype=x.dtype)
     n_blocks = _cdiv(h_out * w_out, _block(h_out * w_out))
     tf32 = x.dtype == torch.float32 and _conv_tf32()
-    meta = dict(fused_forward_meta(w.shape, groups, h_out * w_out, b * groups * n_blocks, tf32))
-    splits, k_chunk = meta.pop("splits"), meta.pop("k_chunk")
+    meta, splits, k_chunk = fused_forward_meta(
+        w.shape, groups, h_out * w_out, b * groups * n_blocks, tf32
+    )
     if b * groups * n_blocks and c_out:
         _fused_forward_launch(
             (b * groups * n_blocks * splits,),
@@ -1035,10 +1035,9 @@ def _eq8_backward(x, w, box, ystat, s_xy, grad_out, c1: float, c2: float, geomet
         r = torch.empty(b, c_out, h_out, w_out, device=x.device, dtype=x.dtype,
                         memory_format=_conv_layout(x))  # fmt: skip
         tf32 = x.dtype == torch.float32 and _conv_tf32()
-        meta = dict(
-            fused_backward_meta(w.shape, groups, h_out * w_out, b * groups * n_blocks, tf32)
+        meta, splits, k_chunk = fused_backward_meta(
+            w.shape, groups, h_out * w_out, b * groups * n_blocks, tf32
         )
-        splits, k_chunk = meta.pop("splits"), meta.pop("k_chunk")
     else:
         if s_xy is None:  # not saved: recompute with one more convolution
             s_xy = torch.nn.functional.conv2d(x, w, None, stride, padding, dilation, groups)

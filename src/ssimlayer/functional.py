@@ -307,12 +307,18 @@ def _keeps_sxy(x: Tensor, w: Tensor, geometry) -> bool:
 
 @functools.lru_cache(maxsize=1024)  # called every step with the same few shapes
 def _keeps_sxy_for(in_shape, w_shape, geometry) -> bool:
-    stride, padding, dilation, groups = geometry
+    h_out, w_out = _output_size(in_shape[1:], w_shape[2:], geometry)
+    return w_shape[0] * h_out * w_out <= 2 * in_shape[0] * in_shape[1] * in_shape[2]
+
+
+def _output_size(in_hw, kernel_hw, geometry) -> tuple[int, int]:
+    """conv2d's output height and width for an input of ``in_hw`` and a kernel of ``kernel_hw``."""
+    stride, padding, dilation, _ = geometry
     h_out, w_out = (
         (size + 2 * p - d * (k - 1) - 1) // s + 1
-        for size, k, p, d, s in zip(in_shape[1:], w_shape[2:], padding, dilation, stride)
+        for size, k, p, d, s in zip(in_hw, kernel_hw, padding, dilation, stride)
     )
-    return w_shape[0] * h_out * w_out <= 2 * in_shape[0] * in_shape[1] * in_shape[2]
+    return h_out, w_out
 
 
 def _signed_pow(t: Tensor, p: float) -> Tensor:
