@@ -85,11 +85,13 @@ def test_forward_and_backward_match_reference(kernels, device, case, save_sxy):
 
 
 @pytest.mark.parametrize(
-    "fused_conv, save_sxy",
-    [(False, True), (True, True), (True, False)],
-    ids=["cudnn", "fused", "fused-recompute"],
+    "fused_conv, conv_backward, save_sxy",
+    [(False, False, True), (True, False, True), (True, False, False), (True, True, False)],
+    ids=["cudnn", "fused", "fused-recompute", "no-cudnn"],
 )
-def test_strided_gradient_and_channels_last_input(kernels, device, fused_conv, save_sxy):
+def test_strided_gradient_and_channels_last_input(
+    kernels, device, fused_conv, conv_backward, save_sxy
+):
     """Kernels read through strides: an expanded gradient and a channels-last input need no copy
     (the fused kernels' outputs take the input's layout, as cuDNN's would)."""
     torch.manual_seed(2)
@@ -98,11 +100,12 @@ def test_strided_gradient_and_channels_last_input(kernels, device, fused_conv, s
     ref = ssim_conv2d_reference(x.cpu(), w.cpu(), **geom)
     # Stride 0 everywhere, as the gradient of out.sum() arrives.
     grad = torch.tensor(0.5, dtype=torch.float64, device=device).expand(ref.shape)
-    previous = kernels.set_fused_conv(fused_conv)
+    previous = kernels.set_fused_conv(fused_conv), kernels.set_conv_backward(conv_backward)
     try:
         _strided_gradient_and_channels_last_input(kernels, x, w, geom, grad, ref, save_sxy)
     finally:
-        kernels.set_fused_conv(previous)
+        kernels.set_fused_conv(previous[0])
+        kernels.set_conv_backward(previous[1])
 
 
 def _strided_gradient_and_channels_last_input(kernels, x, w, geom, grad, ref, save_sxy):
@@ -155,6 +158,7 @@ def variant(kernels, request):
         "fused_conv": kernels.set_fused_conv,
         "max_registers": kernels.set_max_registers,
         "taps_outside": kernels.set_taps_outside,
+        "conv_backward": kernels.set_conv_backward,
     }[knob]
     previous = setter(value)
     yield request.param
@@ -174,6 +178,7 @@ def variant(kernels, request):
         ("fused_conv", True),
         ("max_registers", 128),
         ("taps_outside", True),
+        ("conv_backward", True),
     ],
     indirect=True,
     ids=[
@@ -187,6 +192,7 @@ def variant(kernels, request):
         "fused-conv",
         "registers128",
         "taps-outside",
+        "conv-backward",
     ],
 )
 @pytest.mark.parametrize(
@@ -322,6 +328,117 @@ def test_the_fused_kernels_split_filters_beyond_what_a_program_holds(
         fused._clear_meta()
 
 
+@pytest.fixture
+def no_cudnn(kernels):
+    """Sxy inside the forward kernel and the convolution's backward inside the backward's last
+    kernel in this test: no convolution by cuDNN either way."""
+    previous = kernels.set_fused_conv(True), kernels.set_conv_backward(True)
+    yield kernels
+    kernels.set_fused_conv(previous[0])
+    kernels.set_conv_backward(previous[1])
+
+
+@pytest.mark.parametrize("case", GRID, ids=lambda c: "-".join(map(str, c)))
+def test_the_convolution_backward_in_the_kernels_matches_the_reference(no_cudnn, device, case):
+    """Every geometry of the grid with the convolution's backward of R computed by
+    ``_conv_window_terms_kernel`` (and Sxy inside the forward, not kept); the variant test above
+    runs it after the cuDNN forward with Sxy kept."""
+    torch.manual_seed(4)
+    x, w, geom = _tensors(device, *case)
+    _check_against_reference(no_cudnn, x, w, geom, save_sxy=False)
+
+
+def test_the_convolution_backward_shares_its_work_among_programs(kernels, device, monkeypatch):
+    """Tiles of 16 and a target of 8 programs: 40 filters in three tiles, 20 channels x 9 taps
+    in twelve tiles of filter values, the batch's rows of positions split; the input programs'
+    20 channels split in two (the window split), the second taking a partial tile."""
+    monkeypatch.setattr(kernels, "_CONV_TILE", 16)
+    monkeypatch.setattr(kernels, "_CONV_PROGRAMS", 40)
+    previous = kernels.set_conv_backward(True), kernels.set_split(window=2)
+    try:
+        torch.manual_seed(6)
+        x, w, geom = _tensors(device, 3, 20, 40, 9, 8, 3, 1, 1, 1, 1)
+        meta, programs = kernels.conv_window_terms_meta(
+            tuple(w.shape), 1, 9 * 8, 9 * 8, 3, (True, True), False
+        )
+        assert (meta["F_TILE"], meta["N_TILE"], meta["C_TILE"]) == (16, 16, 16)
+        assert (programs["f_tiles"], programs["n_tiles"], programs["c_splits"]) == (3, 12, 2)
+        assert programs["out_rows"] == 3 * 2  # 72 positions: blocks of 64, a full and a partial
+        assert programs["conv_splits"] == 2 and programs["rows_per_split"] == 3
+        _check_against_reference(kernels, x, w, geom)
+        _check_against_reference(kernels, x, w, geom, save_sxy=False)
+    finally:
+        kernels.set_conv_backward(previous[0])
+        kernels.set_split(*previous[1])
+        monkeypatch.undo()
+        kernels._clear_meta()
+
+
+@pytest.mark.parametrize(
+    "out_positions, batch, most, rows, splits",
+    [
+        (1024, 128, 512, 2048, 57),  # 64 -> 64, 32x32: 9 tiles of filter values
+        (64, 128, 512, 128, 43),  # 8x8: one block per image; 3 rows each
+        (64, 1, 512, 1, 1),  # one row: nothing to split
+        (64, 0, 512, 0, 0),  # an empty batch
+        (1024, 128, 1, 2048, 1),  # one program per tile
+    ],
+)
+def test_the_filter_gradient_sums_every_row_once(
+    kernels, monkeypatch, out_positions, batch, most, rows, splits
+):
+    monkeypatch.setattr(kernels, "_CONV_PROGRAMS", most)
+    kernels._clear_meta()
+    try:
+        _, programs = kernels.conv_window_terms_meta(
+            (64, 64, 3, 3), 1, out_positions, out_positions, batch, (True, True), True
+        )
+    finally:
+        monkeypatch.undo()
+        kernels._clear_meta()
+    per = programs["rows_per_split"]
+    assert (programs["out_rows"], programs["conv_splits"]) == (rows, splits)
+    assert splits * per >= rows and (rows == 0 or rows > (splits - 1) * per)
+    assert programs["conv_programs"] == splits * 9
+
+
+@pytest.mark.parametrize("conv_backward", [False, True], ids=["cudnn", "kernels"])
+def test_the_backward_convolves_only_where_asked(kernels, device, conv_backward):
+    """``convolution_backward`` runs unless the kernels compute the convolution's backward; then
+    the filter gradient is made as zeros (the kernel adds to it) and nothing output-sized but R."""
+    torch.manual_seed(5)
+    x, w, geom = _tensors(device, 2, 4, 6, 8, 8, 3, 1, 1, 1, 1)
+    previous = kernels.set_conv_backward(conv_backward)
+    try:
+        geometry = _geometry(geom)
+        out, box, ystat, s_xy = kernels.eq8_forward(x, w, 1e-4, 9e-4, geometry, True)
+        seen = _OpsSeen()
+        with seen:
+            kernels.eq8_backward(
+                x, w, box, ystat, s_xy, torch.randn_like(out), 1e-4, 9e-4, geometry, (True, True)
+            )
+    finally:
+        kernels.set_conv_backward(previous)
+    ops = [op for op, _ in seen.ops]
+    assert ("convolution_backward" in ops) != conv_backward
+    assert ("zeros_like" in ops) == conv_backward
+
+
+def test_switching_the_convolution_backward_checks_every_configuration_again(kernels):
+    from ssimlayer import _fusion
+
+    previous = kernels.set_conv_backward(False)
+    try:
+        _fusion.triton_checks.record("backward", ("some", "configuration"), True)
+        kernels.set_conv_backward(False)  # no change: the verdicts stay
+        assert _fusion.triton_checks.checked("backward", ("some", "configuration"))
+        kernels.set_conv_backward(True)
+        assert not _fusion.triton_checks.checked("backward", ("some", "configuration"))
+    finally:
+        kernels.set_conv_backward(previous)
+        _fusion.triton_checks.reset()
+
+
 def test_the_fused_backward_holds_fewer_filters_per_program_than_the_forward(kernels):
     """64 filters in a launch of many blocks (no automatic split): one forward program holds all
     64, the backward's coefficient terms are split in two programs of 32."""
@@ -401,14 +518,19 @@ def test_the_position_block_must_be_a_power_of_two(kernels):
         kernels.set_position_block(24)
 
 
+@pytest.mark.parametrize("conv_backward", [False, True], ids=["cudnn", "kernels"])
 @pytest.mark.parametrize("needs", [(True, False), (False, True)])
-def test_only_the_needed_gradient_is_computed(kernels, device, needs):
+def test_only_the_needed_gradient_is_computed(kernels, device, needs, conv_backward):
     x, w, geom = _tensors(device, 2, 3, 4, 8, 8, 3, 1, 1, 1, 1)
     out, box, ystat, s_xy = kernels.eq8_forward(x, w, 1e-4, 9e-4, _geometry(geom), True)
     grad = torch.ones_like(out)
-    grad_x, grad_w = kernels.eq8_backward(
-        x, w, box, ystat, s_xy, grad, 1e-4, 9e-4, _geometry(geom), needs
-    )
+    previous = kernels.set_conv_backward(conv_backward)
+    try:
+        grad_x, grad_w = kernels.eq8_backward(
+            x, w, box, ystat, s_xy, grad, 1e-4, 9e-4, _geometry(geom), needs
+        )
+    finally:
+        kernels.set_conv_backward(previous)
     ref_x, ref_w = _reference_grads(x, w, geom, grad)
     assert (grad_x is None) != needs[0] and (grad_w is None) != needs[1]
     if needs[0]:
@@ -584,19 +706,26 @@ def test_repeated_real_launches_match_the_reference(kernels, device, direct):
     assert direct_launches == expected
 
 
-@pytest.mark.parametrize("fused_conv", [False, True], ids=["cudnn-sxy", "fused-sxy"])
+@pytest.mark.parametrize(
+    "fused_conv, conv_backward",
+    [(False, False), (True, False), (True, True)],
+    ids=["cudnn-sxy", "fused-sxy", "no-cudnn"],
+)
 @pytest.mark.parametrize(
     "case",
     [(4, 8, 8, 16, 16, 3, 1, 1, 1, 1), (4, 3, 24, 16, 16, 5, 1, 2, 1, 1)],
     ids=["sxy-kept", "sxy-recomputed"],  # the output 8x the input: the backward recomputes Sxy
 )
-def test_float32_kernels_agree_with_the_pytorch_path(kernels, device, fused_conv, case):
-    previous = kernels.set_fused_conv(fused_conv)
+def test_float32_kernels_agree_with_the_pytorch_path(
+    kernels, device, fused_conv, conv_backward, case
+):
+    previous = kernels.set_fused_conv(fused_conv), kernels.set_conv_backward(conv_backward)
     try:
         with functional._ieee_float32_convolutions():  # no TF32 on either side
             _float32_kernels_agree_with_the_pytorch_path(kernels, device, case)
     finally:
-        kernels.set_fused_conv(previous)
+        kernels.set_fused_conv(previous[0])
+        kernels.set_conv_backward(previous[1])
 
 
 def _float32_kernels_agree_with_the_pytorch_path(kernels, device, case):
@@ -791,7 +920,7 @@ def test_every_kernel_compiles_for_a_cuda_target():
         timeout=600,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("OK ") == 6 * 3, result.stdout  # 6 kernels x 3 configurations
+    assert result.stdout.count("OK ") == 7 * 3, result.stdout  # 7 kernels x 3 configurations
 
 
 def test_first_use_checks_run_with_full_float32_convolutions():

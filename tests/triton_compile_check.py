@@ -28,6 +28,7 @@ KERNELS = (
     "_backward_kernel",
     "_window_terms_kernel",
     "_filter_stats_kernel",
+    "_conv_window_terms_kernel",
 )
 # C1 and C2: compile-time constants of the kernels, so that they take the tensors' dtype (as a
 # run-time argument a Python float is float32).
@@ -37,11 +38,21 @@ CONSTANTS = dict(c1=1e-4, c2=9e-4)
 ONES = ("stride_h", "stride_w", "dil_h", "dil_w", "groups", "splits", "pq_splits", "c_splits")
 BOTH = dict(INPUT=True, FILTER=True)
 # The fused forward's tl.dot takes 16 input channels at a time, whatever the other kernels' C_TILE.
-OVERRIDES = {"_fused_forward_kernel": dict(C_TILE=16), "_fused_backward_kernel": dict(C_TILE=16)}
+# The same for the convolution's backward inside the window-terms kernel, which also takes its own
+# tiles of filter values and output positions.
+OVERRIDES = {
+    "_fused_forward_kernel": dict(C_TILE=16),
+    "_fused_backward_kernel": dict(C_TILE=16),
+    "_conv_window_terms_kernel": dict(C_TILE=64, N_TILE=64, OUT_BLOCK=64),
+}
 # Compile options where they are not Triton's defaults: the fused kernels' (with Triton's default
 # of 3 pipelining stages its 7x7 variant alone takes minutes to compile).
 FUSED_OPTIONS = dict(num_warps=kernels._FUSED_WARPS, num_stages=kernels._FUSED_STAGES)
-OPTIONS = {"_fused_forward_kernel": FUSED_OPTIONS, "_fused_backward_kernel": FUSED_OPTIONS}
+OPTIONS = {
+    "_fused_forward_kernel": FUSED_OPTIONS,
+    "_fused_backward_kernel": FUSED_OPTIONS,
+    "_conv_window_terms_kernel": dict(num_warps=kernels._CONV_WARPS),
+}
 CONFIGS = [
     (
         "float32, k3, 1s specialised",

@@ -111,6 +111,20 @@ _FUSED_FLAT_CHANNELS = 16
 # more programs per SM; which is faster is for k_tile.py on a GPU.
 _FUSED_WARPS = 8
 _FUSED_STAGES = 1
+# The convolution's backward of R (its input and filter gradients) inside the backward's last
+# launch (True: ``_conv_window_terms_kernel``, by ``tl.dot``, TF32 where cuDNN would use it) or by
+# ``convolution_backward`` before it (False, the default). On an H200 convolution_backward cost 98
+# us of host time per call at 8x8, batch 128 (experiments/bench/results/
+# host_overhead_h200_host_gpu_split.json), for cuDNN's kernels and the layout conversions around
+# them; the launch it joins was launched anyway. The filter gradient's programs each sum a share of
+# the batch's positions and add it with atomic adds, so float32 sums are not bitwise repeatable
+# (as cuDNN's are not by default). Not yet timed on a GPU (experiments/bench/k_tile.py
+# --conv-backward); off until it is measured faster. SSIMLAYER_TRITON_CONV_BACKWARD=1 (or
+# set_conv_backward) turns it on.
+_CONV_BACKWARD = os.environ.get("SSIMLAYER_TRITON_CONV_BACKWARD", "0") == "1"
+_CONV_PROGRAMS = 512  # the filter gradient's share of the batch: programs until about this many
+_CONV_TILE = 64  # filters, channels or filter values per tl.dot operand (at least 16)
+_CONV_WARPS = 4
 
 
 @triton.jit
@@ -552,22 +566,14 @@ def _fused_backward_kernel(
 
 
 @triton.jit
-def _input_window_terms(
-    pid, gx_ptr, x_ptr, pq_ptr, pq_splits, pq_split, c_splits, c_chunk,
-    c_in_g, h, w, h_out, w_out, groups, n_blocks,
-    sx_b, sx_c, sx_h, sx_w,
-    sgx_b, sgx_c, sgx_h, sgx_w,
+def _window_pq(
+    pq_ptr, pq_splits, pq_split, b, g, groups, ih, iw, inside, h_out, w_out,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-    KH: tl.constexpr, KW: tl.constexpr, BLOCK: tl.constexpr, C_TILE: tl.constexpr,
+    KH: tl.constexpr, KW: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
-    """grad_x += P + Q x for program ``pid``'s pixels, with P and Q summed over every window that
-    covers the pixel and over the ``pq_splits`` partial arrays of ``pq``; the program's channels
-    are ``[s c_chunk, (s + 1) c_chunk)`` of the group, for its split ``s`` of ``c_splits``."""
-    c_lo = (pid % c_splits).to(tl.int32) * c_chunk
-    b, g, _, offs, inside = _program_tile(pid // c_splits, n_blocks, groups, h * w, BLOCK)
-    dt = x_ptr.dtype.element_ty
-    ih, iw = offs // w, offs % w
-
+    """P and Q of the pixels ``(ih, iw)`` of group ``g``, each summed over every window that
+    covers the pixel and over the ``pq_splits`` partial arrays of ``pq`` (``pq_split`` apart)."""
+    dt = pq_ptr.dtype.element_ty
     p = tl.zeros([BLOCK], dtype=dt)
     q = tl.zeros([BLOCK], dtype=dt)
     pq = pq_ptr + b * (2 * groups * h_out * w_out)
@@ -584,8 +590,27 @@ def _input_window_terms(
                 p += tl.load(pq + g * (h_out * w_out) + o, mask=ok, other=0.0)
                 q += tl.load(pq + (groups + g) * (h_out * w_out) + o, mask=ok, other=0.0)
         pq += pq_split  # the next split's P and Q
-    p = p[None, :]
-    q = q[None, :]
+    return p[None, :], q[None, :]
+
+
+@triton.jit
+def _input_window_terms(
+    pid, gx_ptr, x_ptr, pq_ptr, pq_splits, pq_split, c_splits, c_chunk,
+    c_in_g, h, w, h_out, w_out, groups, n_blocks,
+    sx_b, sx_c, sx_h, sx_w,
+    sgx_b, sgx_c, sgx_h, sgx_w,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    KH: tl.constexpr, KW: tl.constexpr, BLOCK: tl.constexpr, C_TILE: tl.constexpr,
+):  # fmt: skip
+    """grad_x += P + Q x for program ``pid``'s pixels (:func:`_window_pq`); the program's channels
+    are ``[s c_chunk, (s + 1) c_chunk)`` of the group, for its split ``s`` of ``c_splits``."""
+    c_lo = (pid % c_splits).to(tl.int32) * c_chunk
+    b, g, _, offs, inside = _program_tile(pid // c_splits, n_blocks, groups, h * w, BLOCK)
+    ih, iw = offs // w, offs % w
+    p, q = _window_pq(
+        pq_ptr, pq_splits, pq_split, b, g, groups, ih, iw, inside, h_out, w_out,
+        stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KH, KW, BLOCK,
+    )  # fmt: skip
     x_pix = (b * sx_b + ih * sx_h + iw * sx_w)[None, :]
     gx_pix = (b * sgx_b + ih * sgx_h + iw * sgx_w)[None, :]
     for c0 in range(c_lo, tl.minimum(c_lo + c_chunk, c_in_g), C_TILE):
@@ -598,8 +623,122 @@ def _input_window_terms(
 
 
 @triton.jit
-def _filter_terms(f, gw_ptr, w_ptr, part_ptr, rows, n, c_out, BLOCK: tl.constexpr):
-    """grad_w[f] += P'_f + Q'_f w[f], with P', Q' summed over the partial rows (fixed order)."""
+def _input_conv_terms(
+    pid, gx_ptr, x_ptr, pq_ptr, r_ptr, w_ptr, pq_splits, pq_split, c_splits, c_chunk,
+    c_in_g, h, w, h_out, w_out, k_per_group, groups, n_blocks,
+    sx_b, sx_c, sx_h, sx_w,
+    sgx_b, sgx_c, sgx_h, sgx_w,
+    sr_b, sr_c, sr_h, sr_w,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    KH: tl.constexpr, KW: tl.constexpr, BLOCK: tl.constexpr, C_TILE: tl.constexpr,
+    F_TILE: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    """grad_x = (the convolution's input gradient of R) + P + Q x for program ``pid``'s pixels
+    and channels (as :func:`_input_window_terms`), written rather than added to: for each channel,
+    the sum over every window that covers the pixel and over the group's filters of R times the
+    filter value at the pixel's place in that window, C_TILE channels by F_TILE filters per
+    ``tl.dot`` (``_CONV_BACKWARD``)."""
+    c_lo = (pid % c_splits).to(tl.int32) * c_chunk
+    b, g, _, offs, inside = _program_tile(pid // c_splits, n_blocks, groups, h * w, BLOCK)
+    dt = x_ptr.dtype.element_ty
+    ih, iw = offs // w, offs % w
+    p, q = _window_pq(
+        pq_ptr, pq_splits, pq_split, b, g, groups, ih, iw, inside, h_out, w_out,
+        stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KH, KW, BLOCK,
+    )  # fmt: skip
+    n = c_in_g * (KH * KW)
+    r_image = r_ptr + b * sr_b
+    x_pix = (b * sx_b + ih * sx_h + iw * sx_w)[None, :]
+    gx_pix = (b * sgx_b + ih * sgx_h + iw * sgx_w)[None, :]
+    for c0 in range(c_lo, tl.minimum(c_lo + c_chunk, c_in_g), C_TILE):
+        chans = c0 + tl.arange(0, C_TILE)
+        chan_ok = chans < c_in_g
+        acc = tl.zeros([C_TILE, BLOCK], dtype=dt)
+        # A loop, not unrolled: unrolled, the 3x3 kernel took 45 s to compile for sm_90 and the
+        # 7x7 one minutes (tests/triton_compile_check.py).
+        for tap in range(0, KH * KW):
+            th = ih + pad_h - (tap // KW) * dil_h  # = oh * stride_h for the window that covers ih
+            tw = iw + pad_w - (tap % KW) * dil_w
+            oh = th // stride_h
+            ow = tw // stride_w
+            ok = inside & (th >= 0) & (oh * stride_h == th) & (oh < h_out)
+            ok = (ok & (tw >= 0) & (ow * stride_w == tw) & (ow < w_out))[None, :]
+            r_window = r_image + (oh * sr_h + ow * sr_w)[None, :]
+            w_tap = w_ptr + (chans * (KH * KW) + tap)[:, None]
+            for f0 in range(0, k_per_group, F_TILE):
+                ks = f0 + tl.arange(0, F_TILE)
+                k_ok = ks < k_per_group
+                f = (g * k_per_group + ks).to(tl.int64)
+                r = tl.load(r_window + f[:, None] * sr_c, mask=k_ok[:, None] & ok, other=0.0)
+                y = tl.load(
+                    w_tap + f[None, :] * n, mask=chan_ok[:, None] & k_ok[None, :], other=0.0
+                )
+                acc = tl.dot(y, r, acc, input_precision=PRECISION, out_dtype=dt)
+        chan = (g * c_in_g + chans).to(tl.int64)[:, None]
+        tile_ok = chan_ok[:, None] & inside[None, :]
+        xv = tl.load(x_ptr + x_pix + chan * sx_c, mask=tile_ok)
+        tl.store(gx_ptr + gx_pix + chan * sgx_c, acc + p + q * xv, mask=tile_ok)
+
+
+@triton.jit
+def _filter_conv_terms(
+    t, gw_ptr, x_ptr, r_ptr,
+    c_in_g, h, w, h_out, w_out, k_per_group, f_tiles, n_tiles, splits, rows_per_split, rows,
+    out_blocks,
+    sx_b, sx_c, sx_h, sx_w,
+    sr_b, sr_c, sr_h, sr_w,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    KH: tl.constexpr, KW: tl.constexpr, OUT_BLOCK: tl.constexpr, F_TILE: tl.constexpr,
+    N_TILE: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    """grad_w += the convolution's filter gradient of R, one program's share (``_CONV_BACKWARD``):
+    F_TILE filters of one group by N_TILE of their values (``(channel, tap)`` row-major), summed
+    over its split ``s`` of the ``rows`` = batch x blocks of OUT_BLOCK output positions, rows
+    ``[s rows_per_split, (s + 1) rows_per_split)``, by ``tl.dot`` of R with the matching patch
+    values, then added to ``grad_w`` with atomic adds (the splits' order of addition varies)."""
+    split = t % splits
+    tile = t // splits
+    n_tile = tile % n_tiles
+    tile = tile // n_tiles
+    g = tile // f_tiles
+    ks = (tile % f_tiles) * F_TILE + tl.arange(0, F_TILE)
+    k_ok = ks < k_per_group
+    f = (g * k_per_group + ks).to(tl.int64)
+    n = c_in_g * (KH * KW)
+    kk = n_tile * N_TILE + tl.arange(0, N_TILE)  # the values' places in a filter's row
+    kk_ok = kk < n
+    tap = kk % (KH * KW)
+    di = (tap // KW) * dil_h
+    dj = (tap % KW) * dil_w
+    chan = (g * c_in_g + kk // (KH * KW)).to(tl.int64) * sx_c
+    dt = x_ptr.dtype.element_ty
+    acc = tl.zeros([F_TILE, N_TILE], dtype=dt)
+    row_lo = split * rows_per_split
+    for row in range(row_lo, tl.minimum(row_lo + rows_per_split, rows)):
+        b = (row // out_blocks).to(tl.int64)
+        offs = (row % out_blocks) * OUT_BLOCK + tl.arange(0, OUT_BLOCK)
+        inside = offs < h_out * w_out
+        oh, ow = offs // w_out, offs % w_out
+        r = tl.load(
+            r_ptr + b * sr_b + f[:, None] * sr_c + (oh * sr_h + ow * sr_w)[None, :],
+            mask=k_ok[:, None] & inside[None, :],
+            other=0.0,
+        )
+        ih = (oh * stride_h - pad_h)[:, None] + di[None, :]
+        iw = (ow * stride_w - pad_w)[:, None] + dj[None, :]
+        ok = (inside[:, None] & kk_ok[None, :]) & (ih >= 0) & (ih < h) & (iw >= 0) & (iw < w)
+        v = tl.load(x_ptr + b * sx_b + chan[None, :] + ih * sx_h + iw * sx_w, mask=ok, other=0.0)
+        acc = tl.dot(r, v, acc, input_precision=PRECISION, out_dtype=dt)
+    at = gw_ptr + f[:, None] * n + kk[None, :]
+    tl.atomic_add(at, acc, mask=k_ok[:, None] & kk_ok[None, :], sem="relaxed")
+
+
+@triton.jit
+def _filter_terms(
+    f, gw_ptr, w_ptr, part_ptr, rows, n, c_out, BLOCK: tl.constexpr, ATOMIC: tl.constexpr
+):
+    """grad_w[f] += P'_f + Q'_f w[f], with P', Q' summed over the partial rows (fixed order); by
+    atomic adds if ATOMIC (other programs of the launch add to the same values)."""
     dt = w_ptr.dtype.element_ty
     p = tl.zeros([BLOCK], dtype=dt)
     q = tl.zeros([BLOCK], dtype=dt)
@@ -614,9 +753,12 @@ def _filter_terms(f, gw_ptr, w_ptr, part_ptr, rows, n, c_out, BLOCK: tl.constexp
     for start in range(0, n, BLOCK):
         offs = start + tl.arange(0, BLOCK)
         ok = offs < n
-        gw = tl.load(gw_ptr + base + offs, mask=ok)
         wv = tl.load(w_ptr + base + offs, mask=ok)
-        tl.store(gw_ptr + base + offs, gw + p_f + q_f * wv, mask=ok)
+        if ATOMIC:
+            tl.atomic_add(gw_ptr + base + offs, wv * q_f + p_f, mask=ok, sem="relaxed")
+        else:
+            gw = tl.load(gw_ptr + base + offs, mask=ok)
+            tl.store(gw_ptr + base + offs, gw + p_f + q_f * wv, mask=ok)
 
 
 @triton.jit
@@ -647,7 +789,60 @@ def _window_terms_kernel(
             )  # fmt: skip
     if FILTER:
         if pid >= input_programs:
-            _filter_terms(pid - input_programs, gw_ptr, w_ptr, part_ptr, rows, n, c_out, W_BLOCK)
+            _filter_terms(
+                pid - input_programs, gw_ptr, w_ptr, part_ptr, rows, n, c_out, W_BLOCK, False
+            )
+
+
+@triton.jit
+def _conv_window_terms_kernel(
+    gx_ptr, x_ptr, pq_ptr, gw_ptr, w_ptr, part_ptr, r_ptr,
+    c_in_g, h, w, h_out, w_out, k_per_group, groups, n_blocks, out_blocks,
+    conv_programs, input_programs, pq_splits, pq_split, c_splits, c_chunk,
+    f_tiles, n_tiles, conv_splits, rows_per_split, out_rows,
+    sx_b, sx_c, sx_h, sx_w,
+    sgx_b, sgx_c, sgx_h, sgx_w,
+    sr_b, sr_c, sr_h, sr_w,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    rows, n, c_out,
+    KH: tl.constexpr, KW: tl.constexpr, BLOCK: tl.constexpr, OUT_BLOCK: tl.constexpr,
+    C_TILE: tl.constexpr, F_TILE: tl.constexpr, N_TILE: tl.constexpr, W_BLOCK: tl.constexpr,
+    INPUT: tl.constexpr, FILTER: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    """The backward after the gradient coefficients in one launch, the convolution's backward of R
+    included (``_CONV_BACKWARD``, instead of ``convolution_backward`` and
+    :func:`_window_terms_kernel`): programs ``[0, conv_programs)`` add their shares of R's filter
+    gradient to ``grad_w`` (if FILTER; first, as they take longest), the next ``input_programs``
+    write ``grad_x`` (if INPUT), the last ``C_out`` add the per-filter terms to ``grad_w`` (if
+    FILTER). ``grad_w`` must be zeros before."""
+    pid = tl.program_id(0).to(tl.int64)
+    if FILTER:
+        if pid < conv_programs:
+            _filter_conv_terms(
+                pid, gw_ptr, x_ptr, r_ptr,
+                c_in_g, h, w, h_out, w_out, k_per_group, f_tiles, n_tiles, conv_splits,
+                rows_per_split, out_rows, out_blocks,
+                sx_b, sx_c, sx_h, sx_w,
+                sr_b, sr_c, sr_h, sr_w,
+                stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+                KH, KW, OUT_BLOCK, F_TILE, N_TILE, PRECISION,
+            )  # fmt: skip
+        if pid >= conv_programs + input_programs:
+            _filter_terms(
+                pid - conv_programs - input_programs, gw_ptr, w_ptr, part_ptr, rows, n, c_out,
+                W_BLOCK, True,
+            )  # fmt: skip
+    if INPUT:
+        if (pid >= conv_programs) & (pid < conv_programs + input_programs):
+            _input_conv_terms(
+                pid - conv_programs, gx_ptr, x_ptr, pq_ptr, r_ptr, w_ptr, pq_splits, pq_split,
+                c_splits, c_chunk, c_in_g, h, w, h_out, w_out, k_per_group, groups, n_blocks,
+                sx_b, sx_c, sx_h, sx_w,
+                sgx_b, sgx_c, sgx_h, sgx_w,
+                sr_b, sr_c, sr_h, sr_w,
+                stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+                KH, KW, BLOCK, C_TILE, F_TILE, PRECISION,
+            )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -781,12 +976,49 @@ def window_terms_meta(w_shape, groups: int, in_positions: int, part_rows: int, n
     )  # fmt: skip
 
 
+@functools.lru_cache(maxsize=256)  # every step asks again; callers only read it
+def conv_window_terms_meta(
+    w_shape, groups: int, in_positions: int, out_positions: int, batch: int, needs, tf32: bool
+) -> tuple:
+    """:func:`_conv_window_terms_kernel`'s ``(meta, programs)``: its compile-time parameters and
+    warps, and the programs' shares of the work as a dict of the kernel's arguments
+    (``conv_programs`` and ``input_programs`` included, 0 where ``needs`` says not needed)."""
+    c_out, c_in_g, kh, kw = w_shape
+    k_per_group = c_out // groups
+    n = c_in_g * kh * kw
+    block, out_block = _block(in_positions), _block(out_positions)
+    in_blocks, out_blocks = _cdiv(in_positions, block), _cdiv(out_positions, out_block)
+    c_splits, c_chunk = split_tiles(c_in_g, 16, _WINDOW_SPLIT, batch * groups * in_blocks)
+    f_tile, n_tile = (max(16, min(_CONV_TILE, _pow2(size))) for size in (k_per_group, n))
+    f_tiles, n_tiles = _cdiv(k_per_group, f_tile), _cdiv(n, n_tile)
+    out_rows = batch * out_blocks  # the filter gradient sums over these rows of positions
+    tiles = groups * f_tiles * n_tiles
+    splits = min(out_rows, _cdiv(_CONV_PROGRAMS, max(tiles, 1)))
+    rows_per_split = _cdiv(out_rows, max(splits, 1))
+    splits = _cdiv(out_rows, rows_per_split) if out_rows else 0
+    programs = dict(
+        conv_programs=tiles * splits if needs[1] else 0,
+        input_programs=batch * groups * in_blocks * c_splits if needs[0] else 0,
+        n_blocks=in_blocks, out_blocks=out_blocks, c_splits=c_splits, c_chunk=c_chunk,
+        f_tiles=f_tiles, n_tiles=n_tiles, conv_splits=splits, rows_per_split=rows_per_split,
+        out_rows=out_rows,
+    )  # fmt: skip
+    meta = dict(
+        KH=kh, KW=kw, BLOCK=block, OUT_BLOCK=out_block,
+        C_TILE=max(16, min(_CONV_TILE, _pow2(c_chunk))), F_TILE=f_tile, N_TILE=n_tile,
+        W_BLOCK=_block(max(n, batch * out_blocks)), INPUT=needs[0], FILTER=needs[1],
+        PRECISION="tf32" if tf32 else "ieee", num_warps=_CONV_WARPS, **_register_cap(),
+    )  # fmt: skip
+    return meta, programs
+
+
 _forward_launch = Launcher(_forward_kernel, pointers=6)
 _fused_forward_launch = Launcher(_fused_forward_kernel, pointers=6)
 _fused_backward_launch = Launcher(_fused_backward_kernel, pointers=8)
 _filter_stats_launch = Launcher(_filter_stats_kernel, pointers=2)
 _backward_launch = Launcher(_backward_kernel, pointers=7)
 _window_terms_launch = Launcher(_window_terms_kernel, pointers=6)
+_conv_window_terms_launch = Launcher(_conv_window_terms_kernel, pointers=7)
 LAUNCHERS = (
     _forward_launch,
     _fused_forward_launch,
@@ -794,6 +1026,7 @@ LAUNCHERS = (
     _filter_stats_launch,
     _backward_launch,
     _window_terms_launch,
+    _conv_window_terms_launch,
 )
 
 
@@ -805,6 +1038,7 @@ def _clear_meta() -> None:
         filter_stats_meta,
         backward_meta,
         window_terms_meta,
+        conv_window_terms_meta,
     ):
         meta.cache_clear()
 
@@ -901,6 +1135,18 @@ def set_fused_conv(enabled: bool) -> bool:
     global _FUSED_CONV
     previous, _FUSED_CONV = _FUSED_CONV, bool(enabled)
     if previous != _FUSED_CONV:
+        _fusion.triton_checks.reset()
+    return previous
+
+
+def set_conv_backward(enabled: bool) -> bool:
+    """Compute the convolution's backward of R inside the backward's last kernel (True) or by
+    ``convolution_backward`` (False, the default) from the next launch on (see ``_CONV_BACKWARD``;
+    a knob for benchmarks, see experiments/bench/k_tile.py). Returns the previous value. A change
+    makes the layer check the kernels of every configuration again on first use."""
+    global _CONV_BACKWARD
+    previous, _CONV_BACKWARD = _CONV_BACKWARD, bool(enabled)
+    if previous != _CONV_BACKWARD:
         _fusion.triton_checks.reset()
     return previous
 
@@ -1065,6 +1311,8 @@ def _eq8_backward(x, w, box, ystat, s_xy, grad_out, c1: float, c2: float, geomet
             *grad_out.stride(), *s_xy.stride(),
             n, float(c1), float(c2), **meta,
         )  # fmt: skip
+    if _CONV_BACKWARD:
+        return _conv_window_terms(x, w, r, pq, part, geometry, needs)
     grad_x, grad_w, _ = _conv_backward(r, x, w, geometry, needs[0], needs[1])
     grad_x = grad_x if needs[0] else None  # some backends fill the gradients not asked for
     grad_w = grad_w.contiguous() if needs[1] else None
@@ -1084,5 +1332,36 @@ def _eq8_backward(x, w, box, ystat, s_xy, grad_out, c1: float, c2: float, geomet
             c_splits, c_chunk,
             *x.stride(), *gx.stride(), *stride, *padding, *dilation,
             b * n_blocks, n, c_out, **meta,
+        )  # fmt: skip
+    return grad_x, grad_w
+
+
+def _conv_window_terms(x, w, r, pq, part, geometry, needs):
+    """The backward's last launch with the convolution's backward of R inside
+    (:func:`_conv_window_terms_kernel`): ``(grad_x, grad_w)``, None where not needed."""
+    stride, padding, dilation, groups = geometry
+    b, c_in, h, w_in = x.shape
+    c_out, c_in_g, kh, kw = w.shape
+    h_out, w_out = r.shape[2:]
+    tf32 = x.dtype == torch.float32 and _conv_tf32()
+    meta, programs = conv_window_terms_meta(
+        w.shape, groups, h * w_in, h_out * w_out, b, (bool(needs[0]), bool(needs[1])), tf32
+    )
+    grad_x = torch.empty_like(x) if needs[0] else None  # every value written by the kernel
+    grad_w = torch.zeros_like(w) if needs[1] else None  # the kernel adds to it
+    filter_programs = c_out if needs[1] else 0
+    grid = programs["conv_programs"] + programs["input_programs"] + filter_programs
+    if grid:
+        gx = x if grad_x is None else grad_x  # an unused pointer where a gradient is not needed
+        _conv_window_terms_launch(
+            (grid,),
+            gx, x, pq, w if grad_w is None else grad_w, w, part, r,
+            c_in_g, h, w_in, h_out, w_out, c_out // groups, groups, programs["n_blocks"],
+            programs["out_blocks"], programs["conv_programs"], programs["input_programs"],
+            pq.shape[0], pq[0].numel(), programs["c_splits"], programs["c_chunk"],
+            programs["f_tiles"], programs["n_tiles"], programs["conv_splits"],
+            programs["rows_per_split"], programs["out_rows"],
+            *x.stride(), *gx.stride(), *r.stride(), *stride, *padding, *dilation,
+            part.shape[0], c_in_g * kh * kw, c_out, **meta,
         )  # fmt: skip
     return grad_x, grad_w
