@@ -94,3 +94,22 @@ def test_a_written_result_reads_as_a_table(tmp_path, capsys):
     )
     assert table[5] == "| 128x64x64x8x3x1 | defaults | 1.560 | 0.0e+00 | 20.3 | - | 12.5 |"
     assert table[6] == "| 128x64x64x8x3x1 | fused_conv=True | - | 2.0e-07 | - | 15.0 | 0.0 |"
+
+
+def test_the_convolution_backward_is_timed_alone_and_without_any_cudnn():
+    base = k_tile.defaults()
+    assert base["conv_backward"] is False
+    found = k_tile.variants(
+        [], [], stats_once=False, fused=True, conv_backward=True, conv_schedules=[(64, 8)]
+    )
+    conv = {"conv_backward": True}
+    assert found[1:] == [
+        {**base, "fused_conv": True},
+        {**base, **conv},
+        {**base, "fused_conv": True, **conv},
+        {**base, **conv, "conv_tile": 64, "conv_warps": 8},
+    ]
+    k_tile.use(found[-1])
+    assert k_tile.defaults() == found[-1]
+    k_tile.use(base)
+    assert k_tile.defaults() == base

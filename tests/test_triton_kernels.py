@@ -363,8 +363,8 @@ def test_the_convolution_backward_shares_its_work_among_programs(kernels, device
         )
         assert (meta["F_TILE"], meta["N_TILE"], meta["C_TILE"]) == (16, 16, 16)
         assert (programs["f_tiles"], programs["n_tiles"], programs["c_splits"]) == (3, 12, 2)
-        assert programs["out_rows"] == 3 * 2  # 72 positions: blocks of 64, a full and a partial
-        assert programs["conv_splits"] == 2 and programs["rows_per_split"] == 3
+        assert programs["out_rows"] == 3 * 3  # 72 positions: rows of 32, two full, one partial
+        assert programs["conv_splits"] == 2 and programs["rows_per_split"] == 5
         _check_against_reference(kernels, x, w, geom)
         _check_against_reference(kernels, x, w, geom, save_sxy=False)
     finally:
@@ -377,17 +377,18 @@ def test_the_convolution_backward_shares_its_work_among_programs(kernels, device
 @pytest.mark.parametrize(
     "out_positions, batch, most, rows, splits",
     [
-        (1024, 128, 512, 2048, 57),  # 64 -> 64, 32x32: 9 tiles of filter values
-        (64, 128, 512, 128, 43),  # 8x8: one block per image; 3 rows each
-        (64, 1, 512, 1, 1),  # one row: nothing to split
+        (1024, 128, 512, 4096, 57),  # 64 -> 64, 32x32: 9 tiles of filter values, 72 rows each
+        (64, 128, 512, 256, 52),  # 8x8: two rows of 32 positions per image, 5 rows each
+        (16, 1, 512, 1, 1),  # one row: nothing to split
         (64, 0, 512, 0, 0),  # an empty batch
-        (1024, 128, 1, 2048, 1),  # one program per tile
+        (1024, 128, 1, 4096, 1),  # one program per tile
     ],
 )
 def test_the_filter_gradient_sums_every_row_once(
     kernels, monkeypatch, out_positions, batch, most, rows, splits
 ):
     monkeypatch.setattr(kernels, "_CONV_PROGRAMS", most)
+    monkeypatch.setattr(kernels, "_CONV_TILE", 64)  # 1 x 9 tiles of 64 filters x 64 values
     kernels._clear_meta()
     try:
         _, programs = kernels.conv_window_terms_meta(
@@ -422,6 +423,42 @@ def test_the_backward_convolves_only_where_asked(kernels, device, conv_backward)
     ops = [op for op, _ in seen.ops]
     assert ("convolution_backward" in ops) != conv_backward
     assert ("zeros_like" in ops) == conv_backward
+
+
+def test_deterministic_algorithms_keep_the_convolution_backward(kernels, device):
+    """The kernels' filter gradient adds with atomics, in no fixed order: a user who asks for
+    deterministic algorithms gets ``convolution_backward`` (deterministic under that setting)."""
+    x, w, geom = _tensors(device, 2, 4, 6, 8, 8, 3, 1, 1, 1, 1)
+    geometry = _geometry(geom)
+    previous = kernels.set_conv_backward(True), torch.are_deterministic_algorithms_enabled()
+    try:
+        out, box, ystat, s_xy = kernels.eq8_forward(x, w, 1e-4, 9e-4, geometry, True)
+        torch.use_deterministic_algorithms(True)
+        seen = _OpsSeen()
+        with seen:
+            kernels.eq8_backward(
+                x, w, box, ystat, s_xy, torch.ones_like(out), 1e-4, 9e-4, geometry, (True, True)
+            )
+    finally:
+        kernels.set_conv_backward(previous[0])
+        torch.use_deterministic_algorithms(previous[1])
+    assert "convolution_backward" in [op for op, _ in seen.ops]
+
+
+def test_the_convolution_backward_schedule_knob_checks_its_values(kernels):
+    previous = kernels.set_conv_schedule(tile=64, warps=8, step=16)
+    try:
+        meta, _ = kernels.conv_window_terms_meta(
+            (64, 64, 3, 3), 1, 1024, 1024, 128, (True, True), True
+        )
+        assert (meta["F_TILE"], meta["N_TILE"], meta["C_TILE"]) == (64, 64, 64)
+        assert (meta["K_STEP"], meta["OUT_BLOCK"], meta["num_warps"]) == (16, 16, 8)
+        with pytest.raises(ValueError, match="tile must be one of"):
+            kernels.set_conv_schedule(tile=48)
+        with pytest.raises(ValueError, match="warps must be one of"):
+            kernels.set_conv_schedule(warps=3)
+    finally:
+        kernels.set_conv_schedule(*previous)
 
 
 def test_switching_the_convolution_backward_checks_every_configuration_again(kernels):

@@ -10,7 +10,7 @@
 #   bash experiments/bench/gpu_session.sh more    # at most 8.7 min: direct-launch host time, model.compile=reduce-overhead, k = 8 and 16
 #   bash experiments/bench/gpu_session.sh split   # at most 5.7 min: GPU tests, the splits at 8x8 per kernel, layer bench
 #   bash experiments/bench/gpu_session.sh warps   # at most 4 min: GPU tests, 4 warps and stats once per kernel, layer bench
-#   bash experiments/bench/gpu_session.sh fused   # at most 9.5 min: GPU tests, host time, the fused kernels per kernel and schedule, layer bench without and with them
+#   bash experiments/bench/gpu_session.sh fused   # at most 9.4 min: GPU tests, host time, the fused forward and the convolution's backward in the kernels per kernel and schedule, layer bench without and with both
 #
 # `make gpu-check` and `make gpu-check-train` run the two parts with OUT=outputs/gpu_check.
 # On a lent machine without this project installed: its python3 holds torch, Triton and Lightning;
@@ -129,28 +129,29 @@ more)
         --out "$OUT/train_k8_k16.json" data=synthetic data.num_train=50000 data.num_val=1000 logger=csv
     ;;
 fused)
-    # The kernels that compute Sxy themselves (SSIMLAYER_FUSED_CONV, off by default until
-    # measured): the GPU tests (their compiled float64 and float32 kernels against the reference),
-    # the host time per piece (with the Python and C++ trivial-node rows, not yet run on a GPU),
-    # their GPU time per kernel at the three shapes beside register caps of 128 and 96 and the
-    # forward's patch sums tap by tap, four schedules at the two 3x3 shapes (a 7x7 kernel with 2
-    # pipelining stages may take a minute to compile), then the layer bench's wall clock and peak
-    # memory without and with them. The 8x8 shape first: a part cut short by its time limit keeps
-    # the rows it wrote.
+    # The kernels that compute Sxy themselves (SSIMLAYER_FUSED_CONV) and the convolution's
+    # backward inside the backward's last kernel (SSIMLAYER_TRITON_CONV_BACKWARD), both off by
+    # default until measured: the GPU tests (their compiled float64 and float32 kernels against
+    # the reference), the host time per piece (with the Python and C++ trivial-node rows and the
+    # step without cuDNN, not yet run on a GPU), their GPU time per kernel at the three shapes
+    # beside a register cap of 128, the forward's patch sums tap by tap and three more tiles and
+    # warps of the convolution's backward, two schedules of the fused forward at the two 3x3 shapes,
+    # then the layer bench's wall clock and peak memory without and with both. The 8x8 shape
+    # first: a part cut short by its time limit keeps the rows it wrote.
     workers=$("$PY" -c "import xdist" 2>/dev/null && echo "-n 8")
-    # (120 s: about 40 more kernel variants to compile than in the lease of session 12.)
+    # (120 s: about 50 more kernel variants to compile than in the lease of session 12.)
     part gpu_tests 120 "$PY" -m pytest -q -rfE --tb=short -p no:cacheprovider -m "not slow" \
         $workers tests/test_gpu.py tests/test_triton_kernels.py
     part host_overhead 90 "$PY" experiments/bench/host_overhead.py --out "$OUT/host_overhead.json"
-    part k_tile_fused 120 "$PY" experiments/bench/k_tile.py --k-tile --fused-conv \
-        --max-registers 128 96 --taps-outside --kernels --shapes 2 0 1 \
-        --out "$OUT/k_tile_fused.json"
-    part k_tile_fused_schedules 80 "$PY" experiments/bench/k_tile.py --k-tile --fused-conv \
-        --fused-warps 4 8 --fused-stages 1 2 --shapes 2 0 --out "$OUT/k_tile_fused_schedules.json"
-    part layer_bench 80 "$PY" experiments/bench/layer.py --device cuda --repeats 6 \
+    part k_tile_fused 150 "$PY" experiments/bench/k_tile.py --k-tile --fused-conv --conv-backward \
+        --conv-tiles 32 64 --conv-warps 4 8 --max-registers 128 --taps-outside --kernels \
+        --shapes 2 0 1 --out "$OUT/k_tile_fused.json"
+    part k_tile_fused_schedules 60 "$PY" experiments/bench/k_tile.py --k-tile --fused-conv \
+        --fused-warps 4 8 --fused-stages 1 --shapes 2 0 --out "$OUT/k_tile_fused_schedules.json"
+    part layer_bench 70 "$PY" experiments/bench/layer.py --device cuda --repeats 6 \
         --out "$OUT/layer.json"
-    SSIMLAYER_FUSED_CONV=1 part layer_bench_fused 80 "$PY" experiments/bench/layer.py \
-        --device cuda --repeats 6 --out "$OUT/layer_fused.json"
+    SSIMLAYER_FUSED_CONV=1 SSIMLAYER_TRITON_CONV_BACKWARD=1 part layer_bench_no_cudnn 70 \
+        "$PY" experiments/bench/layer.py --device cuda --repeats 6 --out "$OUT/layer_no_cudnn.json"
     ;;
 *)
     echo "usage: $0 layer|train|tiles|compiled|next|more|split|warps|fused" >&2

@@ -9,7 +9,9 @@ loop measures the host) and reports microseconds per call. The shape is the benc
 (128, 64->64, 8x8, k3).
 
 The rows include the forward and the SSIM step with the kernels that compute Sxy themselves
-(``set_fused_conv``: one launch per forward instead of a convolution and a launch).
+(``set_fused_conv``: one launch per forward instead of a convolution and a launch), and the
+backward and the step with the convolution's backward inside the backward's last kernel too
+(``set_conv_backward``: no cuDNN call in the step at all).
 
 Beside the per-call rows it stores what splits a step's time between host and GPU:
 
@@ -353,6 +355,18 @@ def main(argv: list[str] | None = None) -> None:
                 )
             )
         rows["ssim forward+backward step (Triton, fused)"] = per_call_us(step(ssim))
+        # And the convolution's backward inside the backward's last kernel too: no cuDNN.
+        previous_backward = _triton_eq8.set_conv_backward(True)
+        try:
+            with torch.no_grad():
+                rows["eq8_backward, no cuDNN, Sxy not kept: 2 launches + zeros"] = per_call_us(
+                    lambda: _triton_eq8.eq8_backward(
+                        x, w, fused[1], fused[2], None, grad, 1e-4, 9e-4, geometry, (True, True)
+                    )
+                )
+            rows["ssim forward+backward step (Triton, no cuDNN)"] = per_call_us(step(ssim))
+        finally:
+            _triton_eq8.set_conv_backward(previous_backward)
     except Exception as err:  # not yet run on a GPU: keep the other rows whatever happens here
         rows["fused rows failed"] = f"{type(err).__name__}: {err}"
     finally:

@@ -27,6 +27,10 @@ Each variant changes one knob of :mod:`ssimlayer._triton_eq8` from its default:
 - ``--fused-conv``: the forward's convolution inside the forward kernel (``set_fused_conv``: one
   launch and no Sxy round trip through memory, against cuDNN's convolution), with its default
   schedule and each of ``--fused-warps`` and ``--fused-stages`` (``set_fused_schedule``).
+- ``--conv-backward``: the convolution's backward inside the backward's last kernel
+  (``set_conv_backward``: no ``convolution_backward``), alone and, with ``--fused-conv``, with
+  the fused forward too (no cuDNN at all), and with each of ``--conv-tiles`` and ``--conv-warps``
+  (``set_conv_schedule``).
 - ``--kernels``: also each variant's GPU time per kernel (profiler, microseconds per step).
 - ``--shapes``: which of ``layer.py``'s shapes, by index (default all three), in that order.
 
@@ -70,6 +74,9 @@ KNOBS = {
     "fused_conv": _triton_eq8.set_fused_conv,
     "fused_warps": lambda n: _triton_eq8.set_fused_schedule(warps=n)[0],
     "fused_stages": lambda n: _triton_eq8.set_fused_schedule(stages=n)[1],
+    "conv_backward": _triton_eq8.set_conv_backward,
+    "conv_tile": lambda n: _triton_eq8.set_conv_schedule(tile=n)[0],
+    "conv_warps": lambda n: _triton_eq8.set_conv_schedule(warps=n)[1],
 }
 
 
@@ -87,6 +94,9 @@ def defaults() -> dict:
         "fused_conv": _triton_eq8._FUSED_CONV,
         "fused_warps": _triton_eq8._FUSED_WARPS,
         "fused_stages": _triton_eq8._FUSED_STAGES,
+        "conv_backward": _triton_eq8._CONV_BACKWARD,
+        "conv_tile": _triton_eq8._CONV_TILE,
+        "conv_warps": _triton_eq8._CONV_WARPS,
     }
 
 
@@ -107,10 +117,13 @@ def variants(
     fused_schedules=(),
     max_registers=(),
     taps_outside=False,
+    conv_backward=False,
+    conv_schedules=(),
 ) -> list[dict]:
     """The defaults, then each requested change of one knob (and each block with stats once, each
     split in each of the three kernels alone and in all three, the fused forward with each
-    ``(warps, stages)`` of ``fused_schedules``)."""
+    ``(warps, stages)`` of ``fused_schedules``, the convolution's backward in the kernels with the
+    fused forward and with each ``(tile, warps)`` of ``conv_schedules``)."""
     base = defaults()
     found = [base]
     for n in splits:
@@ -134,6 +147,14 @@ def variants(
         found += [
             {**base, "fused_conv": True, "fused_warps": w, "fused_stages": n}
             for w, n in fused_schedules
+        ]
+    if conv_backward:
+        found += [{**base, "conv_backward": True}]
+        if fused:
+            found += [{**base, "fused_conv": True, "conv_backward": True}]
+        found += [
+            {**base, "conv_backward": True, "conv_tile": t, "conv_warps": w}
+            for t, w in conv_schedules
         ]
     unique = {tuple(sorted(v.items())): v for v in found}
     return list(unique.values())
@@ -247,6 +268,9 @@ def main(argv=None) -> int:
     parser.add_argument("--fused-conv", action="store_true")
     parser.add_argument("--fused-warps", type=int, nargs="*", default=[])
     parser.add_argument("--fused-stages", type=int, nargs="*", default=[])
+    parser.add_argument("--conv-backward", action="store_true")
+    parser.add_argument("--conv-tiles", type=int, nargs="*", default=[])
+    parser.add_argument("--conv-warps", type=int, nargs="*", default=[])
     parser.add_argument("--kernels", action="store_true", help="GPU time per kernel too")
     parser.add_argument("--shapes", type=int, nargs="*", default=list(range(len(SHAPES))))
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench" / "k_tile.json")
@@ -262,6 +286,11 @@ def main(argv=None) -> int:
         (w, n)
         for w in args.fused_warps or [default["fused_warps"]]
         for n in args.fused_stages or [default["fused_stages"]]
+    ]
+    conv_schedules = [
+        (t, w)
+        for t in args.conv_tiles or [default["conv_tile"]]
+        for w in args.conv_warps or [default["conv_warps"]]
     ]
     record = {
         "device": torch.cuda.get_device_name(),
@@ -283,6 +312,8 @@ def main(argv=None) -> int:
             schedules,
             args.max_registers,
             args.taps_outside,
+            args.conv_backward,
+            conv_schedules,
         ):
             use(variant)
             ssim = graphed_ms(shape, "ssim")

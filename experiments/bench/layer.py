@@ -306,14 +306,18 @@ def print_row(r: dict) -> None:
     print(line, flush=True)
 
 
-def fused_conv_forward() -> bool | None:
-    """Whether the CUDA rows' Triton forward computes Sxy itself (SSIMLAYER_FUSED_CONV=1); None
-    where Triton is not installed."""
+def triton_switches() -> dict:
+    """Which opt-in kernels the CUDA rows' Triton path runs: the forward computing Sxy itself
+    (SSIMLAYER_FUSED_CONV=1) and the convolution's backward inside the backward's kernels
+    (SSIMLAYER_TRITON_CONV_BACKWARD=1); None for each where Triton is not installed."""
     try:
         from ssimlayer import _triton_eq8
     except ImportError:
-        return None
-    return _triton_eq8._FUSED_CONV
+        return {"fused_conv_forward": None, "conv_backward_in_kernels": None}
+    return {
+        "fused_conv_forward": _triton_eq8._FUSED_CONV,
+        "conv_backward_in_kernels": _triton_eq8._CONV_BACKWARD,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -350,7 +354,7 @@ def main(argv: list[str] | None = None) -> None:
             "cuda_device": torch.cuda.get_device_name() if "cuda" in devices else None,
             "repeats": args.repeats,
             "retain_freed_memory": retained,
-            "fused_conv_forward": fused_conv_forward(),
+            **triton_switches(),
             "timing": "forward+backward, median of repeats (ssim_over_conv_fastest: fastest "
             "repeat of each), implementations alternated in one process",
             "rows": rows,

@@ -16,8 +16,9 @@ warp, at most 64 warps and 32 blocks), the other limits set aside.
 ``--k-tile`` compiles the filter-tiled kernels with other tile sizes too (``_K_TILE``, filters handled
 at once): smaller tiles hold fewer values per thread. ``--fused-conv`` also compiles the kernels that
 compute Sxy themselves (``set_fused_conv``: the forward, and the backward's gradient coefficients
-when the forward did not keep Sxy), whose programs hold a tile of Sxy for all their filters.
-Which is faster is only known on a GPU.
+when the forward did not keep Sxy), whose programs hold a tile of Sxy for all their filters;
+``--conv-backward`` the backward's last kernel with the convolution's backward inside
+(``set_conv_backward``). Which is faster is only known on a GPU.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ KERNELS = (
     "_filter_stats_kernel",
     "_backward_kernel",
     "_window_terms_kernel",
+    "_conv_window_terms_kernel",
 )
 REGISTERS_PER_SM, MAX_WARPS, MAX_BLOCKS = 65536, 64, 32
 
@@ -140,10 +142,20 @@ def occupancy(registers: int, warps: int) -> float:
     return min(blocks * warps, MAX_WARPS) / MAX_WARPS
 
 
-def measure(arch: int, k_tiles, shapes=SHAPES, fused_conv: bool = False) -> list[dict]:
+def _switched(name: str, fused_conv: bool, conv_backward: bool) -> bool:
+    """Whether kernel ``name`` is one that ``fused_conv`` or ``conv_backward`` switches on."""
+    return (fused_conv and name.startswith("_fused")) or (
+        conv_backward and name == "_conv_window_terms_kernel"
+    )
+
+
+def measure(
+    arch: int, k_tiles, shapes=SHAPES, fused_conv: bool = False, conv_backward: bool = False
+) -> list[dict]:
     rows = []
     default_k_tile = kernels._K_TILE
     default_fused = kernels.set_fused_conv(fused_conv)
+    default_conv_backward = kernels.set_conv_backward(conv_backward)
     try:
         for k_tile in k_tiles:
             kernels.set_filter_tile(k_tile)
@@ -155,10 +167,12 @@ def measure(arch: int, k_tiles, shapes=SHAPES, fused_conv: bool = False) -> list
                 for name, grid, args, meta in captured_launches(shape, save_sxy=not fused_conv):
                     if "K_TILE" not in meta and k_tile != default_k_tile:
                         continue  # not tiled over filters: the same binary as the default
+                    if (fused_conv or conv_backward) and not _switched(
+                        name, fused_conv, conv_backward
+                    ):
+                        continue  # the other kernels do not change
                     compiled, options = compile_launch(name, args, meta, arch)
                     usage = resource_usage(compiled.asm["cubin"])
-                    if fused_conv and not name.startswith("_fused"):
-                        continue  # the other kernels do not change
                     row = {
                         "shape": label,
                         "kernel": name.strip("_"),
@@ -181,6 +195,7 @@ def measure(arch: int, k_tiles, shapes=SHAPES, fused_conv: bool = False) -> list
     finally:
         kernels.set_filter_tile(default_k_tile)
         kernels.set_fused_conv(default_fused)
+        kernels.set_conv_backward(default_conv_backward)
     return rows
 
 
@@ -194,6 +209,9 @@ def main(argv=None) -> int:
     )  # fmt: skip
     parser.add_argument("--fused-conv", action="store_true", help="also the fused forward kernel")
     parser.add_argument(
+        "--conv-backward", action="store_true", help="also the kernel with the conv's backward"
+    )
+    parser.add_argument(
         "--max-registers", type=int, default=0, help="registers per thread at most (maxnreg)"
     )
     parser.add_argument(
@@ -205,6 +223,8 @@ def main(argv=None) -> int:
     rows = measure(args.arch, args.k_tile, shapes)
     if args.fused_conv:
         rows += measure(args.arch, [kernels._K_TILE], shapes, fused_conv=True)
+    if args.conv_backward:
+        rows += measure(args.arch, [kernels._K_TILE], shapes, conv_backward=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     record = {
         "target": f"cuda sm_{args.arch}",

@@ -118,13 +118,25 @@ _FUSED_STAGES = 1
 # host_overhead_h200_host_gpu_split.json), for cuDNN's kernels and the layout conversions around
 # them; the launch it joins was launched anyway. The filter gradient's programs each sum a share of
 # the batch's positions and add it with atomic adds, so float32 sums are not bitwise repeatable
-# (as cuDNN's are not by default). Not yet timed on a GPU (experiments/bench/k_tile.py
+# (as cuDNN's are not by default); under torch.use_deterministic_algorithms(True) the backward
+# uses convolution_backward. Not yet timed on a GPU (experiments/bench/k_tile.py
 # --conv-backward); off until it is measured faster. SSIMLAYER_TRITON_CONV_BACKWARD=1 (or
 # set_conv_backward) turns it on.
 _CONV_BACKWARD = os.environ.get("SSIMLAYER_TRITON_CONV_BACKWARD", "0") == "1"
 _CONV_PROGRAMS = 512  # the filter gradient's share of the batch: programs until about this many
-_CONV_TILE = 64  # filters, channels or filter values per tl.dot operand (at least 16)
-_CONV_WARPS = 4
+# Filters, channels or filter values per tile of a tl.dot's result (at least 16), the step of its
+# inner dimension (filters for the input gradient, output positions for the filter gradient), and
+# warps per program. Compiled for sm_90 without a GPU (experiments/bench/triton_resources.py
+# --conv-backward), registers per thread at 64 -> 64 32x32 / 3 -> 64 7x7 / 8x8, steps of 32, with
+# the lent H200s' Triton 3.6 (this machine's 3.8 in brackets): tiles of 32 with 4 warps: 255 and 88
+# bytes of spills / 255 / 229 (154 / 128 / 124); tiles of 32 with 8 warps: 181 / 149 / 118 (114 /
+# 102 / 114); tiles of 64 with 8 warps: 255 and 32 bytes of spills / 254 / 227 (194 / 194 / 188);
+# tiles of 64 with 4 warps spill with either. Which is fastest is for k_tile.py --conv-tiles
+# --conv-warps on a GPU.
+_CONV_TILE = 32
+_CONV_STEP = 32
+_CONV_WARPS = 8
+_CONV_STAGES = 1
 
 
 @triton.jit
@@ -569,23 +581,36 @@ def _fused_backward_kernel(
 def _window_pq(
     pq_ptr, pq_splits, pq_split, b, g, groups, ih, iw, inside, h_out, w_out,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-    KH: tl.constexpr, KW: tl.constexpr, BLOCK: tl.constexpr,
+    KH: tl.constexpr, KW: tl.constexpr, BLOCK: tl.constexpr, UNROLL: tl.constexpr,
 ):  # fmt: skip
     """P and Q of the pixels ``(ih, iw)`` of group ``g``, each summed over every window that
-    covers the pixel and over the ``pq_splits`` partial arrays of ``pq`` (``pq_split`` apart)."""
+    covers the pixel and over the ``pq_splits`` partial arrays of ``pq`` (``pq_split`` apart);
+    the kernel's taps unrolled (all their loads in flight at once) if UNROLL, else in a loop."""
     dt = pq_ptr.dtype.element_ty
     p = tl.zeros([BLOCK], dtype=dt)
     q = tl.zeros([BLOCK], dtype=dt)
     pq = pq_ptr + b * (2 * groups * h_out * w_out)
     for _ in range(0, pq_splits):
-        for i in tl.static_range(KH):
-            th = ih + pad_h - i * dil_h  # = oh * stride_h for the window whose row i covers ih
-            oh = th // stride_h
-            row_ok = inside & (th >= 0) & (oh * stride_h == th) & (oh < h_out)
-            for j in tl.static_range(KW):
-                tw = iw + pad_w - j * dil_w
+        if UNROLL:
+            for i in tl.static_range(KH):
+                th = ih + pad_h - i * dil_h  # = oh * stride_h for the window whose row i covers ih
+                oh = th // stride_h
+                row_ok = inside & (th >= 0) & (oh * stride_h == th) & (oh < h_out)
+                for j in tl.static_range(KW):
+                    tw = iw + pad_w - j * dil_w
+                    ow = tw // stride_w
+                    ok = row_ok & (tw >= 0) & (ow * stride_w == tw) & (ow < w_out)
+                    o = oh * w_out + ow
+                    p += tl.load(pq + g * (h_out * w_out) + o, mask=ok, other=0.0)
+                    q += tl.load(pq + (groups + g) * (h_out * w_out) + o, mask=ok, other=0.0)
+        else:
+            for tap in range(0, KH * KW):
+                th = ih + pad_h - (tap // KW) * dil_h
+                tw = iw + pad_w - (tap % KW) * dil_w
+                oh = th // stride_h
                 ow = tw // stride_w
-                ok = row_ok & (tw >= 0) & (ow * stride_w == tw) & (ow < w_out)
+                ok = inside & (th >= 0) & (oh * stride_h == th) & (oh < h_out)
+                ok = ok & (tw >= 0) & (ow * stride_w == tw) & (ow < w_out)
                 o = oh * w_out + ow
                 p += tl.load(pq + g * (h_out * w_out) + o, mask=ok, other=0.0)
                 q += tl.load(pq + (groups + g) * (h_out * w_out) + o, mask=ok, other=0.0)
@@ -609,7 +634,7 @@ def _input_window_terms(
     ih, iw = offs // w, offs % w
     p, q = _window_pq(
         pq_ptr, pq_splits, pq_split, b, g, groups, ih, iw, inside, h_out, w_out,
-        stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KH, KW, BLOCK,
+        stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KH, KW, BLOCK, True,
     )  # fmt: skip
     x_pix = (b * sx_b + ih * sx_h + iw * sx_w)[None, :]
     gx_pix = (b * sgx_b + ih * sgx_h + iw * sgx_w)[None, :]
@@ -631,12 +656,12 @@ def _input_conv_terms(
     sr_b, sr_c, sr_h, sr_w,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     KH: tl.constexpr, KW: tl.constexpr, BLOCK: tl.constexpr, C_TILE: tl.constexpr,
-    F_TILE: tl.constexpr, PRECISION: tl.constexpr,
+    K_STEP: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
     """grad_x = (the convolution's input gradient of R) + P + Q x for program ``pid``'s pixels
     and channels (as :func:`_input_window_terms`), written rather than added to: for each channel,
     the sum over every window that covers the pixel and over the group's filters of R times the
-    filter value at the pixel's place in that window, C_TILE channels by F_TILE filters per
+    filter value at the pixel's place in that window, C_TILE channels by K_STEP filters per
     ``tl.dot`` (``_CONV_BACKWARD``)."""
     c_lo = (pid % c_splits).to(tl.int32) * c_chunk
     b, g, _, offs, inside = _program_tile(pid // c_splits, n_blocks, groups, h * w, BLOCK)
@@ -644,7 +669,7 @@ def _input_conv_terms(
     ih, iw = offs // w, offs % w
     p, q = _window_pq(
         pq_ptr, pq_splits, pq_split, b, g, groups, ih, iw, inside, h_out, w_out,
-        stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KH, KW, BLOCK,
+        stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KH, KW, BLOCK, False,
     )  # fmt: skip
     n = c_in_g * (KH * KW)
     r_image = r_ptr + b * sr_b
@@ -665,8 +690,8 @@ def _input_conv_terms(
             ok = (ok & (tw >= 0) & (ow * stride_w == tw) & (ow < w_out))[None, :]
             r_window = r_image + (oh * sr_h + ow * sr_w)[None, :]
             w_tap = w_ptr + (chans * (KH * KW) + tap)[:, None]
-            for f0 in range(0, k_per_group, F_TILE):
-                ks = f0 + tl.arange(0, F_TILE)
+            for f0 in range(0, k_per_group, K_STEP):
+                ks = f0 + tl.arange(0, K_STEP)
                 k_ok = ks < k_per_group
                 f = (g * k_per_group + ks).to(tl.int64)
                 r = tl.load(r_window + f[:, None] * sr_c, mask=k_ok[:, None] & ok, other=0.0)
@@ -806,8 +831,8 @@ def _conv_window_terms_kernel(
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     rows, n, c_out,
     KH: tl.constexpr, KW: tl.constexpr, BLOCK: tl.constexpr, OUT_BLOCK: tl.constexpr,
-    C_TILE: tl.constexpr, F_TILE: tl.constexpr, N_TILE: tl.constexpr, W_BLOCK: tl.constexpr,
-    INPUT: tl.constexpr, FILTER: tl.constexpr, PRECISION: tl.constexpr,
+    C_TILE: tl.constexpr, F_TILE: tl.constexpr, N_TILE: tl.constexpr, K_STEP: tl.constexpr,
+    W_BLOCK: tl.constexpr, INPUT: tl.constexpr, FILTER: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
     """The backward after the gradient coefficients in one launch, the convolution's backward of R
     included (``_CONV_BACKWARD``, instead of ``convolution_backward`` and
@@ -841,7 +866,7 @@ def _conv_window_terms_kernel(
                 sgx_b, sgx_c, sgx_h, sgx_w,
                 sr_b, sr_c, sr_h, sr_w,
                 stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-                KH, KW, BLOCK, C_TILE, F_TILE, PRECISION,
+                KH, KW, BLOCK, C_TILE, K_STEP, PRECISION,
             )  # fmt: skip
 
 
@@ -986,12 +1011,14 @@ def conv_window_terms_meta(
     c_out, c_in_g, kh, kw = w_shape
     k_per_group = c_out // groups
     n = c_in_g * kh * kw
-    block, out_block = _block(in_positions), _block(out_positions)
+    block = _block(in_positions)
+    out_block = max(16, min(_CONV_STEP, _pow2(out_positions)))
     in_blocks, out_blocks = _cdiv(in_positions, block), _cdiv(out_positions, out_block)
     c_splits, c_chunk = split_tiles(c_in_g, 16, _WINDOW_SPLIT, batch * groups * in_blocks)
     f_tile, n_tile = (max(16, min(_CONV_TILE, _pow2(size))) for size in (k_per_group, n))
     f_tiles, n_tiles = _cdiv(k_per_group, f_tile), _cdiv(n, n_tile)
     out_rows = batch * out_blocks  # the filter gradient sums over these rows of positions
+    part_rows = batch * _cdiv(out_positions, _block(out_positions))  # the coefficients' partials
     tiles = groups * f_tiles * n_tiles
     splits = min(out_rows, _cdiv(_CONV_PROGRAMS, max(tiles, 1)))
     rows_per_split = _cdiv(out_rows, max(splits, 1))
@@ -1006,8 +1033,10 @@ def conv_window_terms_meta(
     meta = dict(
         KH=kh, KW=kw, BLOCK=block, OUT_BLOCK=out_block,
         C_TILE=max(16, min(_CONV_TILE, _pow2(c_chunk))), F_TILE=f_tile, N_TILE=n_tile,
-        W_BLOCK=_block(max(n, batch * out_blocks)), INPUT=needs[0], FILTER=needs[1],
-        PRECISION="tf32" if tf32 else "ieee", num_warps=_CONV_WARPS, **_register_cap(),
+        K_STEP=max(16, min(_CONV_STEP, _pow2(k_per_group))),
+        W_BLOCK=_block(max(n, part_rows)), INPUT=needs[0], FILTER=needs[1],
+        PRECISION="tf32" if tf32 else "ieee", num_warps=_CONV_WARPS, num_stages=_CONV_STAGES,
+        **_register_cap(),
     )  # fmt: skip
     return meta, programs
 
@@ -1148,6 +1177,30 @@ def set_conv_backward(enabled: bool) -> bool:
     previous, _CONV_BACKWARD = _CONV_BACKWARD, bool(enabled)
     if previous != _CONV_BACKWARD:
         _fusion.triton_checks.reset()
+    return previous
+
+
+def set_conv_schedule(
+    tile: int | None = None, warps: int | None = None, step: int | None = None
+) -> tuple[int, int, int]:
+    """Tiles of the convolution's backward in the kernels (``_CONV_BACKWARD``): at most ``tile``
+    filters, channels or filter values per side of a tl.dot's result and ``step`` along its
+    inner dimension (16, 32, 64 or 128), ``warps`` per program (1 to 16), from the next launch on;
+    None leaves one as it is (a knob for benchmarks, see ``_CONV_TILE``). Returns the previous
+    ``(tile, warps, step)``."""
+    global _CONV_TILE, _CONV_WARPS, _CONV_STEP
+    for name, value, allowed in (
+        ("tile", tile, (16, 32, 64, 128)),
+        ("warps", warps, (1, 2, 4, 8, 16)),
+        ("step", step, (16, 32, 64, 128)),
+    ):
+        if value is not None and value not in allowed:
+            raise ValueError(f"set_conv_schedule: {name} must be one of {allowed}, got {value!r}")
+    previous = (_CONV_TILE, _CONV_WARPS, _CONV_STEP)
+    _CONV_TILE = previous[0] if tile is None else tile
+    _CONV_WARPS = previous[1] if warps is None else warps
+    _CONV_STEP = previous[2] if step is None else step
+    _clear_meta()
     return previous
 
 
@@ -1311,7 +1364,7 @@ def _eq8_backward(x, w, box, ystat, s_xy, grad_out, c1: float, c2: float, geomet
             *grad_out.stride(), *s_xy.stride(),
             n, float(c1), float(c2), **meta,
         )  # fmt: skip
-    if _CONV_BACKWARD:
+    if _CONV_BACKWARD and not torch.are_deterministic_algorithms_enabled():  # it adds atomically
         return _conv_window_terms(x, w, r, pq, part, geometry, needs)
     grad_x, grad_w, _ = _conv_backward(r, x, w, geometry, needs[0], needs[1])
     grad_x = grad_x if needs[0] else None  # some backends fill the gradients not asked for
