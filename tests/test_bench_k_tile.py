@@ -100,14 +100,14 @@ def test_the_convolution_backward_is_timed_alone_and_without_any_cudnn():
     base = k_tile.defaults()
     assert base["conv_backward"] is False
     found = k_tile.variants(
-        [], [], stats_once=False, fused=True, conv_backward=True, conv_schedules=[(64, 8)]
+        [], [], stats_once=False, fused=True, conv_backward=True, conv_schedules=[(64, 8, 1)]
     )
     conv = {"conv_backward": True}
     assert found[1:] == [
         {**base, "fused_conv": True},
         {**base, **conv},
         {**base, "fused_conv": True, **conv},
-        {**base, **conv, "conv_tile": 64, "conv_warps": 8},
+        {**base, **conv, "conv_tile": 64, "conv_warps": 8, "conv_stages": 1},
     ]
     k_tile.use(found[-1])
     assert k_tile.defaults() == found[-1]

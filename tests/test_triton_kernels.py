@@ -446,17 +446,20 @@ def test_deterministic_algorithms_keep_the_convolution_backward(kernels, device)
 
 
 def test_the_convolution_backward_schedule_knob_checks_its_values(kernels):
-    previous = kernels.set_conv_schedule(tile=64, warps=8, step=16)
+    previous = kernels.set_conv_schedule(tile=64, warps=4, stages=3, step=16)
     try:
         meta, _ = kernels.conv_window_terms_meta(
             (64, 64, 3, 3), 1, 1024, 1024, 128, (True, True), True
         )
         assert (meta["F_TILE"], meta["N_TILE"], meta["C_TILE"]) == (64, 64, 64)
-        assert (meta["K_STEP"], meta["OUT_BLOCK"], meta["num_warps"]) == (16, 16, 8)
+        assert (meta["K_STEP"], meta["OUT_BLOCK"]) == (16, 16)
+        assert (meta["num_warps"], meta["num_stages"]) == (4, 3)
         with pytest.raises(ValueError, match="tile must be one of"):
             kernels.set_conv_schedule(tile=48)
         with pytest.raises(ValueError, match="warps must be one of"):
             kernels.set_conv_schedule(warps=3)
+        with pytest.raises(ValueError, match="stages must be one of"):
+            kernels.set_conv_schedule(stages=0)
     finally:
         kernels.set_conv_schedule(*previous)
 

@@ -51,7 +51,9 @@ FUSED_OPTIONS = dict(num_warps=kernels._FUSED_WARPS, num_stages=kernels._FUSED_S
 OPTIONS = {
     "_fused_forward_kernel": FUSED_OPTIONS,
     "_fused_backward_kernel": FUSED_OPTIONS,
-    "_conv_window_terms_kernel": dict(num_warps=kernels._CONV_WARPS),
+    "_conv_window_terms_kernel": dict(
+        num_warps=kernels._CONV_WARPS, num_stages=kernels._CONV_STAGES
+    ),
 }
 CONFIGS = [
     (

@@ -29,8 +29,8 @@ Each variant changes one knob of :mod:`ssimlayer._triton_eq8` from its default:
   schedule and each of ``--fused-warps`` and ``--fused-stages`` (``set_fused_schedule``).
 - ``--conv-backward``: the convolution's backward inside the backward's last kernel
   (``set_conv_backward``: no ``convolution_backward``), alone and, with ``--fused-conv``, with
-  the fused forward too (no cuDNN at all), and with each of ``--conv-tiles`` and ``--conv-warps``
-  (``set_conv_schedule``).
+  the fused forward too (no cuDNN at all), and with each of ``--conv-schedules`` (``tile,warps,stages``
+  triples for ``set_conv_schedule``).
 - ``--kernels``: also each variant's GPU time per kernel (profiler, microseconds per step).
 - ``--shapes``: which of ``layer.py``'s shapes, by index (default all three), in that order.
 
@@ -77,6 +77,7 @@ KNOBS = {
     "conv_backward": _triton_eq8.set_conv_backward,
     "conv_tile": lambda n: _triton_eq8.set_conv_schedule(tile=n)[0],
     "conv_warps": lambda n: _triton_eq8.set_conv_schedule(warps=n)[1],
+    "conv_stages": lambda n: _triton_eq8.set_conv_schedule(stages=n)[2],
 }
 
 
@@ -97,6 +98,7 @@ def defaults() -> dict:
         "conv_backward": _triton_eq8._CONV_BACKWARD,
         "conv_tile": _triton_eq8._CONV_TILE,
         "conv_warps": _triton_eq8._CONV_WARPS,
+        "conv_stages": _triton_eq8._CONV_STAGES,
     }
 
 
@@ -123,7 +125,7 @@ def variants(
     """The defaults, then each requested change of one knob (and each block with stats once, each
     split in each of the three kernels alone and in all three, the fused forward with each
     ``(warps, stages)`` of ``fused_schedules``, the convolution's backward in the kernels with the
-    fused forward and with each ``(tile, warps)`` of ``conv_schedules``)."""
+    fused forward and with each ``(tile, warps, stages)`` of ``conv_schedules``)."""
     base = defaults()
     found = [base]
     for n in splits:
@@ -153,8 +155,8 @@ def variants(
         if fused:
             found += [{**base, "fused_conv": True, "conv_backward": True}]
         found += [
-            {**base, "conv_backward": True, "conv_tile": t, "conv_warps": w}
-            for t, w in conv_schedules
+            {**base, "conv_backward": True, "conv_tile": t, "conv_warps": w, "conv_stages": n}
+            for t, w, n in conv_schedules
         ]
     unique = {tuple(sorted(v.items())): v for v in found}
     return list(unique.values())
@@ -269,8 +271,9 @@ def main(argv=None) -> int:
     parser.add_argument("--fused-warps", type=int, nargs="*", default=[])
     parser.add_argument("--fused-stages", type=int, nargs="*", default=[])
     parser.add_argument("--conv-backward", action="store_true")
-    parser.add_argument("--conv-tiles", type=int, nargs="*", default=[])
-    parser.add_argument("--conv-warps", type=int, nargs="*", default=[])
+    parser.add_argument(
+        "--conv-schedules", nargs="*", default=[], help="tile,warps,stages triples, e.g. 64,8,2"
+    )
     parser.add_argument("--kernels", action="store_true", help="GPU time per kernel too")
     parser.add_argument("--shapes", type=int, nargs="*", default=list(range(len(SHAPES))))
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench" / "k_tile.json")
@@ -287,11 +290,7 @@ def main(argv=None) -> int:
         for w in args.fused_warps or [default["fused_warps"]]
         for n in args.fused_stages or [default["fused_stages"]]
     ]
-    conv_schedules = [
-        (t, w)
-        for t in args.conv_tiles or [default["conv_tile"]]
-        for w in args.conv_warps or [default["conv_warps"]]
-    ]
+    conv_schedules = [tuple(int(n) for n in triple.split(",")) for triple in args.conv_schedules]
     record = {
         "device": torch.cuda.get_device_name(),
         "torch": torch.__version__,

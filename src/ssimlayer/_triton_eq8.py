@@ -131,12 +131,15 @@ _CONV_PROGRAMS = 512  # the filter gradient's share of the batch: programs until
 # the lent H200s' Triton 3.6 (this machine's 3.8 in brackets): tiles of 32 with 4 warps: 255 and 88
 # bytes of spills / 255 / 229 (154 / 128 / 124); tiles of 32 with 8 warps: 181 / 149 / 118 (114 /
 # 102 / 114); tiles of 64 with 8 warps: 255 and 32 bytes of spills / 254 / 227 (194 / 194 / 188);
-# tiles of 64 with 4 warps spill with either. Which is fastest is for k_tile.py --conv-tiles
-# --conv-warps on a GPU.
+# tiles of 64 with 4 warps spill with either. Two pipelining stages (loads of the next step in
+# flight during this step's tl.dot, for the filter gradient's long loop over the batch's
+# positions) take tiles of 32 with 8 warps to 190 / 182 / 128 under Triton 3.6, still one program
+# of 8 warps per SM at 32x32; three to 253 / 194 / 176. Which is fastest is for
+# k_tile.py --conv-schedules on a GPU.
 _CONV_TILE = 32
 _CONV_STEP = 32
 _CONV_WARPS = 8
-_CONV_STAGES = 1
+_CONV_STAGES = 2
 
 
 @triton.jit
@@ -1181,25 +1184,30 @@ def set_conv_backward(enabled: bool) -> bool:
 
 
 def set_conv_schedule(
-    tile: int | None = None, warps: int | None = None, step: int | None = None
-) -> tuple[int, int, int]:
-    """Tiles of the convolution's backward in the kernels (``_CONV_BACKWARD``): at most ``tile``
-    filters, channels or filter values per side of a tl.dot's result and ``step`` along its
-    inner dimension (16, 32, 64 or 128), ``warps`` per program (1 to 16), from the next launch on;
-    None leaves one as it is (a knob for benchmarks, see ``_CONV_TILE``). Returns the previous
-    ``(tile, warps, step)``."""
-    global _CONV_TILE, _CONV_WARPS, _CONV_STEP
+    tile: int | None = None,
+    warps: int | None = None,
+    stages: int | None = None,
+    step: int | None = None,
+) -> tuple[int, int, int, int]:
+    """The schedule of the convolution's backward in the kernels (``_CONV_BACKWARD``) from the
+    next launch on: at most ``tile`` filters, channels or filter values per side of a tl.dot's
+    result and ``step`` along its inner dimension (16, 32, 64 or 128), ``warps`` per program (1
+    to 16) and ``stages`` of software pipelining (1 to 4); None leaves one as it is (a knob for
+    benchmarks, see ``_CONV_TILE``). Returns the previous ``(tile, warps, stages, step)``."""
+    global _CONV_TILE, _CONV_WARPS, _CONV_STAGES, _CONV_STEP
     for name, value, allowed in (
         ("tile", tile, (16, 32, 64, 128)),
         ("warps", warps, (1, 2, 4, 8, 16)),
+        ("stages", stages, (1, 2, 3, 4)),
         ("step", step, (16, 32, 64, 128)),
     ):
         if value is not None and value not in allowed:
             raise ValueError(f"set_conv_schedule: {name} must be one of {allowed}, got {value!r}")
-    previous = (_CONV_TILE, _CONV_WARPS, _CONV_STEP)
-    _CONV_TILE = previous[0] if tile is None else tile
-    _CONV_WARPS = previous[1] if warps is None else warps
-    _CONV_STEP = previous[2] if step is None else step
+    previous = (_CONV_TILE, _CONV_WARPS, _CONV_STAGES, _CONV_STEP)
+    new = [
+        old if value is None else value for old, value in zip(previous, (tile, warps, stages, step))
+    ]
+    _CONV_TILE, _CONV_WARPS, _CONV_STAGES, _CONV_STEP = new
     _clear_meta()
     return previous
 
