@@ -10,8 +10,9 @@ synchronises before and after one step: that step's latency. CUDA rows also give
 50 steps issued back to back, synchronised once, as a training loop runs them
 ("ssim_over_conv_back_to_back": whichever is longer per step, host or GPU time, with no per-step
 synchronisation latency added to both sides), the GPU's own share: the summed kernel time of one
-step (profiler), and the wall time of the step replayed from a CUDA graph, where no host work is
-left ("ssim_over_conv_graphed"). Peak
+step (profiler), the wall time of the step replayed from a CUDA graph, where no host work is
+left ("ssim_over_conv_graphed"), and the step's latency with the backward on the calling thread
+(``torch.autograd.set_multithreading_enabled(False)``, "ssim_over_conv_calling_thread"). Peak
 memory: on CUDA the allocator's peak during one forward + backward beyond what was allocated before;
 on the CPU the peak of the profiler's memory timeline over one forward + backward (every tensor
 allocated in that step, compiled kernels' too).
@@ -217,6 +218,11 @@ def bench_device(device: str, repeats: int, on_row) -> None:
             back_to_back = medians(
                 time_shape(shape, device, repeats, ["conv", "ssim"], BACK_TO_BACK)
             )
+            # The backward on the calling thread instead of the autograd engine's device thread,
+            # which must take the GIL for the SSIM layer's Python backward (a PyTorch setting
+            # any user can choose; both sides alike).
+            with torch.autograd.set_multithreading_enabled(False):
+                calling_thread = medians(time_shape(shape, device, repeats, ["conv", "ssim"]))
         if device == "cuda" and not _fusion.triton_enabled():
             print("WARNING: the Triton kernels failed; 'ssim' below is the torch.compile path")
         target = TARGETS[device].get(index)
@@ -261,6 +267,10 @@ def bench_device(device: str, repeats: int, on_row) -> None:
                     "conv_back_to_back_ms": 1e3 * back_to_back["conv"],
                     "ssim_back_to_back_ms": 1e3 * back_to_back["ssim"],
                     "ssim_over_conv_back_to_back": back_to_back["ssim"] / back_to_back["conv"],
+                    "conv_calling_thread_ms": 1e3 * calling_thread["conv"],
+                    "ssim_calling_thread_ms": 1e3 * calling_thread["ssim"],
+                    "ssim_over_conv_calling_thread": calling_thread["ssim"]
+                    / calling_thread["conv"],
                     "conv_graph_ms": graphed["conv"],
                     "ssim_graph_ms": graphed["ssim"],
                     "ssim_over_conv_graphed": (
@@ -303,6 +313,7 @@ def print_row(r: dict) -> None:
         line += f"   back-to-back ssim/conv {r['ssim_over_conv_back_to_back']:.2f}"
         graphed = r["ssim_over_conv_graphed"]
         line += f"   CUDA-graph ssim/conv {'-' if graphed is None else f'{graphed:.2f}'}"
+        line += f"   calling-thread backward ssim/conv {r['ssim_over_conv_calling_thread']:.2f}"
     print(line, flush=True)
 
 
