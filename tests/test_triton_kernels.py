@@ -464,21 +464,6 @@ def test_the_convolution_backward_schedule_knob_checks_its_values(kernels):
         kernels.set_conv_schedule(*previous)
 
 
-def test_switching_the_convolution_backward_checks_every_configuration_again(kernels):
-    from ssimlayer import _fusion
-
-    previous = kernels.set_conv_backward(False)
-    try:
-        _fusion.triton_checks.record("backward", ("some", "configuration"), True)
-        kernels.set_conv_backward(False)  # no change: the verdicts stay
-        assert _fusion.triton_checks.checked("backward", ("some", "configuration"))
-        kernels.set_conv_backward(True)
-        assert not _fusion.triton_checks.checked("backward", ("some", "configuration"))
-    finally:
-        kernels.set_conv_backward(previous)
-        _fusion.triton_checks.reset()
-
-
 def test_the_fused_backward_holds_fewer_filters_per_program_than_the_forward(kernels):
     """64 filters in a launch of many blocks (no automatic split): one forward program holds all
     64, the backward's coefficient terms are split in two programs of 32."""
@@ -488,18 +473,22 @@ def test_the_fused_backward_holds_fewer_filters_per_program_than_the_forward(ker
     assert (backward_splits, backward["F_TILE"]) == (2, 32)
 
 
-def test_switching_the_fused_forward_checks_every_configuration_again(kernels):
+@pytest.mark.parametrize("switch", ["set_fused_conv", "set_conv_backward"])
+def test_switching_the_convolutions_into_the_kernels_checks_every_configuration_again(
+    kernels, switch
+):
     from ssimlayer import _fusion
 
-    previous = kernels.set_fused_conv(False)
+    setter = getattr(kernels, switch)
+    previous = setter(False)
     try:
-        _fusion.triton_checks.record("forward", ("some", "configuration"), True)
-        kernels.set_fused_conv(False)  # no change: the verdicts stay
-        assert _fusion.triton_checks.checked("forward", ("some", "configuration"))
-        kernels.set_fused_conv(True)
-        assert not _fusion.triton_checks.checked("forward", ("some", "configuration"))
+        _fusion.triton_checks.record("backward", ("some", "configuration"), True)
+        setter(False)  # no change: the verdicts stay
+        assert _fusion.triton_checks.checked("backward", ("some", "configuration"))
+        setter(True)
+        assert not _fusion.triton_checks.checked("backward", ("some", "configuration"))
     finally:
-        kernels.set_fused_conv(previous)
+        setter(previous)
         _fusion.triton_checks.reset()
 
 
