@@ -7,7 +7,8 @@ of them, or a share where a launch would have few programs: see ``_FORWARD_SPLIT
 ``_FUSED_CONV`` the forward kernel computes Sxy itself and the forward is one launch.
 A backward is one kernel for the gradient coefficients, one ``convolution_backward`` for the input
 and filter terms of R, and one kernel whose programs add the window terms to the input gradient or
-the per-filter terms to the filter gradient. At the sizes of the paper (a conv forward plus backward
+the per-filter terms to the filter gradient; with ``_CONV_BACKWARD`` that last kernel computes the
+input and filter terms of R too, and the backward calls no convolution. At the sizes of the paper (a conv forward plus backward
 under a millisecond on a current GPU) the step is bound by how many kernels are launched, which is
 why this path exists; tests compare it with the float64 reference, also on the CPU through
 ``TRITON_INTERPRET=1``.
