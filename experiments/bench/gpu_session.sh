@@ -10,7 +10,7 @@
 #   bash experiments/bench/gpu_session.sh more    # at most 8.7 min: direct-launch host time, model.compile=reduce-overhead, k = 8 and 16
 #   bash experiments/bench/gpu_session.sh split   # at most 5.7 min: GPU tests, the splits at 8x8 per kernel, layer bench
 #   bash experiments/bench/gpu_session.sh warps   # at most 4 min: GPU tests, 4 warps and stats once per kernel, layer bench
-#   bash experiments/bench/gpu_session.sh fused   # at most 9.4 min: GPU tests, host time, the fused forward and the convolution's backward in the kernels per kernel and schedule, layer bench without and with both
+#   bash experiments/bench/gpu_session.sh fused   # at most 9 min: the switches' GPU tests, host time, the fused forward and the convolution's backward in the kernels per kernel and schedule, layer bench without and with both
 #
 # `make gpu-check` and `make gpu-check-train` run the two parts with OUT=outputs/gpu_check.
 # On a lent machine without this project installed: its python3 holds torch, Triton and Lightning;
@@ -139,9 +139,12 @@ fused)
     # then the layer bench's wall clock and peak memory without and with both. The 8x8 shape
     # first: a part cut short by its time limit keeps the rows it wrote.
     workers=$("$PY" -c "import xdist" 2>/dev/null && echo "-n 8")
-    # (120 s: about 50 more kernel variants to compile than in the lease of session 12.)
-    part gpu_tests 120 "$PY" -m pytest -q -rfE --tb=short -p no:cacheprovider -m "not slow" \
-        $workers tests/test_gpu.py tests/test_triton_kernels.py
+    # Only the tests of the two switches (65 of 167; the whole file took more than 80 s in the
+    # lease of session 12, and the first-use checks of the layer bench compare the default kernels
+    # with the PyTorch path again).
+    part gpu_tests 100 "$PY" -m pytest -q -rfE --tb=short -p no:cacheprovider -m "not slow" \
+        $workers tests/test_triton_kernels.py \
+        -k "fused or conv or convolution or convolves or no_cudnn or no-cudnn"
     part host_overhead 90 "$PY" experiments/bench/host_overhead.py --out "$OUT/host_overhead.json"
     part k_tile_fused 150 "$PY" experiments/bench/k_tile.py --k-tile --fused-conv --conv-backward \
         --conv-schedules 32,8,1 32,4,1 64,8,2 --max-registers 128 --taps-outside --kernels \
