@@ -8,10 +8,10 @@ of them, or a share where a launch would have few programs: see ``_FORWARD_SPLIT
 A backward is one kernel for the gradient coefficients, one ``convolution_backward`` for the input
 and filter terms of R, and one kernel whose programs add the window terms to the input gradient or
 the per-filter terms to the filter gradient; with ``_CONV_BACKWARD`` that last kernel computes the
-input and filter terms of R too, and the backward calls no convolution. At the sizes of the paper (a conv forward plus backward
-under a millisecond on a current GPU) the step is bound by how many kernels are launched, which is
-why this path exists; tests compare it with the float64 reference, also on the CPU through
-``TRITON_INTERPRET=1``.
+input and filter terms of R too, and the backward calls no convolution. At the sizes of the paper
+(a conv forward plus backward under a millisecond on a current GPU) the step is bound by how many
+kernels are launched, which is why this path exists; tests compare it with the float64 reference,
+also on the CPU through ``TRITON_INTERPRET=1``.
 
 Layouts: ``box`` is ``(B, 2 G, Ho, Wo)`` with Sx for group g at channel g and Sxx at ``G + g`` (as in
 :func:`ssimlayer.functional._patch_sums`); ``ystat`` is ``(2, C_out)``, the mean and unbiased
@@ -339,6 +339,22 @@ def _filter_stats_kernel(w_ptr, ystat_ptr, n, c_out, K_TILE: tl.constexpr, N_BLO
 
 
 @triton.jit
+def _flat_patch_values(
+    x_group, kk, k_in, oh, ow, inside, h, w, sx_c, sx_h, sx_w,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KH: tl.constexpr, KW: tl.constexpr,
+):  # fmt: skip
+    """The values at places ``kk`` of the patches at ``(oh, ow)`` (masked by ``k_in`` and
+    ``inside``), places counted in the filters' ``(channel, tap)`` order, as a ``(len(kk),
+    len(oh))`` tile; ``x_group`` points at the image's group's first channel; zero padding."""
+    tap = kk % (KH * KW)
+    ih = (oh * stride_h - pad_h)[None, :] + ((tap // KW) * dil_h)[:, None]
+    iw = (ow * stride_w - pad_w)[None, :] + ((tap % KW) * dil_w)[:, None]
+    ok = (k_in[:, None] & inside[None, :]) & (ih >= 0) & (ih < h) & (iw >= 0) & (iw < w)
+    chan = (kk // (KH * KW)).to(tl.int64)[:, None] * sx_c
+    return tl.load(x_group + chan + ih * sx_h + iw * sx_w, mask=ok, other=0.0)
+
+
+@triton.jit
 def _patch_dot(
     x_group, w_rows, k_ok, oh, ow, inside, c_in_g, h, w, sx_c, sx_h, sx_w,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
@@ -370,12 +386,10 @@ def _patch_dot(
         for k0 in range(0, n, C_TILE):
             kk = k0 + tl.arange(0, C_TILE)  # positions in a filter's row: (channel, i, j)
             k_in = kk < n
-            tap = kk % (KH * KW)
-            ih = (oh * stride_h - pad_h)[None, :] + ((tap // KW) * dil_h)[:, None]
-            iw = (ow * stride_w - pad_w)[None, :] + ((tap % KW) * dil_w)[:, None]
-            ok = (k_in[:, None] & inside[None, :]) & (ih >= 0) & (ih < h) & (iw >= 0) & (iw < w)
-            chan = (kk // (KH * KW)).to(tl.int64)[:, None] * sx_c
-            v = tl.load(x_group + chan + ih * sx_h + iw * sx_w, mask=ok, other=0.0)
+            v = _flat_patch_values(
+                x_group, kk, k_in, oh, ow, inside, h, w, sx_c, sx_h, sx_w,
+                stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KH, KW,
+            )  # fmt: skip
             y = tl.load(w_rows + kk[None, :], mask=k_ok[:, None] & k_in[None, :], other=0.0)
             if STATS:
                 acc_x += v
@@ -582,6 +596,20 @@ def _fused_backward_kernel(
 
 
 @triton.jit
+def _covering_window(
+    ih, iw, i, j, inside, h_out, w_out, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w
+):  # fmt: skip
+    """The output position ``(oh, ow)`` whose window has pixel ``(ih, iw)`` at tap ``(i, j)``,
+    and whether that window exists (``inside`` and the stride and the output's edges allow it)."""
+    th = ih + pad_h - i * dil_h  # = oh * stride_h for that window
+    tw = iw + pad_w - j * dil_w
+    oh = th // stride_h
+    ow = tw // stride_w
+    ok = inside & (th >= 0) & (oh * stride_h == th) & (oh < h_out)
+    return oh, ow, ok & (tw >= 0) & (ow * stride_w == tw) & (ow < w_out)
+
+
+@triton.jit
 def _window_pq(
     pq_ptr, pq_splits, pq_split, b, g, groups, ih, iw, inside, h_out, w_out,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
@@ -597,24 +625,20 @@ def _window_pq(
     for _ in range(0, pq_splits):
         if UNROLL:
             for i in tl.static_range(KH):
-                th = ih + pad_h - i * dil_h  # = oh * stride_h for the window whose row i covers ih
-                oh = th // stride_h
-                row_ok = inside & (th >= 0) & (oh * stride_h == th) & (oh < h_out)
                 for j in tl.static_range(KW):
-                    tw = iw + pad_w - j * dil_w
-                    ow = tw // stride_w
-                    ok = row_ok & (tw >= 0) & (ow * stride_w == tw) & (ow < w_out)
+                    oh, ow, ok = _covering_window(
+                        ih, iw, i, j, inside, h_out, w_out,
+                        stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+                    )  # fmt: skip
                     o = oh * w_out + ow
                     p += tl.load(pq + g * (h_out * w_out) + o, mask=ok, other=0.0)
                     q += tl.load(pq + (groups + g) * (h_out * w_out) + o, mask=ok, other=0.0)
         else:
             for tap in range(0, KH * KW):
-                th = ih + pad_h - (tap // KW) * dil_h
-                tw = iw + pad_w - (tap % KW) * dil_w
-                oh = th // stride_h
-                ow = tw // stride_w
-                ok = inside & (th >= 0) & (oh * stride_h == th) & (oh < h_out)
-                ok = ok & (tw >= 0) & (ow * stride_w == tw) & (ow < w_out)
+                oh, ow, ok = _covering_window(
+                    ih, iw, tap // KW, tap % KW, inside, h_out, w_out,
+                    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+                )  # fmt: skip
                 o = oh * w_out + ow
                 p += tl.load(pq + g * (h_out * w_out) + o, mask=ok, other=0.0)
                 q += tl.load(pq + (groups + g) * (h_out * w_out) + o, mask=ok, other=0.0)
@@ -686,12 +710,11 @@ def _input_conv_terms(
         # A loop, not unrolled: unrolled, the 3x3 kernel took 45 s to compile for sm_90 and the
         # 7x7 one minutes (tests/triton_compile_check.py).
         for tap in range(0, KH * KW):
-            th = ih + pad_h - (tap // KW) * dil_h  # = oh * stride_h for the window that covers ih
-            tw = iw + pad_w - (tap % KW) * dil_w
-            oh = th // stride_h
-            ow = tw // stride_w
-            ok = inside & (th >= 0) & (oh * stride_h == th) & (oh < h_out)
-            ok = (ok & (tw >= 0) & (ow * stride_w == tw) & (ow < w_out))[None, :]
+            oh, ow, ok = _covering_window(
+                ih, iw, tap // KW, tap % KW, inside, h_out, w_out,
+                stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+            )  # fmt: skip
+            ok = ok[None, :]
             r_window = r_image + (oh * sr_h + ow * sr_w)[None, :]
             w_tap = w_ptr + (chans * (KH * KW) + tap)[:, None]
             for f0 in range(0, k_per_group, K_STEP):
@@ -736,10 +759,6 @@ def _filter_conv_terms(
     n = c_in_g * (KH * KW)
     kk = n_tile * N_TILE + tl.arange(0, N_TILE)  # the values' places in a filter's row
     kk_ok = kk < n
-    tap = kk % (KH * KW)
-    di = (tap // KW) * dil_h
-    dj = (tap % KW) * dil_w
-    chan = (g * c_in_g + kk // (KH * KW)).to(tl.int64) * sx_c
     dt = x_ptr.dtype.element_ty
     acc = tl.zeros([F_TILE, N_TILE], dtype=dt)
     row_lo = split * rows_per_split
@@ -753,11 +772,11 @@ def _filter_conv_terms(
             mask=k_ok[:, None] & inside[None, :],
             other=0.0,
         )
-        ih = (oh * stride_h - pad_h)[:, None] + di[None, :]
-        iw = (ow * stride_w - pad_w)[:, None] + dj[None, :]
-        ok = (inside[:, None] & kk_ok[None, :]) & (ih >= 0) & (ih < h) & (iw >= 0) & (iw < w)
-        v = tl.load(x_ptr + b * sx_b + chan[None, :] + ih * sx_h + iw * sx_w, mask=ok, other=0.0)
-        acc = tl.dot(r, v, acc, input_precision=PRECISION, out_dtype=dt)
+        v = _flat_patch_values(
+            x_ptr + b * sx_b + (g * c_in_g) * sx_c, kk, kk_ok, oh, ow, inside, h, w,
+            sx_c, sx_h, sx_w, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, KH, KW,
+        )  # fmt: skip
+        acc = tl.dot(r, tl.trans(v), acc, input_precision=PRECISION, out_dtype=dt)
     at = gw_ptr + f[:, None] * n + kk[None, :]
     tl.atomic_add(at, acc, mask=k_ok[:, None] & kk_ok[None, :], sem="relaxed")
 
