@@ -284,6 +284,21 @@ class _OpsSeen(TorchDispatchMode):
         return out
 
 
+def _backward_ops(kernels, x, w, geom, save_sxy: bool) -> tuple[list, tuple]:
+    """The ATen ops (with their results' shapes) of one backward of the kernels after a forward
+    that kept Sxy or not, and the output's shape."""
+    geometry = _geometry(geom)
+    out, box, ystat, s_xy = kernels.eq8_forward(x, w, 1e-4, 9e-4, geometry, save_sxy)
+    grad = torch.randn_like(out)
+    seen = _OpsSeen()
+    with seen:
+        kernels.eq8_backward(x, w, box, ystat, s_xy, grad, 1e-4, 9e-4, geometry, (True, True))
+    return seen.ops, tuple(out.shape)
+
+
+_MADE = {"empty", "empty_like", "empty_strided", "new_empty", "convolution"}  # new tensors
+
+
 @pytest.mark.parametrize("fused_conv", [False, True], ids=["cudnn", "fused"])
 def test_a_backward_without_sxy_stores_it_only_where_not_fused(kernels, device, fused_conv):
     """A layer whose output is 8x its input does not keep Sxy: the cuDNN path's backward
@@ -293,16 +308,10 @@ def test_a_backward_without_sxy_stores_it_only_where_not_fused(kernels, device, 
     x, w, geom = _tensors(device, 2, 3, 24, 8, 8, 5, 1, 2, 1, 1)
     previous = kernels.set_fused_conv(fused_conv)
     try:
-        geometry = _geometry(geom)
-        out, box, ystat, s_xy = kernels.eq8_forward(x, w, 1e-4, 9e-4, geometry, False)
-        grad = torch.randn_like(out)
-        seen = _OpsSeen()
-        with seen:
-            kernels.eq8_backward(x, w, box, ystat, None, grad, 1e-4, 9e-4, geometry, (True, True))
+        ops, out_shape = _backward_ops(kernels, x, w, geom, save_sxy=False)
     finally:
         kernels.set_fused_conv(previous)
-    made = {"empty", "empty_like", "empty_strided", "new_empty", "convolution"}
-    output_sized = [op for op, shape in seen.ops if op in made and shape == tuple(out.shape)]
+    output_sized = [op for op, shape in ops if op in _MADE and shape == out_shape]
     assert output_sized == (["empty"] if fused_conv else ["convolution", "empty_like"])
 
 
@@ -411,38 +420,27 @@ def test_the_backward_convolves_only_where_asked(kernels, device, conv_backward)
     x, w, geom = _tensors(device, 2, 4, 6, 8, 8, 3, 1, 1, 1, 1)
     previous = kernels.set_conv_backward(conv_backward)
     try:
-        geometry = _geometry(geom)
-        out, box, ystat, s_xy = kernels.eq8_forward(x, w, 1e-4, 9e-4, geometry, True)
-        seen = _OpsSeen()
-        with seen:
-            kernels.eq8_backward(
-                x, w, box, ystat, s_xy, torch.randn_like(out), 1e-4, 9e-4, geometry, (True, True)
-            )
+        ops, out_shape = _backward_ops(kernels, x, w, geom, save_sxy=True)
     finally:
         kernels.set_conv_backward(previous)
-    ops = [op for op, _ in seen.ops]
-    assert ("convolution_backward" in ops) != conv_backward
-    assert ("zeros_like" in ops) == conv_backward
+    names = [op for op, _ in ops]
+    assert ("convolution_backward" in names) != conv_backward
+    assert ("zeros_like" in names) == conv_backward
+    assert [op for op, shape in ops if op in _MADE and shape == out_shape] == ["empty_like"]
 
 
 def test_deterministic_algorithms_keep_the_convolution_backward(kernels, device):
     """The kernels' filter gradient adds with atomics, in no fixed order: a user who asks for
     deterministic algorithms gets ``convolution_backward`` (deterministic under that setting)."""
     x, w, geom = _tensors(device, 2, 4, 6, 8, 8, 3, 1, 1, 1, 1)
-    geometry = _geometry(geom)
     previous = kernels.set_conv_backward(True), torch.are_deterministic_algorithms_enabled()
     try:
-        out, box, ystat, s_xy = kernels.eq8_forward(x, w, 1e-4, 9e-4, geometry, True)
         torch.use_deterministic_algorithms(True)
-        seen = _OpsSeen()
-        with seen:
-            kernels.eq8_backward(
-                x, w, box, ystat, s_xy, torch.ones_like(out), 1e-4, 9e-4, geometry, (True, True)
-            )
+        ops, _ = _backward_ops(kernels, x, w, geom, save_sxy=True)
     finally:
         kernels.set_conv_backward(previous[0])
         torch.use_deterministic_algorithms(previous[1])
-    assert "convolution_backward" in [op for op, _ in seen.ops]
+    assert "convolution_backward" in [op for op, _ in ops]
 
 
 def test_the_convolution_backward_schedule_knob_checks_its_values(kernels):
