@@ -358,10 +358,11 @@ def test_the_convolution_backward_in_the_kernels_matches_the_reference(no_cudnn,
 
 
 def test_the_convolution_backward_shares_its_work_among_programs(kernels, device, monkeypatch):
-    """Tiles of 16 and a target of 8 programs: 40 filters in three tiles, 20 channels x 9 taps
+    """Tiles of 16 and a target of 40 programs: 40 filters in three tiles, 20 channels x 9 taps
     in twelve tiles of filter values, the batch's rows of positions split; the input programs'
     20 channels split in two (the window split), the second taking a partial tile."""
     monkeypatch.setattr(kernels, "_CONV_TILE", 16)
+    monkeypatch.setattr(kernels, "_CONV_FILTERS", 16)
     monkeypatch.setattr(kernels, "_CONV_PROGRAMS", 40)
     previous = kernels.set_conv_backward(True), kernels.set_split(window=2)
     try:

@@ -43,7 +43,7 @@ BOTH = dict(INPUT=True, FILTER=True)
 OVERRIDES = {
     "_fused_forward_kernel": dict(C_TILE=16),
     "_fused_backward_kernel": dict(C_TILE=16),
-    "_conv_window_terms_kernel": dict(C_TILE=64, N_TILE=64, OUT_BLOCK=32, K_STEP=32),
+    "_conv_window_terms_kernel": dict(C_TILE=64, N_TILE=64, OUT_BLOCK=32, K_STEP=16),
 }
 # Compile options where they are not Triton's defaults: the fused kernels' (with Triton's default
 # of 3 pipelining stages its 7x7 variant alone takes minutes to compile).

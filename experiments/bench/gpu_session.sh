@@ -147,7 +147,7 @@ fused)
         -k "fused or conv or convolution or convolves or no_cudnn or no-cudnn"
     part host_overhead 90 "$PY" experiments/bench/host_overhead.py --out "$OUT/host_overhead.json"
     part k_tile_fused 150 "$PY" experiments/bench/k_tile.py --k-tile --fused-conv --conv-backward \
-        --conv-schedules 32,8,1 32,4,1 64,8,2 --max-registers 128 --taps-outside --kernels \
+        --conv-schedules 32,8,2 32,16,2 64,16,1 --max-registers 128 --taps-outside --kernels \
         --shapes 2 0 1 --out "$OUT/k_tile_fused.json"
     part k_tile_fused_schedules 60 "$PY" experiments/bench/k_tile.py --k-tile --fused-conv \
         --fused-warps 4 8 --fused-stages 1 --shapes 2 0 --out "$OUT/k_tile_fused_schedules.json"

@@ -125,21 +125,32 @@ _FUSED_STAGES = 1
 # set_conv_backward) turns it on.
 _CONV_BACKWARD = os.environ.get("SSIMLAYER_TRITON_CONV_BACKWARD", "0") == "1"
 _CONV_PROGRAMS = 512  # the filter gradient's share of the batch: programs until about this many
-# Filters, channels or filter values per tile of a tl.dot's result (at least 16), the step of its
-# inner dimension (filters for the input gradient, output positions for the filter gradient), and
-# warps per program. Compiled for sm_90 without a GPU (experiments/bench/triton_resources.py
-# --conv-backward), registers per thread at 64 -> 64 32x32 / 3 -> 64 7x7 / 8x8, steps of 32, with
-# the lent H200s' Triton 3.6 (this machine's 3.8 in brackets): tiles of 32 with 4 warps: 255 and 88
-# bytes of spills / 255 / 229 (154 / 128 / 124); tiles of 32 with 8 warps: 181 / 149 / 118 (114 /
-# 102 / 114); tiles of 64 with 8 warps: 255 and 32 bytes of spills / 254 / 227 (194 / 194 / 188);
-# tiles of 64 with 4 warps spill with either. Two pipelining stages (loads of the next step in
-# flight during this step's tl.dot, for the filter gradient's long loop over the batch's
-# positions) take tiles of 32 with 8 warps to 190 / 182 / 128 under Triton 3.6, still one program
-# of 8 warps per SM at 32x32; three to 253 / 194 / 176. Which is fastest is for
-# k_tile.py --conv-schedules on a GPU.
-_CONV_TILE = 32
+# The tiles of its tl.dots (each side at least 16): ``_CONV_TILE`` channels of the input gradient
+# and filter values of the filter gradient per tile of a result, ``_CONV_FILTERS`` filters per tile
+# of the filter gradient (R is read again for each tile of filter values), ``_CONV_FILTER_STEP``
+# filters per step of the input gradient's dot and ``_CONV_STEP`` output positions per step of
+# the filter gradient's; warps and software-pipelining stages per program. Chosen by registers per
+# thread, compiled for sm_90 without a GPU (experiments/bench/triton_resources.py --conv-backward),
+# at 64 -> 64 32x32 / 3 -> 64 7x7 / 8x8 with the lent H200s' Triton 3.6 (this machine's 3.8 in
+# brackets); tile, warps, stages:
+# - the first version, 32 filters per filter-gradient tile and 32 per input-gradient step:
+#   32, 8, 2: 190 / 182 / 128; 32, 8, 1: 181 / 149 / 118; 32, 4, 1: 255 with 88 bytes spilled;
+#   64, 8, 1: 255 with 32 bytes spilled (tiles of 64 with 4 warps spilled under 3.8 too). The
+#   input gradient's R tile (filters x positions, in tl.dot's operand layout, with its
+#   addresses) took most of them: compiled alone (32, 8, 1), the input-gradient programs need
+#   181 registers with 32 filters per step, 128 with 16, at 32x32;
+# - with 64 filters per filter-gradient tile and 16 per input-gradient step: 32, 8, 2: 173 / 142
+#   / 137 (104 / 100 / 106); 32, 8, 1: 160 / 137 / 126; 32, 4, 1: 255 / 206 / 204; 16, 8, 2:
+#   128 / 128 / 130 (104 / 105 / 104); 32, 16, 2: 103 / 102 / 102 (94 / 64 / 96); 64, 8, 2:
+#   255 with 40 bytes spilled / 254 / 212; **64, 16, 2** (the default): 128 / 128 / 126 (105 /
+#   103 / 82), one program of 16 warps per SM, the input gradient's tiles covering 64 channels
+#   (R read once per program) and the filter gradient's 64 filters x 64 values (R read once per 64
+#   values). Which is fastest is for k_tile.py --conv-schedules on a GPU.
+_CONV_TILE = 64
 _CONV_STEP = 32
-_CONV_WARPS = 8
+_CONV_FILTERS = 64
+_CONV_FILTER_STEP = 16
+_CONV_WARPS = 16
 _CONV_STAGES = 2
 
 
@@ -1038,7 +1049,8 @@ def conv_window_terms_meta(
     out_block = max(16, min(_CONV_STEP, _pow2(out_positions)))
     in_blocks, out_blocks = _cdiv(in_positions, block), _cdiv(out_positions, out_block)
     c_splits, c_chunk = split_tiles(c_in_g, 16, _WINDOW_SPLIT, batch * groups * in_blocks)
-    f_tile, n_tile = (max(16, min(_CONV_TILE, _pow2(size))) for size in (k_per_group, n))
+    f_tile = max(16, min(_CONV_FILTERS, _pow2(k_per_group)))
+    n_tile = max(16, min(_CONV_TILE, _pow2(n)))
     f_tiles, n_tiles = _cdiv(k_per_group, f_tile), _cdiv(n, n_tile)
     out_rows = batch * out_blocks  # the filter gradient sums over these rows of positions
     part_rows = batch * _cdiv(out_positions, _block(out_positions))  # the coefficients' partials
@@ -1056,7 +1068,7 @@ def conv_window_terms_meta(
     meta = dict(
         KH=kh, KW=kw, BLOCK=block, OUT_BLOCK=out_block,
         C_TILE=max(16, min(_CONV_TILE, _pow2(c_chunk))), F_TILE=f_tile, N_TILE=n_tile,
-        K_STEP=max(16, min(_CONV_STEP, _pow2(k_per_group))),
+        K_STEP=max(16, min(_CONV_FILTER_STEP, _pow2(k_per_group))),
         W_BLOCK=_block(max(n, part_rows)), INPUT=needs[0], FILTER=needs[1],
         PRECISION="tf32" if tf32 else "ieee", num_warps=_CONV_WARPS, num_stages=_CONV_STAGES,
         **_register_cap(),
