@@ -131,13 +131,14 @@ more)
 fused)
     # The kernels that compute Sxy themselves (SSIMLAYER_FUSED_CONV) and the convolution's
     # backward inside the backward's last kernel (SSIMLAYER_TRITON_CONV_BACKWARD), both off by
-    # default until measured: the GPU tests (their compiled float64 and float32 kernels against
-    # the reference), the host time per piece (with the Python and C++ trivial-node rows and the
-    # step without cuDNN, not yet run on a GPU), their GPU time per kernel at the three shapes
-    # beside a register cap of 128, the forward's patch sums tap by tap and three more tiles and
-    # warps of the convolution's backward, two schedules of the fused forward at the two 3x3 shapes,
-    # then the layer bench's wall clock and peak memory without and with both. The 8x8 shape
-    # first: a part cut short by its time limit keeps the rows it wrote.
+    # default until measured, in order of what decides: the GPU tests of the two switches (their
+    # compiled float64 and float32 kernels against the reference); the layer bench's wall clock
+    # and peak memory without and with both (what the target measures); the host time per piece
+    # (with the Python and C++ trivial-node rows and the step without cuDNN, not yet run on a
+    # GPU); their GPU time per kernel at the three shapes with three more schedules of the
+    # convolution's backward; then a register cap of 128, the forward's patch sums tap by tap and
+    # a 4-warp fused forward at the two 3x3 shapes. The 8x8 shape first: a part cut short by its
+    # time limit keeps the rows it wrote.
     workers=$("$PY" -c "import xdist" 2>/dev/null && echo "-n 8")
     # Only the tests of the two switches (65 of 167; the whole file took more than 80 s in the
     # lease of session 12, and the first-use checks of the layer bench compare the default kernels
@@ -145,16 +146,17 @@ fused)
     part gpu_tests 100 "$PY" -m pytest -q -rfE --tb=short -p no:cacheprovider -m "not slow" \
         $workers tests/test_triton_kernels.py \
         -k "fused or conv or convolution or convolves or no_cudnn or no-cudnn"
-    part host_overhead 90 "$PY" experiments/bench/host_overhead.py --out "$OUT/host_overhead.json"
-    part k_tile_fused 150 "$PY" experiments/bench/k_tile.py --k-tile --fused-conv --conv-backward \
-        --conv-schedules 32,8,2 32,16,2 64,16,1 --max-registers 128 --taps-outside --kernels \
-        --shapes 2 0 1 --out "$OUT/k_tile_fused.json"
-    part k_tile_fused_schedules 60 "$PY" experiments/bench/k_tile.py --k-tile --fused-conv \
-        --fused-warps 4 8 --fused-stages 1 --shapes 2 0 --out "$OUT/k_tile_fused_schedules.json"
     part layer_bench 70 "$PY" experiments/bench/layer.py --device cuda --repeats 6 \
         --out "$OUT/layer.json"
     SSIMLAYER_FUSED_CONV=1 SSIMLAYER_TRITON_CONV_BACKWARD=1 part layer_bench_no_cudnn 70 \
         "$PY" experiments/bench/layer.py --device cuda --repeats 6 --out "$OUT/layer_no_cudnn.json"
+    part host_overhead 90 "$PY" experiments/bench/host_overhead.py --out "$OUT/host_overhead.json"
+    part k_tile_switches 150 "$PY" experiments/bench/k_tile.py --k-tile --fused-conv \
+        --conv-backward --conv-schedules 32,8,2 32,16,2 64,16,1 --kernels --shapes 2 0 1 \
+        --out "$OUT/k_tile_switches.json"
+    part k_tile_caps 60 "$PY" experiments/bench/k_tile.py --k-tile --max-registers 128 \
+        --taps-outside --fused-conv --fused-warps 4 --fused-stages 1 --shapes 2 0 \
+        --out "$OUT/k_tile_caps.json"
     ;;
 *)
     echo "usage: $0 layer|train|tiles|compiled|next|more|split|warps|fused" >&2
