@@ -137,8 +137,8 @@ fused)
     # (with the Python and C++ trivial-node rows and the step without cuDNN, not yet run on a
     # GPU); their GPU time per kernel at the three shapes with three more schedules of the
     # convolution's backward; then a register cap of 128, the forward's patch sums tap by tap and
-    # a 4-warp fused forward at the two 3x3 shapes. The 8x8 shape first: a part cut short by its
-    # time limit keeps the rows it wrote.
+    # the fused kernels with 8 warps at the two 3x3 shapes. The 8x8 shape first: a part cut short
+    # by its time limit keeps the rows it wrote.
     workers=$("$PY" -c "import xdist" 2>/dev/null && echo "-n 8")
     # Only the tests of the two switches (65 of 167; the whole file took more than 80 s in the
     # lease of session 12, and the first-use checks of the layer bench compare the default kernels
@@ -155,7 +155,7 @@ fused)
         --conv-backward --conv-schedules 32,8,2 32,16,2 64,16,1 --kernels --shapes 2 0 1 \
         --out "$OUT/k_tile_switches.json"
     part k_tile_caps 60 "$PY" experiments/bench/k_tile.py --k-tile --max-registers 128 \
-        --taps-outside --fused-conv --fused-warps 4 --fused-stages 1 --shapes 2 0 \
+        --taps-outside --fused-conv --fused-warps 8 --fused-stages 1 --shapes 2 0 \
         --out "$OUT/k_tile_caps.json"
     ;;
 *)

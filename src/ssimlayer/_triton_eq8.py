@@ -108,9 +108,13 @@ _FUSED_FLAT_CHANNELS = 16
 # for sm_90 without a GPU (experiments/bench/triton_resources.py), registers per thread at 64 -> 64
 # 32x32 / 8x8, with Sxy kept:
 # 4 warps, 1 stage: 209 / 125; 4 warps, 2 stages: 250 / 145 (3 stages, Triton's default there:
-# 255 and spills); 8 warps, 1 stage: 128 / 80; 8 warps, 2 stages: 140 / 122. Fewer registers,
-# more programs per SM; which is faster is for k_tile.py on a GPU.
-_FUSED_WARPS = 8
+# 255 and spills); 8 warps, 1 stage: 128 / 80; 8 warps, 2 stages: 140 / 122. With Sxy not kept, at
+# 64 -> 64 32x32 / 3 -> 64 7x7 / 8x8, forward and backward kernel, under the lent H200s' Triton
+# 3.6 (3.8 in brackets), 1 stage: 8 warps: forward 170 / 162 / 124 (108 / 116 / 64), backward 128
+# with 24 bytes spilled / 142 / 102 (128 / 128 with 8 bytes spilled / 64 with 8); 16 warps:
+# forward 90 / 88 / 64 (64 / 72 / 61), backward 94 / 94 / 73 (80 / 83 / 64), no spills, and twice
+# the warps per SM at 32x32. Hence 16; which is faster is for k_tile.py on a GPU.
+_FUSED_WARPS = 16
 _FUSED_STAGES = 1
 # The convolution's backward of R (its input and filter gradients) inside the backward's last
 # launch (True: ``_conv_window_terms_kernel``, by ``tl.dot``, TF32 where cuDNN would use it) or by
