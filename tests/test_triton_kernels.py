@@ -408,6 +408,9 @@ def test_the_filter_gradient_sums_every_row_once(
         monkeypatch.undo()
         kernels._clear_meta()
     per = programs["rows_per_split"]
+    names = kernels._conv_window_terms_kernel.arg_names
+    start = names.index("conv_programs")  # the launch passes the dict's values in order
+    assert list(programs) == names[start : start + len(programs)]
     assert (programs["out_rows"], programs["conv_splits"]) == (rows, splits)
     assert splits * per >= rows and (rows == 0 or rows > (splits - 1) * per)
     assert programs["conv_programs"] == splits * 9

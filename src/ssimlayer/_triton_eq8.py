@@ -860,8 +860,8 @@ def _window_terms_kernel(
 @triton.jit
 def _conv_window_terms_kernel(
     gx_ptr, x_ptr, pq_ptr, gw_ptr, w_ptr, part_ptr, r_ptr,
-    c_in_g, h, w, h_out, w_out, k_per_group, groups, n_blocks, out_blocks,
-    conv_programs, input_programs, pq_splits, pq_split, c_splits, c_chunk,
+    c_in_g, h, w, h_out, w_out, k_per_group, groups, pq_splits, pq_split,
+    conv_programs, input_programs, n_blocks, out_blocks, c_splits, c_chunk,
     f_tiles, n_tiles, conv_splits, rows_per_split, out_rows,
     sx_b, sx_c, sx_h, sx_w,
     sgx_b, sgx_c, sgx_h, sgx_w,
@@ -1044,8 +1044,9 @@ def conv_window_terms_meta(
     w_shape, groups: int, in_positions: int, out_positions: int, batch: int, needs, tf32: bool
 ) -> tuple:
     """:func:`_conv_window_terms_kernel`'s ``(meta, programs)``: its compile-time parameters and
-    warps, and the programs' shares of the work as a dict of the kernel's arguments
-    (``conv_programs`` and ``input_programs`` included, 0 where ``needs`` says not needed)."""
+    warps, and the programs' shares of the work as a dict of the kernel's arguments from
+    ``conv_programs`` to ``out_rows``, in the kernel's order (the launch passes its values as
+    they are; ``conv_programs`` and ``input_programs`` are 0 where ``needs`` says not needed)."""
     c_out, c_in_g, kh, kw = w_shape
     k_per_group = c_out // groups
     n = c_in_g * kh * kw
@@ -1219,6 +1220,19 @@ def set_conv_backward(enabled: bool) -> bool:
     return previous
 
 
+_WARPS = (1, 2, 4, 8, 16)  # what the schedule setters accept
+_STAGES = (1, 2, 3, 4)
+_TILES = (16, 32, 64, 128)
+
+
+def _check_choices(setter: str, **choices: tuple) -> None:
+    """Raise a ValueError naming ``setter`` for the first ``name=(value, allowed)`` whose value is
+    neither None nor one of ``allowed``."""
+    for name, (value, allowed) in choices.items():
+        if value is not None and value not in allowed:
+            raise ValueError(f"{setter}: {name} must be one of {allowed}, got {value!r}")
+
+
 def set_conv_schedule(
     tile: int | None = None,
     warps: int | None = None,
@@ -1231,14 +1245,13 @@ def set_conv_schedule(
     to 16) and ``stages`` of software pipelining (1 to 4); None leaves one as it is (a knob for
     benchmarks, see ``_CONV_TILE``). Returns the previous ``(tile, warps, stages, step)``."""
     global _CONV_TILE, _CONV_WARPS, _CONV_STAGES, _CONV_STEP
-    for name, value, allowed in (
-        ("tile", tile, (16, 32, 64, 128)),
-        ("warps", warps, (1, 2, 4, 8, 16)),
-        ("stages", stages, (1, 2, 3, 4)),
-        ("step", step, (16, 32, 64, 128)),
-    ):
-        if value is not None and value not in allowed:
-            raise ValueError(f"set_conv_schedule: {name} must be one of {allowed}, got {value!r}")
+    _check_choices(
+        "set_conv_schedule",
+        tile=(tile, _TILES),
+        warps=(warps, _WARPS),
+        stages=(stages, _STAGES),
+        step=(step, _TILES),
+    )
     previous = (_CONV_TILE, _CONV_WARPS, _CONV_STAGES, _CONV_STEP)
     new = [
         old if value is None else value for old, value in zip(previous, (tile, warps, stages, step))
@@ -1253,10 +1266,7 @@ def set_fused_schedule(warps: int | None = None, stages: int | None = None) -> t
     kernel from the next launch on, None to leave one as it is (a knob for benchmarks, see
     ``_FUSED_WARPS``); returns the previous pair."""
     global _FUSED_WARPS, _FUSED_STAGES
-    if warps is not None and warps not in (1, 2, 4, 8, 16):
-        raise ValueError(f"set_fused_schedule: warps must be 1, 2, 4, 8 or 16, got {warps!r}")
-    if stages is not None and stages not in (1, 2, 3, 4):
-        raise ValueError(f"set_fused_schedule: stages must be 1 to 4, got {stages!r}")
+    _check_choices("set_fused_schedule", warps=(warps, _WARPS), stages=(stages, _STAGES))
     previous = (_FUSED_WARPS, _FUSED_STAGES)
     _FUSED_WARPS = previous[0] if warps is None else warps
     _FUSED_STAGES = previous[1] if stages is None else stages
@@ -1453,12 +1463,8 @@ def _conv_window_terms(x, w, r, pq, part, geometry, needs):
         _conv_window_terms_launch(
             (grid,),
             gx, x, pq, w if grad_w is None else grad_w, w, part, r,
-            c_in_g, h, w_in, h_out, w_out, c_out // groups, groups, programs["n_blocks"],
-            programs["out_blocks"], programs["conv_programs"], programs["input_programs"],
-            pq.shape[0], pq[0].numel(), programs["c_splits"], programs["c_chunk"],
-            programs["f_tiles"], programs["n_tiles"], programs["conv_splits"],
-            programs["rows_per_split"], programs["out_rows"],
-            *x.stride(), *gx.stride(), *r.stride(), *stride, *padding, *dilation,
+            c_in_g, h, w_in, h_out, w_out, c_out // groups, groups, pq.shape[0], pq[0].numel(),
+            *programs.values(), *x.stride(), *gx.stride(), *r.stride(), *stride, *padding, *dilation,
             part.shape[0], c_in_g * kh * kw, c_out, **meta,
         )  # fmt: skip
     return grad_x, grad_w
