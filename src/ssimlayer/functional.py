@@ -245,16 +245,21 @@ def _filter_stats(w: Tensor, groups: int) -> tuple[Tensor, Tensor, int]:
 
 
 def _patch_stats(box: Tensor, n: int) -> tuple[Tensor, Tensor]:
-    """Mean (Eq. 3) and unbiased variance (Eq. 5 squared) of every patch, ``(B, g, 1, Ho, Wo)``."""
+    """Mean (Eq. 3) and unbiased variance (Eq. 5 squared) of every patch, ``(B, g, 1, Ho, Wo)``.
+
+    Here and in the terms built on these, dividing by N or N - 1 is multiplying by the reciprocal
+    (a Python float): Inductor keeps a division as one vector division per element, several times
+    the cost of a multiplication, and these run at every (position, filter).
+    """
     groups = box.shape[1] // 2
-    mu_x = (box[:, :groups] / n).unsqueeze(2)
-    var_x = ((box[:, groups:].unsqueeze(2) - n * mu_x.square()) / (n - 1)).clamp_min(0)
+    mu_x = (box[:, :groups] * (1 / n)).unsqueeze(2)
+    var_x = ((box[:, groups:].unsqueeze(2) - n * mu_x.square()) * (1 / (n - 1))).clamp_min(0)
     return mu_x, var_x
 
 
 def _covariance(s_xy: Tensor, mu_x: Tensor, mu_y: Tensor, n: int) -> Tensor:
     """Unbiased covariance (Eq. 7) from Sxy: (Sxy - N mu_x mu_y) / (N - 1), ``(B, g, K, Ho, Wo)``."""
-    return (s_xy - mu_x * (n * mu_y)) / (n - 1)
+    return (s_xy - mu_x * (n * mu_y)) * (1 / (n - 1))
 
 
 def _eq8_terms(mu_x, var_x, mu_y, var_y, cov, c1, c2):
@@ -374,11 +379,11 @@ def _eq8_grad_summands(grad_out, s_xy, box, w, c1: float, c2: float, groups: int
     summands = []
     if needs[0]:
         d_mu_x = 2 * (d_a1 * mu_y - d_b1 * mu_x)
-        summands += [d_mu_x / n - q * mu_x - r * mu_y, q]
+        summands += [d_mu_x * (1 / n) - q * mu_x - r * mu_y, q]
     if needs[1]:
         d_mu_y = 2 * (d_a1 * mu_x - d_b1 * mu_y)
         summands += [] if needs[0] else [q]
-        summands += [d_mu_y / n - q * mu_y - r * mu_x]
+        summands += [d_mu_y * (1 / n) - q * mu_y - r * mu_x]
     return r.reshape(grad_out.shape), torch.stack(summands, dim=1)
 
 
