@@ -57,6 +57,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))
 
 from experiments.bench.cuda_graph import try_graphed_step_ms  # noqa: E402
+from experiments.bench.quiet_profiler import quiet_profile  # noqa: E402
 from ssimlayer import SSIMConv2d, _fusion  # noqa: E402
 
 
@@ -421,11 +422,11 @@ def main(argv: list[str] | None = None) -> None:
 def torch_profiler_tables(fn, calls: int = 50, rows: int = 25) -> dict[str, list[str]]:
     """torch.profiler over ``calls`` calls: every thread's operators (the autograd device thread's
     too) by own host time, and the CUDA kernels by GPU time."""
-    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler import ProfilerActivity
 
     fn()
     sync()
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    with quiet_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for _ in range(calls):
             fn()
         sync()

@@ -51,7 +51,7 @@ import sys
 from pathlib import Path
 
 import torch
-from torch.profiler import ProfilerActivity, profile
+from torch.profiler import ProfilerActivity
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
@@ -59,6 +59,7 @@ sys.path.insert(0, str(ROOT))
 
 from experiments.bench.cuda_graph import try_graphed_step_ms  # noqa: E402
 from experiments.bench.layer import SHAPES, build, step  # noqa: E402
+from experiments.bench.quiet_profiler import quiet_profile  # noqa: E402
 from ssimlayer import _fusion, _triton_eq8  # noqa: E402
 
 KNOBS = {
@@ -207,7 +208,7 @@ def kernel_us(shape) -> dict[str, float]:
     per_step: dict[str, list[float]] = {}
     for _ in range(5):
         torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        with quiet_profile(activities=[ProfilerActivity.CUDA]) as prof:
             step(module, x, grad)
             torch.cuda.synchronize()
         for event in prof.key_averages():

@@ -32,12 +32,13 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.profiler import ProfilerActivity, profile
+from torch.profiler import ProfilerActivity
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from experiments.bench.cuda_graph import try_graphed_step_ms  # noqa: E402
+from experiments.bench.quiet_profiler import quiet_profile  # noqa: E402
 from ssimlayer import SSIMConv2d, _fusion, retain_freed_memory  # noqa: E402
 from tests.reference import ssim_conv2d_unfold  # noqa: E402
 
@@ -160,7 +161,7 @@ def cuda_kernel_ms(shape, impl: str) -> float:
     totals = []
     for _ in range(3):
         torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        with quiet_profile(activities=[ProfilerActivity.CUDA]) as prof:
             step(module, x, grad)
             torch.cuda.synchronize()
         totals.append(sum(e.self_device_time_total for e in prof.key_averages()) / 1e3)
@@ -190,7 +191,7 @@ def cpu_peak(shape, impl: str) -> int:
     """Peak of the profiler's CPU memory timeline over one (warm) forward + backward."""
     module, x, grad = one_case(shape, impl, "cpu")
     step(module, x, grad)
-    with profile(
+    with quiet_profile(
         activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True
     ) as prof:
         step(module, x, grad)
