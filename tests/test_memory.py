@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import statistics
 import subprocess
 import sys
 
@@ -59,10 +60,13 @@ def _faults_per_step(mode: str) -> float:
 
 @glibc_only
 def test_retained_memory_spares_the_page_faults_of_every_step():
-    default, retained = _faults_per_step("default"), _faults_per_step("retain")
-    # Measured: about 19,000 faults per step with glibc's default policy, a few hundred retained.
+    # glibc's default policy faults a different amount in each process (its thresholds move with
+    # the order of frees): 2,800-22,800 faults per step in 20 processes here, 6,300 or more in 19
+    # of them; retained, 200-750 in 10. So the default's median of three processes.
+    default = statistics.median(_faults_per_step("default") for _ in range(3))
+    retained = _faults_per_step("retain")
     assert default > 2000
-    assert retained < default / 10
+    assert retained < default / 4
 
 
 def test_without_glibc_nothing_changes(monkeypatch):
