@@ -5,6 +5,7 @@ and Triton's interpreter runs the kernels on CPU tensors; with a GPU the same te
 kernels on CUDA tensors.
 """
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -100,12 +101,21 @@ def test_strided_gradient_and_channels_last_input(
     ref = ssim_conv2d_reference(x.cpu(), w.cpu(), **geom)
     # Stride 0 everywhere, as the gradient of out.sum() arrives.
     grad = torch.tensor(0.5, dtype=torch.float64, device=device).expand(ref.shape)
-    previous = kernels.set_fused_conv(fused_conv), kernels.set_conv_backward(conv_backward)
-    try:
+    with _switches(kernels, fused_conv=fused_conv, conv_backward=conv_backward):
         _strided_gradient_and_channels_last_input(kernels, x, w, geom, grad, ref, save_sxy)
+
+
+@contextlib.contextmanager
+def _switches(kernels, fused_conv=None, conv_backward=None):
+    """The kernels with the given switches (``set_fused_conv``, ``set_conv_backward``; None: as
+    they are) inside the block, and as they were after it."""
+    wanted = {kernels.set_fused_conv: fused_conv, kernels.set_conv_backward: conv_backward}
+    previous = {setter: setter(value) for setter, value in wanted.items() if value is not None}
+    try:
+        yield kernels
     finally:
-        kernels.set_fused_conv(previous[0])
-        kernels.set_conv_backward(previous[1])
+        for setter, value in previous.items():
+            setter(value)
 
 
 def _strided_gradient_and_channels_last_input(kernels, x, w, geom, grad, ref, save_sxy):
@@ -245,9 +255,8 @@ def test_the_forward_splits_itself_into_at_most_two_programs_per_block(kernels):
 @pytest.fixture
 def fused(kernels):
     """The forward computes Sxy inside its kernel in this test (``set_fused_conv``)."""
-    previous = kernels.set_fused_conv(True)
-    yield kernels
-    kernels.set_fused_conv(previous)
+    with _switches(kernels, fused_conv=True):
+        yield kernels
 
 
 @pytest.mark.parametrize("flat", [True, False], ids=["flat", "per-tap"])
@@ -306,11 +315,8 @@ def test_a_backward_without_sxy_stores_it_only_where_not_fused(kernels, device, 
     coefficient kernel computes it in registers, and R is the only output-sized tensor made."""
     torch.manual_seed(5)
     x, w, geom = _tensors(device, 2, 3, 24, 8, 8, 5, 1, 2, 1, 1)
-    previous = kernels.set_fused_conv(fused_conv)
-    try:
+    with _switches(kernels, fused_conv=fused_conv):
         ops, out_shape = _backward_ops(kernels, x, w, geom, save_sxy=False)
-    finally:
-        kernels.set_fused_conv(previous)
     output_sized = [op for op, shape in ops if op in _MADE and shape == out_shape]
     assert output_sized == (["empty"] if fused_conv else ["convolution", "empty_like"])
 
@@ -341,10 +347,8 @@ def test_the_fused_kernels_split_filters_beyond_what_a_program_holds(
 def no_cudnn(kernels):
     """Sxy inside the forward kernel and the convolution's backward inside the backward's last
     kernel in this test: no convolution by cuDNN either way."""
-    previous = kernels.set_fused_conv(True), kernels.set_conv_backward(True)
-    yield kernels
-    kernels.set_fused_conv(previous[0])
-    kernels.set_conv_backward(previous[1])
+    with _switches(kernels, fused_conv=True, conv_backward=True):
+        yield kernels
 
 
 @pytest.mark.parametrize("case", GRID, ids=lambda c: "-".join(map(str, c)))
@@ -422,11 +426,8 @@ def test_the_backward_convolves_only_where_asked(kernels, device, conv_backward)
     the filter gradient is made as zeros (the kernel adds to it) and nothing output-sized but R."""
     torch.manual_seed(5)
     x, w, geom = _tensors(device, 2, 4, 6, 8, 8, 3, 1, 1, 1, 1)
-    previous = kernels.set_conv_backward(conv_backward)
-    try:
+    with _switches(kernels, conv_backward=conv_backward):
         ops, out_shape = _backward_ops(kernels, x, w, geom, save_sxy=True)
-    finally:
-        kernels.set_conv_backward(previous)
     names = [op for op, _ in ops]
     assert ("convolution_backward" in names) != conv_backward
     assert ("zeros_like" in names) == conv_backward
@@ -437,13 +438,13 @@ def test_deterministic_algorithms_keep_the_convolution_backward(kernels, device)
     """The kernels' filter gradient adds with atomics, in no fixed order: a user who asks for
     deterministic algorithms gets ``convolution_backward`` (deterministic under that setting)."""
     x, w, geom = _tensors(device, 2, 4, 6, 8, 8, 3, 1, 1, 1, 1)
-    previous = kernels.set_conv_backward(True), torch.are_deterministic_algorithms_enabled()
+    deterministic = torch.are_deterministic_algorithms_enabled()
     try:
         torch.use_deterministic_algorithms(True)
-        ops, _ = _backward_ops(kernels, x, w, geom, save_sxy=True)
+        with _switches(kernels, conv_backward=True):
+            ops, _ = _backward_ops(kernels, x, w, geom, save_sxy=True)
     finally:
-        kernels.set_conv_backward(previous[0])
-        torch.use_deterministic_algorithms(previous[1])
+        torch.use_deterministic_algorithms(deterministic)
     assert "convolution_backward" in [op for op, _ in ops]
 
 
@@ -555,13 +556,10 @@ def test_only_the_needed_gradient_is_computed(kernels, device, needs, conv_backw
     x, w, geom = _tensors(device, 2, 3, 4, 8, 8, 3, 1, 1, 1, 1)
     out, box, ystat, s_xy = kernels.eq8_forward(x, w, 1e-4, 9e-4, _geometry(geom), True)
     grad = torch.ones_like(out)
-    previous = kernels.set_conv_backward(conv_backward)
-    try:
+    with _switches(kernels, conv_backward=conv_backward):
         grad_x, grad_w = kernels.eq8_backward(
             x, w, box, ystat, s_xy, grad, 1e-4, 9e-4, _geometry(geom), needs
         )
-    finally:
-        kernels.set_conv_backward(previous)
     ref_x, ref_w = _reference_grads(x, w, geom, grad)
     assert (grad_x is None) != needs[0] and (grad_w is None) != needs[1]
     if needs[0]:
@@ -750,13 +748,11 @@ def test_repeated_real_launches_match_the_reference(kernels, device, direct):
 def test_float32_kernels_agree_with_the_pytorch_path(
     kernels, device, fused_conv, conv_backward, case
 ):
-    previous = kernels.set_fused_conv(fused_conv), kernels.set_conv_backward(conv_backward)
-    try:
-        with functional._ieee_float32_convolutions():  # no TF32 on either side
-            _float32_kernels_agree_with_the_pytorch_path(kernels, device, case)
-    finally:
-        kernels.set_fused_conv(previous[0])
-        kernels.set_conv_backward(previous[1])
+    with (
+        _switches(kernels, fused_conv=fused_conv, conv_backward=conv_backward),
+        functional._ieee_float32_convolutions(),  # no TF32 on either side
+    ):
+        _float32_kernels_agree_with_the_pytorch_path(kernels, device, case)
 
 
 def _float32_kernels_agree_with_the_pytorch_path(kernels, device, case):
