@@ -13,6 +13,7 @@ from ssimlayer.data import (
     CIFAR10DataModule,
     DatasetNotFoundError,
     ImageFolderDataModule,
+    ImageFolderSplitsDataModule,
     SyntheticDataModule,
     find_cifar10,
     load_cifar10,
@@ -24,6 +25,7 @@ from ssimlayer.data.cifar10_files import TEST_FILES, TRAIN_FILES
 from ssimlayer.data.imagefolder import stratified_split
 
 REAL_CIFAR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar10"
+REAL_IMAGENET7 = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "imagenet_cifar7"
 
 
 def fake_records(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -190,6 +192,115 @@ def test_imagefolder_datamodule(tmp_path):
 def test_imagefolder_missing_root_raises_clear_error(tmp_path):
     with pytest.raises(DatasetNotFoundError, match="data.root"):
         ImageFolderDataModule(tmp_path / "absent").setup()
+
+
+def write_splits(root: Path, classes=("cat", "dog", "ship"), n=(4, 2), size=64) -> Path:
+    """root/train/<class>/ and root/val/<class>/ with n small images each; the first is grayscale."""
+    rng = np.random.default_rng(0)
+    for split, count in zip(("train", "val"), n):
+        for c in classes:
+            (root / split / c).mkdir(parents=True)
+            for i in range(count):
+                shape = (size, size) if i == 0 else (size, size, 3)
+                img = Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8))
+                img.save(root / split / c / f"{c}_{i}.{'JPEG' if i % 2 else 'png'}")
+    return root
+
+
+def test_imagefolder_splits_reads_both_folders_as_split(tmp_path):
+    dm = ImageFolderSplitsDataModule(write_splits(tmp_path), batch_size=4, num_classes=3)
+    dm.setup("fit")
+    assert dm.classes == ["cat", "dog", "ship"]
+    assert len(dm.train_set) == 12 and len(dm.val_set) == 6 and len(dm.train_eval_set) == 12
+    assert dm.train_set.labels.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    assert dm.train_set.images.shape == (12, 3, 64, 64)  # grayscale files became RGB
+    gray = dm.train_set.images[0]
+    assert torch.equal(gray[0], gray[1]) and torch.equal(gray[1], gray[2])
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (4, 3, 32, 32) and x.min() >= 0 and x.max() <= 1 and y.dtype == torch.long
+    for split in ("train", "val"):
+        x, _ = dm.eval_dataloader(split).dataset[0]
+        assert x.shape == (3, 32, 32)
+
+
+def test_imagefolder_splits_validation_resize_is_deterministic(tmp_path):
+    dm = ImageFolderSplitsDataModule(write_splits(tmp_path), num_classes=3)
+    dm.setup()
+    assert torch.equal(dm.val_set[1][0], dm.val_set[1][0])
+    # a 64x64 image resized to 32x32 keeps its mean (antialiased down-sampling)
+    full = dm.val_set.images[1].float().mean() / 255
+    assert abs(dm.val_set[1][0].mean().item() - full.item()) < 0.02
+
+
+def test_imagefolder_splits_missing_split_folder_names_it(tmp_path):
+    write_splits(tmp_path)
+    for f in (tmp_path / "val").rglob("*.*"):
+        f.unlink()
+    for d in sorted((tmp_path / "val").iterdir()):
+        d.rmdir()
+    (tmp_path / "val").rmdir()
+    with pytest.raises(DatasetNotFoundError, match=f"split folder {tmp_path / 'val'} is missing"):
+        ImageFolderSplitsDataModule(tmp_path, num_classes=3).setup()
+
+
+def test_imagefolder_splits_missing_root_names_it(tmp_path):
+    with pytest.raises(DatasetNotFoundError, match="absent/train is missing.*data.root"):
+        ImageFolderSplitsDataModule(tmp_path / "absent").setup()
+
+
+def test_imagefolder_splits_class_in_one_split_only_names_the_folder(tmp_path):
+    write_splits(tmp_path)
+    (tmp_path / "train" / "frog").mkdir()
+    Image.new("RGB", (64, 64)).save(tmp_path / "train" / "frog" / "a.png")
+    with pytest.raises(DatasetNotFoundError, match=f"{tmp_path / 'val' / 'frog'} missing"):
+        ImageFolderSplitsDataModule(tmp_path, num_classes=4).setup()
+
+
+def test_imagefolder_splits_empty_class_names_the_folder(tmp_path):
+    write_splits(tmp_path)
+    for f in (tmp_path / "val" / "dog").iterdir():
+        f.unlink()
+    (tmp_path / "val" / "dog" / "notes.txt").write_text("not an image")
+    with pytest.raises(DatasetNotFoundError, match=f"{tmp_path / 'val' / 'dog'} holds no image"):
+        ImageFolderSplitsDataModule(tmp_path, num_classes=3).setup()
+
+
+def test_imagefolder_splits_unreadable_image_names_the_file(tmp_path):
+    write_splits(tmp_path)
+    bad = tmp_path / "train" / "ship" / "ship_3.JPEG"
+    bad.write_bytes(b"\xff\xd8 truncated")
+    with pytest.raises(ValueError, match=f"cannot read image {bad}"):
+        ImageFolderSplitsDataModule(tmp_path, num_classes=3).setup()
+
+
+def test_imagefolder_splits_wrong_class_count(tmp_path):
+    with pytest.raises(ValueError, match="3 class folders.*data.num_classes=7"):
+        ImageFolderSplitsDataModule(write_splits(tmp_path), num_classes=7).setup()
+
+
+def test_imagefolder_splits_mixed_sizes_name_the_file(tmp_path):
+    write_splits(tmp_path)
+    odd = tmp_path / "val" / "cat" / "cat_9.png"
+    Image.new("RGB", (48, 64)).save(odd)
+    with pytest.raises(ValueError, match=f"image {odd} is 48x64"):
+        ImageFolderSplitsDataModule(tmp_path, num_classes=3).setup()
+
+
+@pytest.mark.data
+@pytest.mark.skipif(
+    not (REAL_IMAGENET7 / "classes.txt").exists(),
+    reason="imagenet_cifar7 not in ../shared/data/imagenet_cifar7",
+)
+def test_real_imagenet_cifar7():
+    dm = ImageFolderSplitsDataModule(REAL_IMAGENET7)
+    dm.setup()
+    assert dm.classes == (REAL_IMAGENET7 / "classes.txt").read_text().split()
+    assert dm.train_set.images.shape == (6160, 3, 64, 64)
+    assert dm.val_set.images.shape == (1540, 3, 64, 64)
+    assert torch.bincount(dm.train_set.labels).tolist() == [880] * 7
+    assert torch.bincount(dm.val_set.labels).tolist() == [220] * 7
+    x, _ = dm.train_set[0]
+    assert x.shape == (3, 32, 32)
 
 
 @pytest.mark.data

@@ -12,7 +12,7 @@ from ssimlayer.data.cifar10_files import (
 )
 from ssimlayer.data.device_loader import DeviceLoader, DeviceSampler
 from ssimlayer.data.groups import BatchGroups
-from ssimlayer.data.imagefolder import ImageFolderDataModule
+from ssimlayer.data.imagefolder import ImageFolderDataModule, ImageFolderSplitsDataModule
 from ssimlayer.data.synthetic import SyntheticDataModule
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "DeviceLoader",
     "DeviceSampler",
     "ImageFolderDataModule",
+    "ImageFolderSplitsDataModule",
     "SyntheticDataModule",
     "DatasetNotFoundError",
     "find_cifar10",
