@@ -212,10 +212,14 @@ def test_imagefolder_splits_reads_both_folders_as_split(tmp_path):
     dm.setup("fit")
     assert dm.classes == ["cat", "dog", "ship"]
     assert len(dm.train_set) == 12 and len(dm.val_set) == 6 and len(dm.train_eval_set) == 12
-    assert dm.train_set.labels.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    assert sorted(dm.train_set.labels.tolist()) == [0] * 4 + [1] * 4 + [2] * 4
+    assert dm.train_set.labels.tolist() != sorted(dm.train_set.labels.tolist())  # permuted once
     assert dm.train_set.images.shape == (12, 3, 64, 64)  # grayscale files became RGB
-    gray = dm.train_set.images[0]
-    assert torch.equal(gray[0], gray[1]) and torch.equal(gray[1], gray[2])
+    gray = next(x for x in dm.val_set.images if torch.equal(x[0], x[1]))
+    assert torch.equal(gray[1], gray[2])
+    again = ImageFolderSplitsDataModule(tmp_path, num_classes=3)
+    again.setup()
+    assert torch.equal(again.val_set.images, dm.val_set.images)  # the same order every time
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape == (4, 3, 32, 32) and x.min() >= 0 and x.max() <= 1 and y.dtype == torch.long
     for split in ("train", "val"):

@@ -176,6 +176,8 @@ class ImageFolderSplitsDataModule(ImageClassificationDataModule):
         root: the folder holding the two split folders.
         train_dir, val_dir: their names.
         image_size: output size (32: CIFAR-10's).
+        shuffle_seed: the folders are read class by class; both splits are permuted once with this
+            seed, so that any prefix (a partial FGSM sweep, ``eval.num_examples``) mixes classes.
         batch_size, num_workers, num_classes, pin_memory: see the base class. Both splits must have
             the same ``num_classes`` class folders (labels: their sorted names, as ImageFolder).
 
@@ -191,6 +193,7 @@ class ImageFolderSplitsDataModule(ImageClassificationDataModule):
         train_dir: str = "train",
         val_dir: str = "val",
         image_size: int = 32,
+        shuffle_seed: int = 0,
         batch_size: int = 32,
         num_workers: int = 0,
         num_classes: int = 7,
@@ -199,6 +202,7 @@ class ImageFolderSplitsDataModule(ImageClassificationDataModule):
         super().__init__(batch_size, num_workers, num_classes, pin_memory)
         self.root, self.image_size = Path(root), image_size
         self.train_dir, self.val_dir = train_dir, val_dir
+        self.shuffle_seed = shuffle_seed
         # ArrayDataset serves float (C, H, W) images in [0, 1]; the model normalises (CIFAR stats).
         self.train_transform = v2.Compose(_train_ops(image_size))
         self.eval_transform = v2.Compose(_eval_ops(image_size))
@@ -238,8 +242,13 @@ class ImageFolderSplitsDataModule(ImageClassificationDataModule):
             return
         self.classes = self._classes()
         root = self.root.expanduser().resolve()
+        g = torch.Generator().manual_seed(self.shuffle_seed)
         train_x, train_y = read_image_folder(root / self.train_dir, self.classes)
+        perm = torch.randperm(len(train_y), generator=g)
+        train_x, train_y = train_x[perm], train_y[perm]
         val_x, val_y = read_image_folder(root / self.val_dir, self.classes)
+        perm = torch.randperm(len(val_y), generator=g)
+        val_x, val_y = val_x[perm], val_y[perm]
         self.train_set = ArrayDataset(train_x, train_y, self.train_transform)
         self.train_eval_set = ArrayDataset(train_x, train_y, self.eval_transform)
         self.val_set = ArrayDataset(val_x, val_y, self.eval_transform)
