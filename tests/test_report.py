@@ -27,12 +27,21 @@ def test_verdict_rule_equal():
         compare([1, 2, 3], [1, 2, 3], kind="less")
 
 
-def _write_run(folder, model, seed, val, fgsm_val, schedule="cpu_short", data="CIFAR10DataModule"):
+def _write_run(
+    folder,
+    model,
+    seed,
+    val,
+    fgsm_val,
+    schedule="cpu_short",
+    data="CIFAR10DataModule",
+    name="table1",
+):
     folder.mkdir(parents=True)
     (folder / "metrics.json").write_text(
         json.dumps(
             {
-                "name": "table1",
+                "name": name,
                 "model": model,
                 "seed": seed,
                 "schedule": schedule,
@@ -79,3 +88,35 @@ def test_report_with_no_runs_says_so(tmp_path):
     (tmp_path / "outputs").mkdir()
     report = build_report(tmp_path / "outputs").read_text()
     assert "No finished real-data runs were found" in report
+
+
+def test_report_table2_section_on_the_stand_in_data(tmp_path):
+    outputs = tmp_path / "outputs"
+    for seed in range(3):
+        _write_run(outputs / f"a/{seed}_plain", "fig4_plain", seed, 0.60, 0.20)
+        _write_run(outputs / f"a/{seed}_ssim", "fig4_ssim", seed, 0.50, 0.30 + 0.01 * seed)
+        for model, val in (("fig4_plain", 0.40 + 0.01 * seed), ("fig4_ssim", 0.30)):
+            _write_run(
+                outputs / f"t2/{seed}_{model}",
+                model,
+                seed,
+                val,
+                0.10,
+                schedule="cpu_table2",
+                data="ImageFolderSplitsDataModule",
+                name="table2",
+            )
+    report = build_report(outputs).read_text()
+    head, table2 = report.split("## Table 2 and Fig. 10", 1)
+    # Table 2's runs stay out of the CIFAR-10 schedule sections and are labelled as the stand-in
+    assert "cpu_table2" not in head and "## Schedule `cpu_short`" in head
+    assert "except the Table 2 section's (Tiny ImageNet, 7 CIFAR-10 classes" in head
+    assert "Tiny ImageNet, 7 CIFAR-10 classes (stand-in; chance 14.3 %)" in table2
+    assert "| 57.51 / 60.4 |" in table2 and "| 73.35 / 70 |" in table2  # paper columns
+    assert "41.00 ± 1.00 (n=3)" in table2  # plain validation mean ± std, in percent
+    assert "Not measured" not in report
+    claims = (outputs / "report" / "claims.csv").read_text()
+    assert "table2_cpu_table2,table2_val" in claims and ",does not hold" in claims
+    assert "table2_cpu_table2,fig10_val_top1,fig4_ssim,fig4_plain" in claims
+    assert (outputs / "report" / "fig10_cpu_table2.png").stat().st_size > 0
+    assert (outputs / "report" / "table2_cpu_table2_curves.png").stat().st_size > 0

@@ -23,8 +23,13 @@ def _mean_band(series: list[list[float]]) -> tuple[list[float], list[float], lis
     return mean, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)]
 
 
-def convergence_plot(runs_by_model: dict[str, list[Run]], path: Path, title: str) -> Path | None:
-    """Train (dashed) and validation (solid) error per epoch, mean over seeds with a ±1 std band."""
+def convergence_plot(
+    runs_by_model: dict[str, list[Run]], path: Path, title: str, chance: float | None = None
+) -> Path | None:
+    """Train (dashed) and validation (solid) error per epoch, mean over seeds with a ±1 std band.
+
+    ``chance`` (top-1 accuracy in %, e.g. 100 / 7) adds a dotted line at its error.
+    """
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     drew = False
     for color, (model, runs) in zip(plt.cm.tab10.colors, runs_by_model.items()):
@@ -48,6 +53,8 @@ def convergence_plot(runs_by_model: dict[str, list[Run]], path: Path, title: str
     if not drew:
         plt.close(fig)
         return None
+    if chance is not None:
+        ax.axhline(100 - chance, color="grey", ls=":", lw=1, label=f"chance ({chance:.1f} %)")
     ax.set(xlabel="epoch", ylabel="top-1 error (%)", title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -57,8 +64,17 @@ def convergence_plot(runs_by_model: dict[str, list[Run]], path: Path, title: str
     return path
 
 
-def fgsm_plot(runs_by_model: dict[str, list[Run]], path: Path, title: str) -> Path | None:
-    """Top-1 and top-5 versus FGSM eps on both splits, mean ± std over seeds."""
+def fgsm_plot(
+    runs_by_model: dict[str, list[Run]],
+    path: Path,
+    title: str,
+    suptitle: str | None = None,
+    chance: float | None = None,
+) -> Path | None:
+    """Top-1 and top-5 versus FGSM eps on both splits, mean ± std over seeds.
+
+    ``suptitle`` goes above both panels (e.g. which data); ``chance`` (top-1 %) adds a dotted line.
+    """
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     drew = False
     for ax, split in zip(axes, ("train", "val")):
@@ -88,6 +104,8 @@ def fgsm_plot(runs_by_model: dict[str, list[Run]], path: Path, title: str) -> Pa
                     label=f"{model} top-{k}",
                 )
                 drew = True
+        if chance is not None:
+            ax.axhline(chance, color="grey", ls=":", lw=1, label=f"top-1 chance ({chance:.1f} %)")
         ax.set(xlabel="FGSM eps ([0, 1] pixel units)", title=f"{title}: {split}")
         ax.grid(alpha=0.3)
     if not drew:
@@ -95,6 +113,8 @@ def fgsm_plot(runs_by_model: dict[str, list[Run]], path: Path, title: str) -> Pa
         return None
     axes[0].set_ylabel("accuracy (%)")
     axes[1].legend(fontsize=7)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
