@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import torch
 from hydra.utils import instantiate
 from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from ssimlayer.lightning.checkpointing import load_checkpoint
 from ssimlayer.memory import retain_freed_memory
 from ssimlayer.robustness import corruption_sweep, default_specs, masking_checks, robustness_sweep
 from ssimlayer.utils import CONF_DIR, register_resolvers
@@ -113,7 +113,7 @@ def load_model(run: Run, device: str = "cpu") -> nn.Module:
     """The run's network (``ClassifierModule.net``) rebuilt from its config, with the checkpoint's
     weights, in eval mode."""
     module = instantiate(run.cfg.model)
-    state = torch.load(run.ckpt, map_location=device, weights_only=False)
+    state = load_checkpoint(run.ckpt, map_location=device)
     module.load_state_dict(state["state_dict"] if "state_dict" in state else state)
     net = getattr(module, "net", module)
     return net.to(device).eval()

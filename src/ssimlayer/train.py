@@ -24,6 +24,7 @@ from ssimlayer.lightning.callbacks import build_callbacks
 from ssimlayer.lightning.checkpointing import (
     CheckpointMismatchError,
     check_checkpoint_matches,
+    checkpoint_globals,
     find_resume_checkpoint,
 )
 from ssimlayer.lightning.loggers import build_loggers, finish_wandb
@@ -92,7 +93,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         log.info(
             "Training %s on %s; run dir %s", cfg.model.name, cfg.data._target_, cfg.paths.output_dir
         )
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        with checkpoint_globals():  # Lightning's resume loads weights-only, like ours
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     finally:
         finish_wandb(loggers)
     summary = next((c for c in callbacks if hasattr(c, "write_json")), None)

@@ -9,13 +9,19 @@
   (``resume=auto``).
 - :func:`check_checkpoint_matches` compares a checkpoint's weights with the model about to be
   trained and raises :class:`CheckpointMismatchError` naming both model configs.
+- :func:`load_checkpoint` is the one way this project reads a checkpoint: ``weights_only=True``,
+  so a file from someone else can hold tensors, containers and numbers but never run code.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pickle
+import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +33,10 @@ from pytorch_lightning.callbacks import Checkpoint
 __all__ = [
     "ResumeCheckpoint",
     "CheckpointMismatchError",
+    "UnsafeCheckpointError",
+    "SAFE_GLOBALS",
+    "checkpoint_globals",
+    "load_checkpoint",
     "find_resume_checkpoint",
     "check_checkpoint_matches",
 ]
@@ -39,6 +49,58 @@ DIST_TIME_CHECK_EVERY = 50
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint holds weights of another model than the one configured."""
+
+
+class UnsafeCheckpointError(ValueError):
+    """A checkpoint holds a type that loading would have to import and call: refused, not run."""
+
+
+#: Types a checkpoint of this project may hold beyond what ``torch.load(weights_only=True)``
+#: accepts by default (tensors, dicts, lists, tuples, strings, numbers, None, OrderedDict, dtypes,
+#: devices). None today: every checkpoint that Lightning 2.6 writes for our runs (last, best,
+#: mid-epoch and non-finite-loss ones, optimiser, loop and callback states) holds only those, as
+#: ``tests/test_checkpoint_safety.py`` checks. A new state type goes here, never
+#: ``weights_only=False``.
+SAFE_GLOBALS: list[Any] = []
+
+_REFUSED_GLOBAL = re.compile(r"GLOBAL (\S+) was not an allowed global")
+
+
+@contextlib.contextmanager
+def checkpoint_globals() -> Iterator[None]:
+    """Allow :data:`SAFE_GLOBALS` in ``weights_only`` loads inside the block (Lightning's resume)."""
+    with torch.serialization.safe_globals(SAFE_GLOBALS):
+        yield
+
+
+def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """``torch.load(path, weights_only=True)`` with :data:`SAFE_GLOBALS` allowed.
+
+    A checkpoint is a pickle, and an unrestricted unpickler runs whatever a crafted file asks
+    for. This one builds only tensors and plain containers, so a colleague's run dir or a
+    downloaded model is safe to point at.
+
+    Raises:
+        UnsafeCheckpointError: the file needs another type (named in the message); nothing in it
+            has run.
+    """
+    try:
+        with checkpoint_globals():
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = _REFUSED_GLOBAL.search(str(e))
+        what = (
+            f"the type {found.group(1)}"
+            if found
+            else f"something torch's weights-only loader refuses ({str(e).strip().splitlines()[-1]})"
+        )
+        raise UnsafeCheckpointError(
+            f"checkpoint {path}: refused to load {what}; nothing in the file has run. Checkpoints "
+            f"of this project hold only tensors, containers and numbers, so this one comes from "
+            f"another program or version, or was crafted to run code. Use a checkpoint from a "
+            f"source you trust; if you trust this one and the type is harmless, add it to "
+            f"ssimlayer.lightning.checkpointing.SAFE_GLOBALS"
+        ) from None
 
 
 class ResumeCheckpoint(Checkpoint):
@@ -200,8 +262,10 @@ def check_checkpoint_matches(
             f"name/model/seed"
         )
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = load_checkpoint(path)
         state = ckpt["state_dict"]
+    except UnsafeCheckpointError:
+        raise
     except Exception as e:  # noqa: BLE001 -- any unreadable file gets the same advice
         raise CheckpointMismatchError(
             f"checkpoint {path} cannot be read ({type(e).__name__}: {e}); it is truncated or not a "

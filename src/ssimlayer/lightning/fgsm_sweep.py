@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 from pytorch_lightning.loggers import WandbLogger
 from torch.utils.data import DataLoader
 
+from ssimlayer.lightning.checkpointing import load_checkpoint
 from ssimlayer.robustness.fgsm import PAPER_EPS, check_eps, fgsm_sweep
 
 __all__ = ["FGSMSweep"]
@@ -71,7 +72,7 @@ class FGSMSweep(pl.Callback):
                 log.warning("FGSMSweep: no best checkpoint was written; attacking final weights")
             return pl_module
         model = copy.deepcopy(pl_module)
-        state = torch.load(path, map_location=pl_module.device, weights_only=False)["state_dict"]
+        state = load_checkpoint(path, map_location=pl_module.device)["state_dict"]
         model.load_state_dict(state)
         log.info("FGSMSweep: attacking the best checkpoint %s", path)
         return model
