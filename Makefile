@@ -1,6 +1,12 @@
-# Thin wrappers: every target is one command a human or CI can run.
+# Thin wrappers: every target is one command a human or CI can run. `make` alone lists them.
 PY ?= .venv/bin/python
 ARGS ?=
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help:  ## list the targets with what they do (this text)
+	@echo "ssimlayer: make <target> [ARGS=\"hydra overrides\"]; README.md says where to start."
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([^:]+):[^#]*## (.*)/  \1\t\2/' | expand -t 26
 
 .PHONY: install test test-all check lint bench gpu-check gpu-check-train bench-train train reproduce-table1 reproduce-shallow reproduce-nonlinearity reproduce-table2 robustness
 
@@ -19,7 +25,7 @@ test-all:  ## everything, slow tests included
 check:  ## property tests of ssim_conv2d with many more examples (hypothesis profile "thorough")
 	HYPOTHESIS_PROFILE=thorough $(PY) -m pytest -q tests/test_property_ssim.py
 
-lint:
+lint:  ## ruff on src and tests
 	$(PY) -m ruff check src tests
 
 bench:  ## layer speed/memory vs nn.Conv2d -> outputs/bench/layer.json
@@ -66,15 +72,13 @@ robustness:  ## make robustness ARGS="runs=[outputs/table1/multirun/<ts>]" (or A
 report:  ## paper vs measured: outputs/report/report.md (+ PNG, CSV) from the run dirs in outputs/
 	$(PY) -m ssimlayer.report $(ARGS)
 
-# The full protocol (§3.1, 500 epochs, 3 seeds) of every trainable experiment: a GPU job.
-reproduce-all:
+reproduce-all:  ## the paper's protocol (500 epochs, 3 seeds) for every experiment: a GPU job (ARGS="trainer=gpu")
 	$(PY) -m ssimlayer.train -m experiment=table1 seed=0,1,2 $(ARGS)
 	$(PY) -m ssimlayer.train -m experiment=shallow seed=0,1,2 $(ARGS)
 	$(PY) -m ssimlayer.train -m experiment=nonlinearity model=fig4_ssim_norelu seed=0,1,2 $(ARGS)
 	$(PY) -m ssimlayer.report
 
-# The schedule that fits a 2-core CPU (conf/schedule/cpu_short.yaml), 3 seeds.
-reproduce-cpu:
+reproduce-cpu:  ## every experiment on the CPU-sized schedule (cpu_short, 3 seeds; about 40 min on 2 cores), then the report
 	$(PY) -m ssimlayer.train -m experiment=table1 schedule=cpu_short seed=0,1,2 $(ARGS)
 	$(PY) -m ssimlayer.train -m experiment=shallow schedule=cpu_short seed=0,1,2 $(ARGS)
 	$(PY) -m ssimlayer.train -m experiment=nonlinearity model=fig4_ssim_norelu schedule=cpu_short seed=0,1,2 $(ARGS)

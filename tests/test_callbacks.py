@@ -50,7 +50,7 @@ def test_callbacks_write_their_files(tmp_path):
         accelerator="cpu",
     )
     trainer.fit(tiny_module(), datamodule=dm)
-    for tag in ("", "_epoch000", "_epoch001"):
+    for tag in ("", "_epoch001", "_epoch002"):
         assert (tmp_path / f"filters{tag}_grid.png").stat().st_size > 0
         assert (tmp_path / f"filters{tag}_norms.png").stat().st_size > 0
     stats = json.loads((tmp_path / "filters_norms.json").read_text())
@@ -78,7 +78,7 @@ def test_filter_visualisation_survives_a_diverged_run(tmp_path):
     with torch.no_grad():
         module.net.first_layer.weight[:2] = float("nan")  # what a diverged run leaves behind
     trainer = SimpleNamespace(is_global_zero=True, current_epoch=3, loggers=[])
-    paths = FilterVisualisation(str(tmp_path)).draw(trainer, module, "")
+    paths = FilterVisualisation(str(tmp_path)).draw(trainer, module, "", 1)
     assert all(p.stat().st_size > 0 for p in paths)
     stats = json.loads((tmp_path / "filters_norms.json").read_text())
     assert sum(n != n for n in stats["norms"]) == 2  # the two NaN norms are reported as such

@@ -231,7 +231,7 @@ def test_resume_auto_finds_the_newest_unfinished_run(tmp_path, monkeypatch, caps
     assert resumed_from == str(first / "checkpoints" / "last.ckpt")
     metrics = json.loads((second / "metrics.json").read_text())
     assert metrics["epochs"] == 2 and metrics["global_step"] == 16 and metrics["finished"]
-    assert [r["epoch"] for r in rows(second / "epochs.csv")] == ["0", "1"]
+    assert [r["epoch"] for r in rows(second / "epochs.csv")] == ["1", "2"]
 
 
 def test_resumable_loader_continues_the_interrupted_epoch_exactly():
@@ -316,6 +316,30 @@ def test_negative_or_non_numeric_eps_is_a_clear_error(
     assert code == 2
     assert "FGSM eps must be finite and >= 0" in err and f"got {shown}" in err
     assert "e.g. eps=[0.0,0.01]" in err and "Traceback" not in err
+    assert_untouched(earlier_run)
+
+
+@pytest.mark.parametrize(
+    "override, shown",
+    [
+        (
+            "model.optimizer.lr=-1",
+            "model.optimizer.lr=-1 is not valid: it must be a finite number > 0",
+        ),
+        ("trainer.max_epochs=0", "trainer.max_epochs=0 is not valid: a whole number >= 1"),
+        ("model.optimizer.momentum=1.5", "model.optimizer.momentum=1.5 is not valid"),
+    ],
+)
+def test_bad_value_stops_before_anything_is_created(
+    tmp_path, monkeypatch, capsys, earlier_run, override, shown
+):
+    code, err = run_cli(monkeypatch, capsys, tmp_path, *TINY, override)
+    assert code == 2
+    assert shown in err and "(e.g. " in err and "Traceback" not in err
+    assert err.count(shown) == 1  # printed once, not once per handler
+    assert "nothing was written" in err
+    runs = [p for p in (tmp_path / "default" / "runs").iterdir() if p != earlier_run]
+    assert runs == []  # no run dir left behind (and so no W&B run either)
     assert_untouched(earlier_run)
 
 

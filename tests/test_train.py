@@ -160,3 +160,10 @@ def test_multirun_subprocess(tmp_path):
     for run in runs:
         assert (run / "metrics.json").exists() and (run / "fgsm_sweep.csv").exists()
         assert json.loads((run / "metrics.json").read_text())["seed"] in (0, 1)
+    # the console: each job's plan says which run of how many (2 models x 2 seeds), each run ends
+    # with its summary, and the per-eps FGSM log lines are gone (they are in fgsm_sweep.csv)
+    for i in range(1, 5):
+        assert f"[ssimlayer] run {i} of 4: shallow_" in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.count("FGSM eps 0.007 top-1") == 0  # eps 0.007 is not in this sweep
+    assert proc.stderr.count("  run dir ") == 4
+    assert "FGSM train eps=" not in proc.stderr + proc.stdout

@@ -6,8 +6,10 @@ Everything the run produces lands in its Hydra run dir (``paths.output_dir``).
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,14 +29,17 @@ from ssimlayer.lightning.checkpointing import (
     checkpoint_globals,
     find_resume_checkpoint,
 )
+from ssimlayer.lightning.console import print_summary, quiet_known_noise
 from ssimlayer.lightning.loggers import build_loggers, finish_wandb
 from ssimlayer.lightning.safety import NonFiniteLossError
 from ssimlayer.memory import retain_freed_memory
 from ssimlayer.utils import CONF_DIR, PROJECT_ROOT, register_resolvers, write_provenance
+from ssimlayer.utils.config_checks import check_config
 
 log = logging.getLogger(__name__)
 
 register_resolvers()
+quiet_known_noise()
 
 #: Errors that mean "the config, the data or a checkpoint is wrong", each raised with a message that
 #: says what and how to fix it: the entry point prints that message, not a traceback, and exits 2.
@@ -73,18 +78,25 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fit the configured model; return the ``metrics.json`` summary."""
-    if cfg.get("retain_freed_memory", False) and not retain_freed_memory():
-        log.info("retain_freed_memory: not glibc's malloc here; the C library's default stays")
-    pl.seed_everything(cfg.seed, workers=True)
-    write_provenance(cfg, cfg.paths.output_dir, PROJECT_ROOT)
+    """Fit the configured model; return the ``metrics.json`` summary.
+
+    Everything that can reject the config (the checks, the data, model and callback constructors)
+    runs before the run's files and loggers are created.
+    """
+    check_config(cfg)
     datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()  # finds the dataset's files (or downloads them, if configured)
     model = instantiate(cfg.model)
+    callbacks = build_callbacks(cfg)
     ckpt_path = resolve_ckpt_path(cfg)
     if ckpt_path not in (None, "last", "hpc"):
         check_checkpoint_matches(ckpt_path, model, OmegaConf.to_container(cfg.model, resolve=True))
+    if cfg.get("retain_freed_memory", False) and not retain_freed_memory():
+        log.info("retain_freed_memory: not glibc's malloc here; the C library's default stays")
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    write_provenance(cfg, cfg.paths.output_dir, PROJECT_ROOT)
+    if ckpt_path not in (None, "last", "hpc"):
         (Path(cfg.paths.output_dir) / "resumed_from.txt").write_text(f"{ckpt_path}\n")
-    callbacks = build_callbacks(cfg)
     loggers = build_loggers(cfg.get("logger"), fallback_dir=cfg.paths.output_dir)
     try:
         for logger in loggers:
@@ -103,25 +115,46 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    run_dir = Path(cfg.paths.output_dir)
     try:
         metrics = train(cfg)
     except USER_ERRORS as e:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        report_error(e, cfg.paths.output_dir)
+        report_error(e, run_dir)
         sys.exit(2)  # SystemExit passes through Hydra's handler, which would print a traceback
+    if metrics:
+        print_summary(metrics, _fgsm_rows(run_dir), run_dir)
     return metrics.get("best_val_top1")  # for Hydra sweepers that optimise a return value
 
 
-def report_error(e: BaseException, output_dir: str) -> None:
-    """One short message on stderr (and in the run's log) instead of a traceback."""
+def _fgsm_rows(run_dir: Path) -> list[dict[str, str]]:
+    path = run_dir / "fgsm_sweep.csv"
+    return list(csv.DictReader(path.open())) if path.exists() else []
+
+
+#: What Hydra writes into a run dir before the job starts: a run that stops with only these was
+#: rejected before it began, and its dir is removed.
+HYDRA_FILES = {".hydra", "train.log"}
+
+
+def report_error(e: BaseException, run_dir: Path) -> None:
+    """One short message on stderr instead of a traceback, kept in the run dir as ``error.txt``.
+
+    A run dir that holds only Hydra's own files (the config was rejected before the run began) is
+    removed, so that a typo leaves nothing behind; any other is kept as it is.
+    """
     while isinstance(e, InstantiationException) and isinstance(e.__cause__, Exception):
         e = e.__cause__  # Hydra wraps errors raised in constructors; the cause says what is wrong
     msg = f"{type(e).__name__}: {e}"
-    log.error(msg)
+    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= HYDRA_FILES:
+        shutil.rmtree(run_dir)
+        where = "nothing was written"
+    else:
+        (run_dir / "error.txt").write_text(msg + "\n")
+        where = f"run dir {run_dir}, earlier outputs untouched"
     print(
-        f"ssimlayer.train: error: {msg}\n(run dir {output_dir}; earlier outputs are untouched; "
-        f"HYDRA_FULL_ERROR=1 shows the full traceback)",
+        f"ssimlayer.train: error: {msg}\n({where}; HYDRA_FULL_ERROR=1 shows the full traceback)",
         file=sys.stderr,
     )
 

@@ -1,5 +1,5 @@
 """Callbacks from config, as ``python -m ssimlayer.train`` and the training bench build them, and a
-progress bar that redraws by time instead of every step."""
+progress bar that redraws by time instead of every step and says which epoch of how many it is."""
 
 from __future__ import annotations
 
@@ -22,13 +22,21 @@ class ThrottledProgressBar(TQDMProgressBar):
     tenth of a GPU step at batch 32. A time interval keeps the bar as lively on a CPU (seconds per
     step) as on a GPU (milliseconds per step), where a fixed ``refresh_rate`` cannot.
 
+    Each epoch's bar reads ``run 2 of 6, epoch 3/500`` (epochs counted from 1, as in
+    ``epochs.csv``), so the whole run's progress is in view, not just the epoch's.
+
     Args:
         min_interval_s: seconds between redraws; 0 redraws every batch.
+        label: what precedes the epoch, e.g. ``"run 2 of 6"`` (``${run_label:}`` in config).
         process_position, leave: as ``TQDMProgressBar``.
     """
 
     def __init__(
-        self, min_interval_s: float = 0.25, process_position: int = 0, leave: bool = False
+        self,
+        min_interval_s: float = 0.25,
+        label: str = "",
+        process_position: int = 0,
+        leave: bool = False,
     ) -> None:
         super().__init__(refresh_rate=1, process_position=process_position, leave=leave)
         if min_interval_s < 0:
@@ -36,7 +44,14 @@ class ThrottledProgressBar(TQDMProgressBar):
                 f"ThrottledProgressBar: min_interval_s must be >= 0, got {min_interval_s}"
             )
         self.min_interval_s = min_interval_s
+        self.label = label
         self._last_draw = -math.inf
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, *args) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        total = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
+        prefix = f"{self.label}, " if self.label else ""
+        self.train_progress_bar.set_description(f"{prefix}epoch {trainer.current_epoch + 1}{total}")
 
     def _should_update(self, current: int, total: int) -> bool:  # Lightning's hook for all bars
         if not super()._should_update(current, total):

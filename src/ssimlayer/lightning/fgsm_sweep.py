@@ -105,7 +105,7 @@ class FGSMSweep(pl.Callback):
             )
             self.rows += [{"split": split, **r} for r in rows]
             for r in rows if trainer.is_global_zero else []:
-                log.info(
+                log.debug(
                     "FGSM %s eps=%.4f top1=%.4f top5=%s", split, r["eps"], r["top1"], r.get("top5")
                 )
         if not trainer.is_global_zero:

@@ -55,7 +55,7 @@ class FilterVisualisation(pl.Callback):
     """Save ``filters{tag}_grid.png`` and ``filters{tag}_norms.png`` in the run dir, log them to W&B.
 
     Runs at the end of fit (``tag`` empty) and, if ``every_n_epochs`` is set, after every n-th
-    training epoch (``tag = _epoch007``). §3.2 remarks that many SSIM kernels end with norm < 1; the
+    training epoch (``tag = _epoch007`` after the 7th; epochs counted from 1, as in ``epochs.csv``). §3.2 remarks that many SSIM kernels end with norm < 1; the
     histogram's title gives that share, which is also written to ``filters{tag}_norms.json``.
 
     Args:
@@ -71,13 +71,16 @@ class FilterVisualisation(pl.Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         n = self.every_n_epochs
-        if n and (trainer.current_epoch + 1) % n == 0:
-            self.draw(trainer, pl_module, f"_epoch{trainer.current_epoch:03d}")
+        done = trainer.current_epoch + 1  # epochs completed, this one included
+        if n and done % n == 0:
+            self.draw(trainer, pl_module, f"_epoch{done:03d}", done)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.draw(trainer, pl_module, "")
+        self.draw(trainer, pl_module, "", trainer.current_epoch)  # Lightning counted the last one
 
-    def draw(self, trainer: pl.Trainer, pl_module: pl.LightningModule, tag: str) -> list[Path]:
+    def draw(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, tag: str, epoch: int
+    ) -> list[Path]:
         if not trainer.is_global_zero:
             return []
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -89,7 +92,7 @@ class FilterVisualisation(pl.Callback):
         ax.imshow(filter_grid(weight).permute(1, 2, 0).numpy(), interpolation="nearest")
         ax.set_axis_off()
         ax.set_title(
-            f"first layer ({name}) kernels {tuple(weight.shape)}, epoch {trainer.current_epoch}"
+            f"first layer ({name}) kernels {tuple(weight.shape)}, after epoch {epoch}"
         )
         fig.savefig(grid_path, dpi=120, bbox_inches="tight")
 
@@ -117,7 +120,7 @@ class FilterVisualisation(pl.Callback):
         ax.legend()
         fig.savefig(norms_path, dpi=120, bbox_inches="tight")
         stats = {
-            "epoch": trainer.current_epoch,
+            "epoch": epoch,
             "layer": name,
             "share_norm_below_1": share,
             "norm_mean": norms.mean().item(),

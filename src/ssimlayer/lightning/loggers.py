@@ -33,6 +33,9 @@ def build_loggers(cfg: Mapping[str, Any] | None, fallback_dir: str) -> list[Logg
                 os.environ["WANDB_MODE"] = "offline"
             try:
                 logger = instantiate(conf)
+                # Lightning passes anonymous=None, which W&B now warns about at every run
+                # ("the anonymous setting has no effect"); leaving it out changes nothing else.
+                logger._wandb_init.pop("anonymous", None)
                 logger.experiment  # noqa: B018 -- start the run now, so failure surfaces here
             except Exception as e:  # noqa: BLE001 -- any W&B failure must not stop training
                 msg = (

@@ -64,7 +64,8 @@ class RunSummary(pl.Callback):
         self._resumed_wall = float(state_dict.get("wall_time_s", 0.0))
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        row: dict[str, float] = {"epoch": trainer.current_epoch, "step": trainer.global_step}
+        # Epochs counted from 1 (the number completed), as the progress bar and filter plots say.
+        row: dict[str, float] = {"epoch": trainer.current_epoch + 1, "step": trainer.global_step}
         for k in KEYS:
             if k in trainer.callback_metrics:
                 row[k] = float(trainer.callback_metrics[k])

@@ -6,6 +6,7 @@ this file; ``SSIMLAYER_ROOT`` overrides it.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -18,6 +19,36 @@ CONF_DIR = PROJECT_ROOT / "conf"
 
 
 def register_resolvers() -> None:
-    """``${project_root:}`` in configs: the repository root as an absolute path."""
+    """``${project_root:}`` in configs: the repository root as an absolute path;
+    ``${run_label:}``: this job's place in a Hydra multirun ("run 2 of 6"), else empty."""
     if not OmegaConf.has_resolver("project_root"):
         OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
+    if not OmegaConf.has_resolver("run_label"):
+        OmegaConf.register_new_resolver("run_label", run_label)
+
+
+def run_label() -> str:
+    """``"run 2 of 6"`` inside a Hydra multirun, ``""`` otherwise (or outside Hydra).
+
+    The number of jobs is counted as Hydra's basic sweeper forms them: the experiment's
+    ``hydra.sweeper.params`` overridden by the command line's sweeps, both as the multirun's
+    ``multirun.yaml`` recorded them (a job's own config holds only its own values).
+    """
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        hc = HydraConfig.get()
+        if hc.mode is None or hc.mode.name != "MULTIRUN":
+            return ""
+        recorded = OmegaConf.load(Path(hc.sweep.dir) / "multirun.yaml").hydra
+        sweep = {k: f"{k}={v}" for k, v in (recorded.sweeper.get("params") or {}).items()}
+        for o in recorded.overrides.task:
+            sweep[o.split("=", 1)[0]] = o
+        parsed = OverridesParser.create().parse_overrides(list(sweep.values()))
+        total = math.prod(
+            len(list(o.sweep_string_iterator())) for o in parsed if o.is_sweep_override()
+        )
+        return f"run {int(hc.job.num) + 1} of {total}"
+    except Exception:  # noqa: BLE001 -- a label is a courtesy; no run fails for it
+        return ""

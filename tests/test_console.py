@@ -1,0 +1,39 @@
+"""What a run prints: durations, the closing summary."""
+
+from __future__ import annotations
+
+import pytest
+
+from ssimlayer.lightning.console import format_duration, print_summary
+
+
+@pytest.mark.parametrize(
+    "seconds, text", [(42, "42 s"), (450, "7.5 min"), (3 * 3600, "3.0 h"), (5 * 86400, "5.0 days")]
+)
+def test_format_duration(seconds, text):
+    assert format_duration(seconds) == text
+
+
+def test_summary_gives_percent_fgsm_at_0007_and_the_run_dir(capsys, tmp_path):
+    metrics = {
+        "model": "fig4_ssim",
+        "seed": 2,
+        "epochs": 40,
+        "wall_time_s": 700.0,
+        "device": "cpu",
+        "final_train_top1": 0.61784,
+        "final_val_top1": 0.5742,
+        "best_val_top1": 0.5855,
+        "best_val_top1_epoch": 38,
+    }
+    rows = [
+        {"split": "val", "eps": "0.0", "top1": "0.57"},
+        {"split": "val", "eps": "0.007", "top1": "0.3252"},
+        {"split": "train", "eps": "0.007", "top1": "0.4"},
+    ]
+    print_summary(metrics, rows, tmp_path)
+    err = capsys.readouterr().err
+    assert "fig4_ssim seed 2: 40 epochs in 11.7 min on cpu" in err
+    assert "top-1 train 61.78 %, val 57.42 % (best val 58.55 % at epoch 38)" in err
+    assert "FGSM eps 0.007 top-1: train 40.00 %, val 32.52 %" in err
+    assert f"run dir {tmp_path}" in err
