@@ -3,11 +3,13 @@
 - Binary version (``cifar-10-batches-bin``): ``data_batch_{1..5}.bin``, ``test_batch.bin``; each record is
   1 label byte then 3072 pixel bytes (R, G, B planes of 32x32, row-major).
 - Python version (``cifar-10-batches-py``): pickles ``data_batch_{1..5}``, ``test_batch`` holding
-  ``data`` (N x 3072 uint8, same plane order) and ``labels``.
+  ``data`` (N x 3072 uint8, same plane order) and ``labels``. They are read by an unpickler that
+  builds only that dict (numpy arrays, bytes, lists, ints), so a crafted file cannot run code.
 """
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import pickle
 from collections.abc import Sequence
@@ -106,11 +108,62 @@ def read_cifar_binary(path: str | Path) -> tuple[Tensor, Tensor]:
     return images, labels
 
 
+def _latin1_encode(text: str, encoding: str) -> bytes:
+    # Python 3 writes bytes at pickle protocol < 3 as _codecs.encode(text, "latin1")
+    if encoding not in ("latin1", "latin-1"):
+        raise _RefusedGlobal(f"_codecs.encode with encoding {encoding!r}")
+    return codecs.encode(text, "latin1")
+
+
+_ARRAY = np.zeros(1, np.uint8)
+#: The globals a CIFAR-10 batch refers to: numpy's array and dtype rebuilders (under numpy 1's and
+#: numpy 2's module names; ``_frombuffer`` at protocol 5) and the bytes of protocol 2.
+_CIFAR_GLOBALS = {
+    **{
+        (m, "_reconstruct"): _ARRAY.__reduce__()[0]
+        for m in ("numpy.core.multiarray", "numpy._core.multiarray")
+    },
+    **{
+        (m, "_frombuffer"): _ARRAY.__reduce_ex__(5)[0]
+        for m in ("numpy.core.numeric", "numpy._core.numeric")
+    },
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("_codecs", "encode"): _latin1_encode,
+}
+
+
+class _RefusedGlobal(pickle.UnpicklingError):
+    pass
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Resolves only :data:`_CIFAR_GLOBALS`: no other class or function is imported or called."""
+
+    def find_class(self, module: str, name: str):
+        try:
+            return _CIFAR_GLOBALS[(module, name)]
+        except KeyError:
+            raise _RefusedGlobal(f"{module}.{name}") from None
+
+
 def read_cifar_pickle(path: str | Path) -> tuple[Tensor, Tensor]:
-    """Read one python-version batch: ``(images uint8 (N, 3, 32, 32), labels int64 (N,))``."""
+    """Read one python-version batch: ``(images uint8 (N, 3, 32, 32), labels int64 (N,))``.
+
+    Raises:
+        ValueError: the file is damaged, not a CIFAR-10 batch, or refers to any class or function
+            beyond numpy's array rebuilders (named in the message; it was not called).
+    """
     try:
         with open(path, "rb") as f:
-            entry = pickle.load(f, encoding="latin1")
+            entry = _CifarUnpickler(f, encoding="latin1").load()
+    except _RefusedGlobal as e:
+        raise ValueError(
+            f"{path}: refused to unpickle {e}: a CIFAR-10 python batch holds only a dict of numpy "
+            f"arrays, bytes, lists and ints, so this file is not the official one (or was crafted "
+            f"to run code); nothing in it has run. Re-download the official "
+            f"cifar-10-python.tar.gz (or point data.root at another copy)"
+        ) from None
     except Exception as e:  # noqa: BLE001 -- a damaged pickle fails in many ways (even MemoryError)
         raise ValueError(
             f"{path}: cannot be unpickled ({type(e).__name__}: {e}); the file is truncated or "
