@@ -5,9 +5,8 @@ import os
 import pytest
 import torch
 
-# The compiled elementwise path costs seconds of compilation per new shape; tests of the maths run
-# the eager definition, and tests/test_fusion.py switches the compiled path on to compare the two.
-os.environ.setdefault("SSIMLAYER_FUSE", "0")
+# The tests run the layer's default path (the accelerators of ssimlayer._fusion on): float64 and
+# small float32 inputs run eagerly, large float32 ones compiled, as for a user.
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 # Without a GPU, Triton's interpreter runs the CUDA kernels on CPU tensors, so tests/test_triton_kernels.py

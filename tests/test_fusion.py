@@ -106,3 +106,30 @@ def test_a_configuration_past_the_recompile_limit_runs_eagerly(monkeypatch):
     assert _fusion.fusion_enabled()  # the other configurations stay compiled
     (entry,) = _fusion._compiled.values()
     assert entry is _scale  # this one is eager from now on
+
+
+def test_functional_imports_no_accelerator():
+    """The maths sits at the bottom of the layer's import graph: the accelerators import it and
+    register themselves (``import ssimlayer`` imports them), never the other way round."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(functional))
+    imported = {
+        alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+    }
+    imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert not [name for name in imported if name and name.startswith("ssimlayer")], imported
+    assert functional._ACCELERATORS == [_fusion.accelerated_eq8]
+
+
+def test_without_fusion_the_accelerator_leaves_the_eager_path(monkeypatch):
+    x, w = torch.randn(2, 3, 6, 6), torch.randn(4, 3, 3, 3)
+    geometry = ((1, 1), (1, 1), (1, 1), 1)
+    assert _fusion.accelerated_eq8(x, w, 1e-4, 9e-4, geometry) is not None
+    assert _fusion.accelerated_eq8(x.double(), w.double(), 1e-4, 9e-4, geometry) is None
+    _fusion.set_fusion(False)
+    assert _fusion.accelerated_eq8(x, w, 1e-4, 9e-4, geometry) is None

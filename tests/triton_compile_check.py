@@ -21,82 +21,20 @@ from triton.compiler import ASTSource
 import ssimlayer._triton_eq8 as kernels
 
 # Every kernel, in the order reported; their pointer arguments are those named ``*_ptr``.
-KERNELS = (
-    "_forward_kernel",
-    "_fused_forward_kernel",
-    "_fused_backward_kernel",
-    "_backward_kernel",
-    "_window_terms_kernel",
-    "_filter_stats_kernel",
-    "_conv_window_terms_kernel",
-)
+KERNELS = ("_forward_kernel", "_backward_kernel", "_window_terms_kernel")
 # C1 and C2: compile-time constants of the kernels, so that they take the tensors' dtype (as a
 # run-time argument a Python float is float32).
 CONSTANTS = dict(c1=1e-4, c2=9e-4)
-# Integer arguments a plain layer (stride 1, dilation 1, one group, no split) passes as 1: Triton specialises
-# those to constants, which changes the code it compiles.
+# Integer arguments a plain layer (stride 1, dilation 1, one group, no split) passes as 1: Triton
+# specialises those to constants, which changes the code it compiles.
 ONES = ("stride_h", "stride_w", "dil_h", "dil_w", "groups", "splits", "pq_splits", "c_splits")
-BOTH = dict(INPUT=True, FILTER=True)
-# The fused forward's tl.dot takes 16 input channels at a time, whatever the other kernels' C_TILE.
-# The same for the convolution's backward inside the window-terms kernel, which also takes its own
-# tiles of filter values and output positions.
-OVERRIDES = {
-    "_fused_forward_kernel": dict(C_TILE=16),
-    "_fused_backward_kernel": dict(C_TILE=16),
-    "_conv_window_terms_kernel": dict(C_TILE=64, N_TILE=64, OUT_BLOCK=32, K_STEP=16),
-}
-# Compile options where they are not Triton's defaults: the fused kernels' (with Triton's default
-# of 3 pipelining stages its 7x7 variant alone takes minutes to compile).
-FUSED_OPTIONS = dict(num_warps=kernels._FUSED_WARPS, num_stages=kernels._FUSED_STAGES)
-OPTIONS = {
-    "_fused_forward_kernel": FUSED_OPTIONS,
-    "_fused_backward_kernel": FUSED_OPTIONS,
-    "_conv_window_terms_kernel": dict(
-        num_warps=kernels._CONV_WARPS, num_stages=kernels._CONV_STAGES
-    ),
-}
+TILES = dict(BLOCK=64, C_TILE=8, K_TILE=8, N_BLOCK=64, W_BLOCK=64)
 CONFIGS = [
-    (
-        "float32, k3, 1s specialised",
-        "fp32",
-        dict(
-            KH=3,
-            KW=3,
-            BLOCK=128,
-            C_TILE=8,
-            K_TILE=16,
-            N_BLOCK=64,
-            W_BLOCK=128,
-            STATS_ONCE=False,
-            F_TILE=64,
-            SAVE_SXY=True,
-            PRECISION="tf32",
-            FLAT=False,
-            TAPS_OUTSIDE=False,
-            **BOTH,
-        ),  # fmt: skip
-        True,
-    ),
+    ("float32, k3, 1s specialised", "fp32", dict(KH=3, KW=3, INPUT=True, FILTER=True), True),
     (
         "float32, k7, generic ints, input gradient only",
         "fp32",
-        dict(
-            KH=7,
-            KW=7,
-            BLOCK=64,
-            C_TILE=4,
-            K_TILE=16,
-            N_BLOCK=32,
-            W_BLOCK=64,
-            STATS_ONCE=True,
-            F_TILE=32,
-            SAVE_SXY=False,
-            PRECISION="ieee",
-            FLAT=True,
-            TAPS_OUTSIDE=True,
-            INPUT=True,
-            FILTER=False,
-        ),
+        dict(KH=7, KW=7, INPUT=True, FILTER=False),
         False,
     ),
     (
@@ -110,12 +48,6 @@ CONFIGS = [
             K_TILE=2,
             N_BLOCK=2,
             W_BLOCK=16,
-            STATS_ONCE=True,
-            F_TILE=16,
-            SAVE_SXY=True,
-            PRECISION="ieee",
-            FLAT=True,
-            TAPS_OUTSIDE=True,
             INPUT=False,
             FILTER=True,
         ),
@@ -130,7 +62,7 @@ def compile_all() -> int:
     for label, dtype, shared, ones in CONFIGS:
         for name in KERNELS:
             fn = getattr(kernels, name)
-            constexprs = {**shared, **OVERRIDES.get(name, {})}
+            constexprs = {**TILES, **shared}
             signature, constants = {}, {}
             for index, arg in enumerate(fn.arg_names):
                 if arg in constexprs or (arg in CONSTANTS and fn.params[index].is_constexpr):
@@ -147,9 +79,7 @@ def compile_all() -> int:
                     signature[arg] = "i32"
             try:
                 compiled = triton.compile(
-                    ASTSource(fn, signature, constexprs=constants),
-                    target=target,
-                    options=OPTIONS.get(name, {}),
+                    ASTSource(fn, signature, constexprs=constants), target=target
                 )
                 if dtype == "fp64" and "f32" in compiled.asm["ttir"]:
                     raise TypeError("the float64 kernel computes something in float32")

@@ -1,19 +1,25 @@
-"""Choose how the SSIM layer's work beyond its convolution runs: Triton, compiled, or eager.
+"""The layer's accelerators: Eq. 8 through Triton kernels on CUDA, or compiled with torch.compile.
 
-The SSIM layer's cost beyond its one convolution is elementwise work on output-sized tensors. Run
-eagerly that is a dozen passes over memory; compiled, Inductor fuses it into a few loops (C++/OpenMP on
-the CPU, Triton on CUDA). The eager function is always the definition: the compiled one is the same
-Python code, and tests compare the two.
+:mod:`ssimlayer.functional` defines the maths and runs it eagerly; this module registers
+:func:`accelerated_eq8` with it (``import ssimlayer`` imports this module), which computes the same
+Eq. 8 faster where it can:
 
-On CUDA the Eq. 8 path goes further: :mod:`ssimlayer._triton_eq8` holds hand-written Triton kernels
-that launch a handful of kernels per step instead of the dozens Inductor's graph splits into, which is
-what sets the pace on a GPU at the paper's sizes. :func:`triton_eq8` says when to use them.
+- On CUDA (float32), :mod:`ssimlayer._triton_eq8`'s hand-written Triton kernels launch a handful of
+  kernels per step instead of the dozens Inductor's graph splits into, which is what sets the pace
+  on a GPU at the paper's sizes. The first forward and backward of each configuration are checked
+  against the PyTorch path (:class:`TritonChecks`).
+- Elsewhere (float32 on CPU or CUDA), the layer's elementwise work beyond its one convolution is
+  compiled (:func:`fused`): run eagerly that is a dozen passes over memory; compiled, Inductor fuses
+  it into a few loops (C++/OpenMP on the CPU). The compiled functions are functional's own, so the
+  eager definition is always the reference, and tests compare the two.
 
-Set ``SSIMLAYER_FUSE=0`` (or call :func:`set_fusion`) to stay eager everywhere.
+Every path falls back, with a warning, to the next (Triton -> torch.compile -> eager) where it
+cannot run. Set ``SSIMLAYER_FUSE=0`` (or call :func:`set_fusion`) to stay eager everywhere.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import types
 import warnings
@@ -21,7 +27,10 @@ from collections.abc import Callable
 
 import torch
 
+from ssimlayer import functional
+
 __all__ = [
+    "accelerated_eq8",
     "fused",
     "set_fusion",
     "fusion_enabled",
@@ -38,12 +47,28 @@ _enabled = os.environ.get("SSIMLAYER_FUSE", "1") != "0"
 _compiled: dict[tuple, Callable] = {}
 MAX_CONFIGURATIONS = 64
 # Keep the caller's memory layout: Inductor would otherwise copy NCHW inputs to channels-last around
-# the convolutions, which costs more than the fusion saves at these sizes. SSIMLAYER_LAYOUT_OPT=1
-# restores Inductor's default.
-_INDUCTOR_OPTIONS = {"layout_optimization": os.environ.get("SSIMLAYER_LAYOUT_OPT", "0") == "1"}
+# the convolutions, which cost more than the fusion saves at these sizes (2-core CPU,
+# experiments/bench/README.md).
+_INDUCTOR_OPTIONS = {"layout_optimization": False}
 
 
 _triton_ok = True  # until the first failed import or launch
+
+
+def accelerated_eq8(x: torch.Tensor, w: torch.Tensor, c1: float, c2: float, geometry):
+    """Eq. 8 through the Triton kernels where they apply, else with its elementwise work compiled;
+    None (functional's eager path) with fusion off, inside an outer ``torch.compile`` (Inductor then
+    fuses the eager definition itself), or for dtypes and devices neither handles."""
+    if not _enabled or torch.compiler.is_compiling():
+        return None
+    kernels = triton_eq8(x, w)
+    if kernels is not None:
+        out = _triton_path(x, w, c1, c2, geometry, kernels)
+        if out is not None:
+            return out
+    if x.dtype != torch.float32 or x.device.type not in ("cpu", "cuda"):
+        return None
+    return functional.eq8_pytorch(x, w, c1, c2, geometry, run=fused)
 
 
 def set_fusion(enabled: bool) -> None:
@@ -260,3 +285,128 @@ class TritonChecks:
 
 
 triton_checks = TritonChecks()
+
+
+# ---------------------------------------------------------------------------------------------
+# The Triton path and its first-use checks
+
+
+def _triton_path(x, w, c1: float, c2: float, geometry, kernels):
+    """Eq. 8 by the Triton kernels, or None where this configuration failed its check or the
+    kernels cannot run here (then never tried again)."""
+    config = _triton_config(x, w, geometry)
+    if not triton_checks.usable(config):
+        return None
+    needs_grad = torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)
+    try:
+        w = w.contiguous()
+        if needs_grad:
+            return _SSIMConv2dEq8Triton.apply(x, w, c1, c2, geometry, kernels, config)
+        out = kernels.eq8_forward(x, w, c1, c2, geometry, False)[0]
+        if _forward_agrees(kernels, x, w, c1, c2, geometry, config):
+            return out
+        return functional._eq8_forward(x, w, c1, c2, geometry)[0]
+    except torch.OutOfMemoryError:
+        raise
+    except Exception as err:  # a Triton that cannot compile here: the other paths still work
+        disable_triton(err)
+        return None
+
+
+class _SSIMConv2dEq8Triton(torch.autograd.Function):
+    """:class:`ssimlayer.functional._SSIMConv2dEq8` with its work in :mod:`ssimlayer._triton_eq8`.
+
+    Same maths and the same saving rule (see :func:`ssimlayer.functional._keeps_sxy`); the filter
+    statistics are saved too. The first forward and the first backward of each configuration are
+    also computed by the PyTorch path and compared (see :class:`TritonChecks`); a configuration
+    whose kernels disagree, or whose backward kernels cannot run, uses the PyTorch path instead.
+    """
+
+    @staticmethod
+    def forward(ctx, x, w, c1, c2, geometry, kernels, config):
+        keep = functional._keeps_sxy(x, w, geometry)
+        out, box, ystat, s_xy = kernels.eq8_forward(x, w, c1, c2, geometry, save_sxy=keep)
+        ctx.eager = not _forward_agrees(kernels, x, w, c1, c2, geometry, config)
+        if ctx.eager:
+            out, box, _ = functional._eq8_forward(x, w, c1, c2, geometry)
+        ctx.save_for_backward(x, w, box, ystat, s_xy)
+        ctx.constants = (c1, c2, geometry, kernels, config)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        x, w, box, ystat, s_xy = ctx.saved_tensors
+        c1, c2, geometry, kernels, config = ctx.constants
+        needs = tuple(ctx.needs_input_grad[:2])
+        if not ctx.eager and triton_checks.usable(config):
+            try:
+                grads = kernels.eq8_backward(
+                    x, w, box, ystat, s_xy, grad_out, c1, c2, geometry, needs
+                )
+                if _backward_agrees(
+                    kernels, x, w, box, ystat, grad_out, c1, c2, geometry, needs, config
+                ):
+                    return *grads, None, None, None, None, None
+            except torch.OutOfMemoryError:
+                raise
+            except Exception as err:
+                disable_triton(err)
+        grads = functional._eq8_backward(x, w, box, None, grad_out, c1, c2, geometry, needs)
+        return *grads, None, None, None, None, None
+
+
+@contextlib.contextmanager
+def _ieee_float32_convolutions():
+    """cuDNN convolutions in full float32 (no TF32) inside the block, the caller's setting after."""
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):  # torch >= 2.9
+        saved = conv.fp32_precision
+        conv.fp32_precision = "ieee"
+        try:
+            yield
+        finally:
+            conv.fp32_precision = saved
+    else:
+        saved = torch.backends.cudnn.allow_tf32
+        torch.backends.cudnn.allow_tf32 = False
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.allow_tf32 = saved
+
+
+def _forward_agrees(kernels, x, w, c1, c2, geometry, config) -> bool:
+    """Whether the Triton forward agrees with the PyTorch one for this configuration.
+
+    Checked on first use only (the verdict is kept): both run again with full-float32
+    convolutions, so that TF32 (on by default for cuDNN) does not make two correct paths differ.
+    """
+    if triton_checks.checked("forward", config):
+        return triton_checks.usable(config)
+    with torch.no_grad(), _ieee_float32_convolutions():
+        runs = kernels.launches_per_check()  # the second one a direct launch, where there is one
+        fast = [kernels.eq8_forward(x, w, c1, c2, geometry, False)[0] for _ in range(runs)]
+        ref = functional._eq8_forward(x, w, c1, c2, geometry)[0]
+    return triton_checks.agree("forward", config, fast, [ref] * runs)
+
+
+def _backward_agrees(kernels, x, w, box, ystat, grad_out, c1, c2, geometry, needs, config) -> bool:
+    """Whether the Triton backward agrees with the PyTorch one (checked as the forward is)."""
+    if triton_checks.checked("backward", config):
+        return triton_checks.usable(config)
+    with _ieee_float32_convolutions():
+        runs = kernels.launches_per_check()  # the second one a direct launch, where there is one
+        args = (x, w, box, ystat, None, grad_out, c1, c2, geometry, needs)
+        fast = [g for _ in range(runs) for g in kernels.eq8_backward(*args)]
+        ref = functional._eq8_backward(x, w, box, None, grad_out, c1, c2, geometry, needs) * runs
+    pairs = [(f, r) for f, r in zip(fast, ref) if r is not None]
+    return triton_checks.agree("backward", config, [f for f, _ in pairs], [r for _, r in pairs])
+
+
+def _triton_config(x: torch.Tensor, w: torch.Tensor, geometry) -> tuple:
+    """Everything that selects a compiled variant of the Triton kernels (not the batch size)."""
+    return (x.device, x.dtype, tuple(x.shape[1:]), x.stride()[1:], tuple(w.shape), geometry)
+
+
+functional.register_accelerator(accelerated_eq8)

@@ -1,7 +1,7 @@
 """Launching compiled Triton kernels without the JIT's per-launch work: :class:`Launcher`.
 
-Used by :mod:`ssimlayer._triton_eq8` for every kernel launch. ``SSIMLAYER_TRITON_DIRECT=0`` (or
-:func:`set_direct_launch`) always launches through Triton's JIT.
+Used by :mod:`ssimlayer._triton_eq8` for every kernel launch. On an H200 it took 170-410 us of
+host time off each SSIM step (experiments/bench/README.md).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from triton.compiler import CompiledKernel
 
 __all__ = ["Launcher", "launches_per_check", "set_direct_launch"]
 
-_direct = os.environ.get("SSIMLAYER_TRITON_DIRECT", "1") != "0"  # see Launcher; set_direct_launch
+_direct = True  # see Launcher; off for the process once a direct launch fails
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"  # no compiled kernels to launch
 _launchers: weakref.WeakSet = weakref.WeakSet()  # every Launcher, for _direct_launch_failed
 
@@ -33,7 +33,6 @@ class Launcher:
     compile-time parameters, the device), and launches it directly through
     ``CompiledKernel[grid]`` from the second launch of the same key on. Under
     ``TRITON_INTERPRET=1`` (no compiled kernel) every launch goes through the JIT.
-    ``SSIMLAYER_TRITON_DIRECT=0`` (or :func:`set_direct_launch`) always uses the JIT.
 
     ``CompiledKernel[grid]`` is not Triton's documented API. Two guards: a direct launch that raises
     (a Triton whose launcher takes other arguments) warns once, turns direct launches off for the
@@ -92,8 +91,7 @@ def _direct_launch_failed(err: BaseException) -> None:
     warnings.warn(
         f"ssimlayer: launching a compiled Triton kernel directly failed ({type(err).__name__}: "
         f"{first_line}) with Triton {triton.__version__}; launching through Triton's JIT from now "
-        f"on (same results, more host time per launch). Set SSIMLAYER_TRITON_DIRECT=0 to skip "
-        f"the attempt.",
+        f"on (same results, more host time per launch).",
         RuntimeWarning,
         stacklevel=4,
     )

@@ -1,8 +1,18 @@
 """SSIM convolution: the structural similarity between every input patch and every filter.
 
 This module holds all the maths of the SSIMLayer (Abobakr et al., "SSIMLayer: Towards Robust Deep
-Representation Learning via Nonlinear Structural Similarity", §2). :class:`ssimlayer.SSIMConv2d`
-only stores parameters and calls :func:`ssim_conv2d`.
+Representation Learning via Nonlinear Structural Similarity", §2), in the paper's order:
+
+- :func:`ssim_conv2d`: the layer's function, Eq. 8 by default and the general Eq. 1 on request;
+- :func:`_eq8_forward`: Eq. 8 from five sums (Eqs. 3, 5, 7 give the statistics);
+- :class:`_SSIMConv2dEq8`: its analytic backward (§2.2: Eq. 18 generalised to N - 1);
+- :func:`_general_forward`: Eq. 1, ``l^alpha c^beta s^gamma`` (Eqs. 2, 4, 6), autograd;
+- the five sums, then the argument checks.
+
+:class:`ssimlayer.SSIMConv2d` only stores parameters and calls :func:`ssim_conv2d`. Faster ways to
+compute the same Eq. 8 (hand-written Triton kernels on CUDA, ``torch.compile`` of these functions)
+live in modules above this one, which register themselves with :func:`register_accelerator`; this
+module never imports them.
 
 How it is computed without unfolding. For filter ``k`` of group ``g`` and output position ``p`` let
 ``x`` be the receptive field (exactly the ``N = C_in/groups * kh * kw`` values that
@@ -13,27 +23,24 @@ statistic of Eqs. 3, 5 and 7 follows from five sums::
     Sy  = sum_i y_i        Syy = sum_i y_i^2     (per filter: tiny)
     Sxy = sum_i x_i y_i    (exactly conv2d(x, y))
 
-so the forward costs one convolution plus elementwise work, and the analytic backward
-(§2.2, Eq. 18 generalised to the unbiased N - 1 statistics) costs the two convolutions of an ordinary
-conv backward plus elementwise work. Nothing of size ``N x positions`` is ever materialised.
+so the forward costs one convolution plus elementwise work, and the analytic backward costs the two
+convolutions of an ordinary conv backward plus elementwise work. Nothing of size
+``N x positions`` is ever materialised.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import operator
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.modules.utils import _pair
 
-from ssimlayer._fusion import disable_triton, fused, triton_checks, triton_eq8
-
-__all__ = ["ssim_conv2d", "DEFAULT_C1", "DEFAULT_C2"]
+__all__ = ["ssim_conv2d", "register_accelerator", "DEFAULT_C1", "DEFAULT_C2"]
 
 # C1 = (K1 L)^2 and C2 = (K2 L)^2 with Wang et al.'s K1 = 0.01, K2 = 0.03 and dynamic range L = 1.
 # Inside a network the inputs of the layer are not [0, 1] images: they are normalised images or hidden
@@ -85,10 +92,12 @@ def ssim_conv2d(
     :math:`\operatorname{sign}(t)\,|t|^p`. This is continuous, odd, agrees with :math:`t^p` for
     :math:`t \ge 0` and for odd integer powers, and keeps the output in :math:`[-1, 1]`.
 
-    The default path (Eq. 8) has an analytic backward (§2.2) in a custom autograd Function that saves
-    the input, the filters, the window sums and the convolution Sxy (or, for layers whose output is
-    much larger than their input, recomputes Sxy in backward). The general path uses autograd
-    through the same sums. Statistics are always computed in float32 or wider: float16/bfloat16
+    The default path (Eq. 8) has an analytic backward (§2.2, Eq. 18) in a custom autograd Function
+    that saves the input, the filters, the window sums and the convolution Sxy (or, for layers whose
+    output is much larger than their input, recomputes Sxy in backward). The general path uses
+    autograd through the same sums. Where an accelerator applies (Triton kernels for float32 CUDA
+    tensors, ``torch.compile`` for large float32 work; see :func:`register_accelerator`) it
+    computes the same Eq. 8 faster. Statistics are always computed in float32 or wider: float16/bfloat16
     inputs, or autocast, give a float32 computation whose result is returned in float32 under
     autocast and cast back to the input dtype otherwise.
 
@@ -160,8 +169,254 @@ def _ssim(x, w, bias, c1, c2, c3, alpha, beta, gamma, geometry) -> Tensor:
     return out if bias is None else out + bias.view(1, -1, 1, 1)
 
 
+# Accelerators: faster ways to compute Eq. 8 for some inputs, registered by the modules that provide
+# them (ssimlayer._fusion: Triton kernels on CUDA, torch.compile; ``import ssimlayer`` imports it).
+# Each is called as ``fn(x, w, c1, c2, geometry)`` and returns Eq. 8, differentiable, or None where it
+# does not apply; the first answer is used, else the eager PyTorch path below.
+_ACCELERATORS: list[Callable] = []
+
+
+def register_accelerator(fn: Callable) -> Callable:
+    """Let ``fn(x, w, c1, c2, geometry) -> Tensor | None`` compute Eq. 8 where it applies (tried in
+    the order registered, before the eager path); returns ``fn``."""
+    if fn not in _ACCELERATORS:
+        _ACCELERATORS.append(fn)
+    return fn
+
+
+def _eq8(x: Tensor, w: Tensor, c1: float, c2: float, geometry) -> Tensor:
+    """Eq. 8 through the first accelerator that applies, else :func:`eq8_pytorch`."""
+    for accelerator in _ACCELERATORS:
+        out = accelerator(x, w, c1, c2, geometry)
+        if out is not None:
+            return out
+    return eq8_pytorch(x, w, c1, c2, geometry)
+
+
+def _eager(fn: Callable, size_hint: Tensor, *args):
+    """``fn(*args)``: how :func:`eq8_pytorch` runs its parts unless given another ``run`` (such as
+    :func:`ssimlayer._fusion.fused`, which compiles them when ``size_hint`` is large)."""
+    return fn(*args)
+
+
+def eq8_pytorch(x: Tensor, w: Tensor, c1: float, c2: float, geometry, run=_eager) -> Tensor:
+    """Eq. 8 in PyTorch, with the analytic backward where a gradient is needed; ``run`` runs each
+    elementwise part (see :func:`_eager`)."""
+    if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad):
+        return _SSIMConv2dEq8.apply(x, w, c1, c2, geometry, run)
+    return run(_eq8_forward, x, x, w, c1, c2, geometry)[0]  # inference: nothing saved
+
+
 # ---------------------------------------------------------------------------------------------
-# The five sums and the statistics
+# Eq. 8 (forward) and its analytic backward (§2.2, Eq. 18)
+
+
+def _eq8_forward(x: Tensor, w: Tensor, c1: float, c2: float, geometry, keep_sxy: bool = False):
+    """Eq. 8 as ``(B, C_out, Ho, Wo)``, the patch sums ``(B, 2g, Ho, Wo)`` and, if asked, Sxy."""
+    groups = geometry[3]
+    mu_y, var_y, n = _filter_stats(w, groups)
+    box, s_xy = _sums(x, w, geometry)
+    out = _eq8_epilogue(s_xy, box, mu_y, var_y, n, c1, c2)
+    b, g, k, h_out, w_out = out.shape
+    return out.view(b, g * k, h_out, w_out), box, (s_xy if keep_sxy else None)
+
+
+def _eq8_epilogue(s_xy, box, mu_y, var_y, n: int, c1: float, c2: float):
+    """Eq. 8 from the sums, ``(B, g, K, Ho, Wo)``."""
+    mu_x, var_x = _patch_stats(box, n)
+    cov = _covariance(s_xy, mu_x, mu_y, n)
+    a1, b1, a2, b2 = _eq8_terms(mu_x, var_x, mu_y, var_y, cov, c1, c2)
+    return (a1 * a2) / (b1 * b2)
+
+
+def _eq8_terms(mu_x, var_x, mu_y, var_y, cov, c1, c2):
+    """A1, B1 (luminance) and A2, B2 (contrast-structure) of Eq. 17, broadcast to (B, g, K, Ho, Wo)."""
+    a1 = (2 * mu_x) * mu_y + c1
+    b1 = mu_x.square() + mu_y.square() + c1
+    a2 = 2 * cov + c2
+    b2 = var_x + var_y + c2
+    return a1, b1, a2, b2
+
+
+# From this many output elements on, a backward with Sxy saved is compiled as two graphs around its
+# convolution (its stacked terms, three output-sized tensors, then never live beside the
+# convolution's); below it, and when Sxy is recomputed in batch chunks (which bound those terms
+# already), as one graph, which saves calls' host time. On the 2-core CPU at 64 -> 64, 32x32, batch
+# 32: peak memory 1.34x instead of 1.83x a convolution's, for about as much time (within the
+# noise); two graphs took 8 % more time at 8x8 and, chunked, 3-10 % more at 3 -> 64, 7x7.
+SPLIT_BACKWARD_NUMEL = 1 << 20
+# Batch chunks of a backward that recomputes Sxy: bounds its output-sized temporaries to 1/4.
+RECOMPUTE_CHUNKS = 4
+
+
+class _SSIMConv2dEq8(torch.autograd.Function):
+    """Eq. 8 forward; backward from the closed-form partial derivatives of §2.2.
+
+    With S = A1 A2 / (B1 B2) (Eq. 17), the derivatives with respect to the statistics are
+    dS/dmu_x = 2 (A2/(B1 B2) mu_y - S/B1 mu_x), dS/dcov = 2 A1/(B1 B2) and
+    dS/dvar_x = dS/dvar_y = -S/B2. Because dmu/dx_i = 1/N, dvar_x/dx_i = 2 (x_i - mu_x)/(N-1) and
+    dcov/dx_i = (y_i - mu_y)/(N-1), the gradient with respect to every patch value is
+    ``P + Q x_i + R y_i`` with per-(position, filter) scalars P, Q, R; the same holds for the filter
+    with x and y swapped. Summed over positions these are one transposed convolution of R with the
+    filters, one of R with the input (the two convs of an ordinary conv backward), and box filters
+    of P and Q. For a single window this is Eq. 18 (Wang and Simoncelli) with N - 1 in place of N.
+    Saved for backward: the input, the filters, the patch sums (small) and Sxy, the convolution
+    (output-sized), unless the layer expands its input (see :func:`_keeps_sxy`), where backward
+    recomputes it. ``run`` runs each elementwise part (see :func:`_eager`).
+    """
+
+    @staticmethod
+    def forward(ctx, x, w, c1, c2, geometry, run):
+        keep_sxy = _keeps_sxy(x, w, geometry)
+        out, box, s_xy = run(_eq8_forward, x, x, w, c1, c2, geometry, keep_sxy)
+        ctx.save_for_backward(x, w, box, s_xy)
+        ctx.constants = (c1, c2, geometry, run)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        x, w, box, s_xy = ctx.saved_tensors
+        c1, c2, geometry, run = ctx.constants
+        needs = tuple(ctx.needs_input_grad[:2])
+        args = (x, w, box, s_xy, grad_out, c1, c2, geometry, needs, run)
+        if s_xy is None or grad_out.numel() < SPLIT_BACKWARD_NUMEL:  # one call: less host time
+            grad_x, grad_w = run(_eq8_backward, x, *args)
+        else:  # compiled in parts: the stacked terms are freed before the convolutions run
+            grad_x, grad_w = _eq8_backward(*args)
+        return grad_x, grad_w, None, None, None, None
+
+
+def _eq8_backward(x, w, box, s_xy, grad_out, c1: float, c2: float, geometry, needs, run=_eager):
+    """Gradients of Eq. 8 with respect to the input and the filters (None where not needed).
+
+    When Sxy was not saved (see :func:`_keeps_sxy`) it is recomputed, one batch chunk at a time, so
+    that it and the gradient's coefficients never exist for the whole batch.
+    """
+    if s_xy is not None or x.shape[0] <= 1:
+        return _eq8_backward_part(x, w, box, s_xy, grad_out, c1, c2, geometry, needs, run)
+    chunks = min(x.shape[0], RECOMPUTE_CHUNKS)
+    parts = [
+        _eq8_backward_part(xc, w, bc, None, gc, c1, c2, geometry, needs, run)
+        for xc, bc, gc in zip(x.chunk(chunks), box.chunk(chunks), grad_out.chunk(chunks))
+    ]
+    grad_x = torch.cat([p[0] for p in parts]) if needs[0] else None
+    grad_w = torch.stack([p[1] for p in parts]).sum(0) if needs[1] else None
+    return grad_x, grad_w
+
+
+def _eq8_backward_part(x, w, box, s_xy, grad_out, c1: float, c2: float, geometry, needs, run):
+    stride, padding, dilation, groups = geometry
+    if s_xy is None:  # not saved (see _keeps_sxy): one more convolution
+        s_xy = F.conv2d(x, w, None, stride, padding, dilation, groups)
+    args = (grad_out, s_xy, box, w, c1, c2, groups, needs)
+    r, x_terms, y_terms = run(_eq8_grad_terms, grad_out, *args)
+    # The R terms of both gradients, as an ordinary conv backward computes them: the input's sum over
+    # (position, filter) of R y_i, the filter's sum over (batch, position) of R x_i. (Called with the
+    # real input and filters: torch.nn.grad.conv2d_input / conv2d_weight pass expanded stand-ins,
+    # which the CPU backend copies into full-size tensors first.)
+    grad_x, grad_w, _ = _conv_backward(r, x, w, geometry, needs[0], needs[1])
+    if needs[0]:  # + P + Q x_i, P and Q summed over every window that covers the pixel
+        grad_x = run(_add_window_terms, x, grad_x, x_terms, x, w.shape[2:], geometry)
+    else:
+        grad_x = None  # some backends fill the gradients not asked for
+    if needs[1]:  # + P' + Q' y_i
+        grad_w = grad_w + y_terms[1] + y_terms[0] * w
+    else:
+        grad_w = None
+    return grad_x, grad_w
+
+
+def _eq8_grad_summands(grad_out, s_xy, box, w, c1: float, c2: float, groups: int, needs):
+    """The gradient's coefficients at every (position, filter), see :class:`_SSIMConv2dEq8`.
+
+    Returns ``r`` (shaped as ``grad_out``) and the summands of the other terms stacked as
+    ``(B, m, g, K, Ho, Wo)``: ``[P, Q]`` when the input's gradient is needed (their sums over
+    filters, dim 3, are the input's P and Q), then ``P'`` when the filters' is (with Q, summed over
+    batch and positions: the filters' P' and Q'). Elementwise work only: reduced after it, the stack
+    keeps a compiled backward from recomputing these coefficients inside reductions that stride
+    over the filters (1.5x slower on the CPU).
+    """
+    mu_y, var_y, n = _filter_stats(w, groups)
+    mu_x, var_x = _patch_stats(box, n)
+    b, c_out, h_out, w_out = grad_out.shape
+    shape = (b, groups, c_out // groups, h_out, w_out)
+    cov = _covariance(s_xy.reshape(shape), mu_x, mu_y, n)
+    a1, b1, a2, b2 = _eq8_terms(mu_x, var_x, mu_y, var_y, cov, c1, c2)
+    t = 1 / (b1 * b2)  # the one division: 1 / B1 = B2 t and 1 / B2 = B1 t
+    inv = grad_out.to(cov.dtype).reshape(shape) * t
+    d_a1 = inv * a2  # g dS/dA1
+    g_s = d_a1 * a1  # g S
+    d_b1 = g_s * (b2 * t)  # -g dS/dB1
+    two = 2 / (n - 1)
+    r = inv * a1 * two  # g dS/dcov / (N - 1)
+    q = -two * g_s * (b1 * t)  # g dS/dvar_x 2 / (N - 1), the same for var_y
+    summands = []
+    if needs[0]:
+        d_mu_x = 2 * (d_a1 * mu_y - d_b1 * mu_x)
+        summands += [d_mu_x * (1 / n) - q * mu_x - r * mu_y, q]
+    if needs[1]:
+        d_mu_y = 2 * (d_a1 * mu_x - d_b1 * mu_y)
+        summands += [] if needs[0] else [q]
+        summands += [d_mu_y * (1 / n) - q * mu_y - r * mu_x]
+    return r.reshape(grad_out.shape), torch.stack(summands, dim=1)
+
+
+def _eq8_grad_terms(grad_out, s_xy, box, w, c1: float, c2: float, groups: int, needs):
+    """``r``, the windows' P and Q ``(B, 2g, Ho, Wo)`` and the filters' Q' and P' ``(2, C_out, 1,
+    1, 1)`` (None where not needed), from :func:`_eq8_grad_summands`."""
+    r, summands = _eq8_grad_summands(grad_out, s_xy, box, w, c1, c2, groups, needs)
+    x_terms = summands[:, :2].sum(3).flatten(1, 2) if needs[0] else None
+    y_terms = summands[:, -2:].sum((0, 4, 5)).reshape(2, -1, 1, 1, 1) if needs[1] else None
+    return r, x_terms, y_terms
+
+
+def _add_window_terms(grad_x: Tensor, terms: Tensor, x: Tensor, kernel_size, geometry) -> Tensor:
+    """grad_x + P + Q x_i, with P and Q ``(B, 2g, Ho, Wo)`` summed over every window of each pixel."""
+    stride, padding, dilation, groups = geometry
+    box_t = _window_sums_adjoint(terms, x.shape[2:], kernel_size, stride, padding, dilation)
+    b, c_in, h, w = x.shape
+    shape = (b, groups, c_in // groups, h, w)
+    p_pix, q_pix = box_t[:, :groups].unsqueeze(2), box_t[:, groups:].unsqueeze(2)
+    return (grad_x.reshape(shape) + p_pix + q_pix * x.reshape(shape)).reshape(b, c_in, h, w)
+
+
+# ---------------------------------------------------------------------------------------------
+# The general Eq. 1
+
+
+def _general_forward(x, w, c1, c2, c3, alpha, beta, gamma, geometry) -> Tensor:
+    """Eq. 1: l^alpha * c^beta * s^gamma, with autograd through the same sums."""
+    mu_y, var_y, n = _filter_stats(w, geometry[3])
+    box, s_xy = _sums(x, w, geometry)
+    mu_x, var_x = _patch_stats(box, n)
+    cov = _covariance(s_xy, mu_x, mu_y, n)
+    eps = torch.finfo(x.dtype).tiny
+    sd_x, sd_y = (var_x + eps).sqrt(), (var_y + eps).sqrt()
+    lum = (2 * mu_x * mu_y + c1) / (mu_x.square() + mu_y.square() + c1)  # Eq. 2
+    con = (2 * sd_x * sd_y + c2) / (var_x + var_y + c2)  # Eq. 4
+    struct = (cov + c3) / (sd_x * sd_y + c3)  # Eq. 6 (Wang et al.)
+    out = _signed_pow(lum, alpha) * _signed_pow(con, beta) * _signed_pow(struct, gamma)
+    b, g, k, h_out, w_out = out.shape
+    return out.reshape(b, g * k, h_out, w_out)
+
+
+def _signed_pow(t: Tensor, p: float) -> Tensor:
+    if p == 1.0:
+        return t
+    return t.sign() * t.abs().clamp_min(torch.finfo(t.dtype).tiny).pow(p)
+
+
+# ---------------------------------------------------------------------------------------------
+# The five sums and the statistics (Eqs. 3, 5, 7)
+
+
+def _sums(x: Tensor, w: Tensor, geometry):
+    stride, padding, dilation, groups = geometry
+    box = _patch_sums(x, w.shape[2:], geometry)  # (B, 2g, Ho, Wo)
+    s_xy = F.conv2d(x, w, None, stride, padding, dilation, groups)  # (B, C_out, Ho, Wo)
+    b, c_out, h_out, w_out = s_xy.shape
+    return box, s_xy.view(b, groups, c_out // groups, h_out, w_out)  # (B, g, K, Ho, Wo)
 
 
 def _channel_sums(x: Tensor, groups: int) -> Tensor:
@@ -262,41 +517,6 @@ def _covariance(s_xy: Tensor, mu_x: Tensor, mu_y: Tensor, n: int) -> Tensor:
     return (s_xy - mu_x * (n * mu_y)) * (1 / (n - 1))
 
 
-def _eq8_terms(mu_x, var_x, mu_y, var_y, cov, c1, c2):
-    """A1, B1 (luminance) and A2, B2 (contrast-structure) of Eq. 17, broadcast to (B, g, K, Ho, Wo)."""
-    a1 = (2 * mu_x) * mu_y + c1
-    b1 = mu_x.square() + mu_y.square() + c1
-    a2 = 2 * cov + c2
-    b2 = var_x + var_y + c2
-    return a1, b1, a2, b2
-
-
-def _eq8_epilogue(s_xy, box, mu_y, var_y, n: int, c1: float, c2: float):
-    """Eq. 8 from the sums, ``(B, g, K, Ho, Wo)``."""
-    mu_x, var_x = _patch_stats(box, n)
-    cov = _covariance(s_xy, mu_x, mu_y, n)
-    a1, b1, a2, b2 = _eq8_terms(mu_x, var_x, mu_y, var_y, cov, c1, c2)
-    return (a1 * a2) / (b1 * b2)
-
-
-def _sums(x: Tensor, w: Tensor, geometry):
-    stride, padding, dilation, groups = geometry
-    box = _patch_sums(x, w.shape[2:], geometry)  # (B, 2g, Ho, Wo)
-    s_xy = F.conv2d(x, w, None, stride, padding, dilation, groups)  # (B, C_out, Ho, Wo)
-    b, c_out, h_out, w_out = s_xy.shape
-    return box, s_xy.view(b, groups, c_out // groups, h_out, w_out)  # (B, g, K, Ho, Wo)
-
-
-def _eq8_forward(x: Tensor, w: Tensor, c1: float, c2: float, geometry, keep_sxy: bool = False):
-    """Eq. 8 as ``(B, C_out, Ho, Wo)``, the patch sums ``(B, 2g, Ho, Wo)`` and, if asked, Sxy."""
-    groups = geometry[3]
-    mu_y, var_y, n = _filter_stats(w, groups)
-    box, s_xy = _sums(x, w, geometry)
-    out = _eq8_epilogue(s_xy, box, mu_y, var_y, n, c1, c2)
-    b, g, k, h_out, w_out = out.shape
-    return out.view(b, g * k, h_out, w_out), box, (s_xy if keep_sxy else None)
-
-
 def _keeps_sxy(x: Tensor, w: Tensor, geometry) -> bool:
     """Save Sxy (the convolution) for backward unless the output is much larger than the input.
 
@@ -324,294 +544,6 @@ def _output_size(in_hw, kernel_hw, geometry) -> tuple[int, int]:
         for size, k, p, d, s in zip(in_hw, kernel_hw, padding, dilation, stride)
     )
     return h_out, w_out
-
-
-def _signed_pow(t: Tensor, p: float) -> Tensor:
-    if p == 1.0:
-        return t
-    return t.sign() * t.abs().clamp_min(torch.finfo(t.dtype).tiny).pow(p)
-
-
-def _general_forward(x, w, c1, c2, c3, alpha, beta, gamma, geometry) -> Tensor:
-    """Eq. 1: l^alpha * c^beta * s^gamma, with autograd through the same sums."""
-    mu_y, var_y, n = _filter_stats(w, geometry[3])
-    box, s_xy = _sums(x, w, geometry)
-    mu_x, var_x = _patch_stats(box, n)
-    cov = _covariance(s_xy, mu_x, mu_y, n)
-    eps = torch.finfo(x.dtype).tiny
-    sd_x, sd_y = (var_x + eps).sqrt(), (var_y + eps).sqrt()
-    lum = (2 * mu_x * mu_y + c1) / (mu_x.square() + mu_y.square() + c1)  # Eq. 2
-    con = (2 * sd_x * sd_y + c2) / (var_x + var_y + c2)  # Eq. 4
-    struct = (cov + c3) / (sd_x * sd_y + c3)  # Eq. 6 (Wang et al.)
-    out = _signed_pow(lum, alpha) * _signed_pow(con, beta) * _signed_pow(struct, gamma)
-    b, g, k, h_out, w_out = out.shape
-    return out.reshape(b, g * k, h_out, w_out)
-
-
-# ---------------------------------------------------------------------------------------------
-# Eq. 8 with its analytic backward (§2.2)
-
-
-def _eq8_grad_summands(grad_out, s_xy, box, w, c1: float, c2: float, groups: int, needs):
-    """The gradient's coefficients at every (position, filter), see :class:`_SSIMConv2dEq8`.
-
-    Returns ``r`` (shaped as ``grad_out``) and the summands of the other terms stacked as
-    ``(B, m, g, K, Ho, Wo)``: ``[P, Q]`` when the input's gradient is needed (their sums over
-    filters, dim 3, are the input's P and Q), then ``P'`` when the filters' is (with Q, summed over
-    batch and positions: the filters' P' and Q'). Elementwise work only: reduced after it, the stack
-    keeps a compiled backward from recomputing these coefficients inside reductions that stride
-    over the filters (1.5x slower on the CPU).
-    """
-    mu_y, var_y, n = _filter_stats(w, groups)
-    mu_x, var_x = _patch_stats(box, n)
-    b, c_out, h_out, w_out = grad_out.shape
-    shape = (b, groups, c_out // groups, h_out, w_out)
-    cov = _covariance(s_xy.reshape(shape), mu_x, mu_y, n)
-    a1, b1, a2, b2 = _eq8_terms(mu_x, var_x, mu_y, var_y, cov, c1, c2)
-    t = 1 / (b1 * b2)  # the one division: 1 / B1 = B2 t and 1 / B2 = B1 t
-    inv = grad_out.to(cov.dtype).reshape(shape) * t
-    d_a1 = inv * a2  # g dS/dA1
-    g_s = d_a1 * a1  # g S
-    d_b1 = g_s * (b2 * t)  # -g dS/dB1
-    two = 2 / (n - 1)
-    r = inv * a1 * two  # g dS/dcov / (N - 1)
-    q = -two * g_s * (b1 * t)  # g dS/dvar_x 2 / (N - 1), the same for var_y
-    summands = []
-    if needs[0]:
-        d_mu_x = 2 * (d_a1 * mu_y - d_b1 * mu_x)
-        summands += [d_mu_x * (1 / n) - q * mu_x - r * mu_y, q]
-    if needs[1]:
-        d_mu_y = 2 * (d_a1 * mu_x - d_b1 * mu_y)
-        summands += [] if needs[0] else [q]
-        summands += [d_mu_y * (1 / n) - q * mu_y - r * mu_x]
-    return r.reshape(grad_out.shape), torch.stack(summands, dim=1)
-
-
-def _eq8_grad_terms(grad_out, s_xy, box, w, c1: float, c2: float, groups: int, needs):
-    """``r``, the windows' P and Q ``(B, 2g, Ho, Wo)`` and the filters' Q' and P' ``(2, C_out, 1,
-    1, 1)`` (None where not needed), from :func:`_eq8_grad_summands`."""
-    r, summands = _eq8_grad_summands(grad_out, s_xy, box, w, c1, c2, groups, needs)
-    x_terms = summands[:, :2].sum(3).flatten(1, 2) if needs[0] else None
-    y_terms = summands[:, -2:].sum((0, 4, 5)).reshape(2, -1, 1, 1, 1) if needs[1] else None
-    return r, x_terms, y_terms
-
-
-def _add_window_terms(grad_x: Tensor, terms: Tensor, x: Tensor, kernel_size, geometry) -> Tensor:
-    """grad_x + P + Q x_i, with P and Q ``(B, 2g, Ho, Wo)`` summed over every window of each pixel."""
-    stride, padding, dilation, groups = geometry
-    box_t = _window_sums_adjoint(terms, x.shape[2:], kernel_size, stride, padding, dilation)
-    b, c_in, h, w = x.shape
-    shape = (b, groups, c_in // groups, h, w)
-    p_pix, q_pix = box_t[:, :groups].unsqueeze(2), box_t[:, groups:].unsqueeze(2)
-    return (grad_x.reshape(shape) + p_pix + q_pix * x.reshape(shape)).reshape(b, c_in, h, w)
-
-
-def _eq8(x: Tensor, w: Tensor, c1: float, c2: float, geometry) -> Tensor:
-    """Eq. 8 through the fastest path that applies: Triton on CUDA, else compiled or eager PyTorch."""
-    needs_grad = torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)
-    kernels = triton_eq8(x, w)
-    config = None if kernels is None else _triton_config(x, w, geometry)
-    if kernels is not None and triton_checks.usable(config):
-        try:
-            w = w.contiguous()
-            if needs_grad:
-                return _SSIMConv2dEq8Triton.apply(x, w, c1, c2, geometry, kernels, config)
-            out = kernels.eq8_forward(x, w, c1, c2, geometry, False)[0]
-            if _forward_agrees(kernels, x, w, c1, c2, geometry, config):
-                return out
-            return _eq8_forward(x, w, c1, c2, geometry)[0]
-        except torch.OutOfMemoryError:
-            raise
-        except Exception as err:  # a Triton that cannot compile here: the other paths still work
-            disable_triton(err)
-    if needs_grad:
-        return _SSIMConv2dEq8.apply(x, w, c1, c2, geometry)
-    return fused(_eq8_forward, x, x, w, c1, c2, geometry)[0]  # inference: nothing saved
-
-
-@contextlib.contextmanager
-def _ieee_float32_convolutions():
-    """cuDNN convolutions in full float32 (no TF32) inside the block, the caller's setting after."""
-    conv = getattr(torch.backends.cudnn, "conv", None)
-    if conv is not None and hasattr(conv, "fp32_precision"):  # torch >= 2.9
-        saved = conv.fp32_precision
-        conv.fp32_precision = "ieee"
-        try:
-            yield
-        finally:
-            conv.fp32_precision = saved
-    else:
-        saved = torch.backends.cudnn.allow_tf32
-        torch.backends.cudnn.allow_tf32 = False
-        try:
-            yield
-        finally:
-            torch.backends.cudnn.allow_tf32 = saved
-
-
-def _forward_agrees(kernels, x, w, c1, c2, geometry, config) -> bool:
-    """Whether the Triton forward agrees with the PyTorch one for this configuration.
-
-    Checked on first use only (the verdict is kept): both run again with full-float32
-    convolutions, so that TF32 (on by default for cuDNN) does not make two correct paths differ.
-    """
-    if triton_checks.checked("forward", config):
-        return triton_checks.usable(config)
-    with torch.no_grad(), _ieee_float32_convolutions():
-        runs = kernels.launches_per_check()  # the second one a direct launch, where there is one
-        fast = [kernels.eq8_forward(x, w, c1, c2, geometry, False)[0] for _ in range(runs)]
-        ref = _eq8_forward(x, w, c1, c2, geometry)[0]
-    return triton_checks.agree("forward", config, fast, [ref] * runs)
-
-
-def _backward_agrees(kernels, x, w, box, ystat, grad_out, c1, c2, geometry, needs, config) -> bool:
-    """Whether the Triton backward agrees with the PyTorch one (checked as the forward is)."""
-    if triton_checks.checked("backward", config):
-        return triton_checks.usable(config)
-    with _ieee_float32_convolutions():
-        runs = kernels.launches_per_check()  # the second one a direct launch, where there is one
-        args = (x, w, box, ystat, None, grad_out, c1, c2, geometry, needs)
-        fast = [g for _ in range(runs) for g in kernels.eq8_backward(*args)]
-        ref = _eq8_backward(x, w, box, None, grad_out, c1, c2, geometry, needs) * runs
-    pairs = [(f, r) for f, r in zip(fast, ref) if r is not None]
-    return triton_checks.agree("backward", config, [f for f, _ in pairs], [r for _, r in pairs])
-
-
-def _triton_config(x: Tensor, w: Tensor, geometry) -> tuple:
-    """Everything that selects a compiled variant of the Triton kernels (not the batch size)."""
-    return (x.device, x.dtype, tuple(x.shape[1:]), x.stride()[1:], tuple(w.shape), geometry)
-
-
-class _SSIMConv2dEq8(torch.autograd.Function):
-    """Eq. 8 forward; backward from the closed-form partial derivatives of §2.2.
-
-    With S = A1 A2 / (B1 B2) (Eq. 17), the derivatives with respect to the statistics are
-    dS/dmu_x = 2 (A2/(B1 B2) mu_y - S/B1 mu_x), dS/dcov = 2 A1/(B1 B2) and
-    dS/dvar_x = dS/dvar_y = -S/B2. Because dmu/dx_i = 1/N, dvar_x/dx_i = 2 (x_i - mu_x)/(N-1) and
-    dcov/dx_i = (y_i - mu_y)/(N-1), the gradient with respect to every patch value is
-    ``P + Q x_i + R y_i`` with per-(position, filter) scalars P, Q, R; the same holds for the filter
-    with x and y swapped. Summed over positions these are one transposed convolution of R with the
-    filters, one of R with the input (the two convs of an ordinary conv backward), and box filters
-    of P and Q. For a single window this is Eq. 18 (Wang and Simoncelli) with N - 1 in place of N.
-    Saved for backward: the input, the filters, the patch sums (small) and Sxy, the convolution
-    (output-sized), unless the layer expands its input (see :func:`_keeps_sxy`), where backward
-    recomputes it.
-    """
-
-    @staticmethod
-    def forward(ctx, x, w, c1, c2, geometry):
-        keep_sxy = _keeps_sxy(x, w, geometry)
-        out, box, s_xy = fused(_eq8_forward, x, x, w, c1, c2, geometry, keep_sxy)
-        ctx.save_for_backward(x, w, box, s_xy)
-        ctx.constants = (c1, c2, geometry)
-        return out
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out):
-        x, w, box, s_xy = ctx.saved_tensors
-        c1, c2, geometry = ctx.constants
-        needs = tuple(ctx.needs_input_grad[:2])
-        args = (x, w, box, s_xy, grad_out, c1, c2, geometry, needs)
-        if s_xy is None or grad_out.numel() < SPLIT_BACKWARD_NUMEL:  # one call: less host time
-            grad_x, grad_w = fused(_eq8_backward, x, *args)
-        else:  # compiled in parts: the stacked terms are freed before the convolutions run
-            grad_x, grad_w = _eq8_backward(*args)
-        return grad_x, grad_w, None, None, None
-
-
-class _SSIMConv2dEq8Triton(torch.autograd.Function):
-    """:class:`_SSIMConv2dEq8` with its work in the Triton kernels of :mod:`ssimlayer._triton_eq8`.
-
-    Same maths and the same saving rule (see :func:`_keeps_sxy`); the filter
-    statistics are saved too. The first forward and the first backward of each configuration are
-    also computed by the PyTorch path and compared (see :mod:`ssimlayer._fusion`); a configuration
-    whose kernels disagree, or whose backward kernels cannot run, uses the PyTorch path instead.
-    """
-
-    @staticmethod
-    def forward(ctx, x, w, c1, c2, geometry, kernels, config):
-        keep = _keeps_sxy(x, w, geometry)
-        out, box, ystat, s_xy = kernels.eq8_forward(x, w, c1, c2, geometry, save_sxy=keep)
-        ctx.eager = not _forward_agrees(kernels, x, w, c1, c2, geometry, config)
-        if ctx.eager:
-            out, box, _ = _eq8_forward(x, w, c1, c2, geometry)
-        ctx.save_for_backward(x, w, box, ystat, s_xy)
-        ctx.constants = (c1, c2, geometry, kernels, config)
-        return out
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out):
-        x, w, box, ystat, s_xy = ctx.saved_tensors
-        c1, c2, geometry, kernels, config = ctx.constants
-        needs = tuple(ctx.needs_input_grad[:2])
-        if not ctx.eager and triton_checks.usable(config):
-            try:
-                grads = kernels.eq8_backward(
-                    x, w, box, ystat, s_xy, grad_out, c1, c2, geometry, needs
-                )
-                if _backward_agrees(
-                    kernels, x, w, box, ystat, grad_out, c1, c2, geometry, needs, config
-                ):
-                    return *grads, None, None, None, None, None
-            except torch.OutOfMemoryError:
-                raise
-            except Exception as err:
-                disable_triton(err)
-        grads = _eq8_backward(x, w, box, None, grad_out, c1, c2, geometry, needs)
-        return *grads, None, None, None, None, None
-
-
-# From this many output elements on, a backward with Sxy saved is compiled as two graphs around its
-# convolution (its stacked terms, three output-sized tensors, then never live beside the
-# convolution's); below it, and when Sxy is recomputed in batch chunks (which bound those terms
-# already), as one graph, which saves calls' host time. On the 2-core CPU at 64 -> 64, 32x32, batch
-# 32: peak memory 1.34x instead of 1.83x a convolution's, for about as much time (within the
-# noise); two graphs took 8 % more time at 8x8 and, chunked, 3-10 % more at 3 -> 64, 7x7.
-SPLIT_BACKWARD_NUMEL = 1 << 20
-# Batch chunks of a backward that recomputes Sxy: bounds its output-sized temporaries to 1/4.
-RECOMPUTE_CHUNKS = 4
-
-
-def _eq8_backward(x, w, box, s_xy, grad_out, c1: float, c2: float, geometry, needs):
-    """Gradients of Eq. 8 with respect to the input and the filters (None where not needed).
-
-    When Sxy was not saved (see :func:`_keeps_sxy`) it is recomputed, one batch chunk at a time, so
-    that it and the gradient's coefficients never exist for the whole batch.
-    """
-    if s_xy is not None or x.shape[0] <= 1:
-        return _eq8_backward_part(x, w, box, s_xy, grad_out, c1, c2, geometry, needs)
-    chunks = min(x.shape[0], RECOMPUTE_CHUNKS)
-    parts = [
-        _eq8_backward_part(xc, w, bc, None, gc, c1, c2, geometry, needs)
-        for xc, bc, gc in zip(x.chunk(chunks), box.chunk(chunks), grad_out.chunk(chunks))
-    ]
-    grad_x = torch.cat([p[0] for p in parts]) if needs[0] else None
-    grad_w = torch.stack([p[1] for p in parts]).sum(0) if needs[1] else None
-    return grad_x, grad_w
-
-
-def _eq8_backward_part(x, w, box, s_xy, grad_out, c1: float, c2: float, geometry, needs):
-    stride, padding, dilation, groups = geometry
-    if s_xy is None:  # not saved (see _keeps_sxy): one more convolution
-        s_xy = F.conv2d(x, w, None, stride, padding, dilation, groups)
-    args = (grad_out, s_xy, box, w, c1, c2, groups, needs)
-    r, x_terms, y_terms = fused(_eq8_grad_terms, grad_out, *args)
-    # The R terms of both gradients, as an ordinary conv backward computes them: the input's sum over
-    # (position, filter) of R y_i, the filter's sum over (batch, position) of R x_i. (Called with the
-    # real input and filters: torch.nn.grad.conv2d_input / conv2d_weight pass expanded stand-ins,
-    # which the CPU backend copies into full-size tensors first.)
-    grad_x, grad_w, _ = _conv_backward(r, x, w, geometry, needs[0], needs[1])
-    if needs[0]:  # + P + Q x_i, P and Q summed over every window that covers the pixel
-        grad_x = fused(_add_window_terms, x, grad_x, x_terms, x, w.shape[2:], geometry)
-    else:
-        grad_x = None  # some backends fill the gradients not asked for
-    if needs[1]:  # + P' + Q' y_i
-        grad_w = grad_w + y_terms[1] + y_terms[0] * w
-    else:
-        grad_w = None
-    return grad_x, grad_w
 
 
 def _conv_backward(grad_out, x, w, geometry, input_grad: bool = True, weight_grad: bool = False):
