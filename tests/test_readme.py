@@ -1,0 +1,77 @@
+"""Every command the README shows runs as written: make targets exist and expand, and training
+commands compose with their overrides (a dry run that trains nothing)."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from ssimlayer.utils import CONF_DIR
+
+REPO = Path(__file__).resolve().parents[1]
+README = (REPO / "README.md").read_text()
+
+#: Commands shown for reading, not for a test to run: listing a folder, activating the venv, and
+#: W&B uploads (they need an account or a server).
+NOT_RUN = ("ls ", "source ", ".venv/bin/wandb ")
+
+
+def readme_commands() -> list[str]:
+    """Shell commands of the README's ```bash blocks (continued lines joined, comments dropped) and
+    of its tables' `make ...` cells."""
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", README, flags=re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split("  #")[0].strip()
+            if line and not line.startswith("#"):
+                commands.append(re.sub(r"\s+", " ", line))
+    commands += re.findall(r"\| `(make [^`]+)` \|", README)
+    return commands
+
+
+def _dry_run_overrides(args: list[str]) -> list[str]:
+    """A multirun's overrides as one job's: ``-m`` dropped, each sweep ``a,b`` as its first value."""
+    out = []
+    for arg in args:
+        if arg in ("-m", "--multirun"):
+            continue
+        key, sep, value = arg.partition("=")
+        if sep and "," in value and not value.startswith("["):
+            value = value.split(",")[0]
+        out.append(f"{key}{sep}{value}")
+    return out
+
+
+def _compose(train_args: list[str]) -> None:
+    """What ``python -m ssimlayer.train <args>`` composes before it trains (unknown config names
+    and keys fail here as they would there)."""
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        cfg = compose(config_name="train", overrides=_dry_run_overrides(train_args))
+    assert cfg.model.name and cfg.trainer.max_epochs
+
+
+def test_the_readme_shows_the_two_setup_commands_first():
+    assert readme_commands()[:2] == ["make install", "make test"]
+
+
+@pytest.mark.parametrize("command", [c for c in readme_commands() if not c.startswith(NOT_RUN)])
+def test_readme_command_runs_as_written(command):
+    words = shlex.split(command)
+    if words[0] == "make":
+        dry = subprocess.run(
+            ["make", "-n", *words[1:]], cwd=REPO, capture_output=True, text=True, timeout=60
+        )
+        assert dry.returncode == 0, dry.stderr
+        for line in dry.stdout.splitlines():
+            parts = shlex.split(line)
+            if parts[:3] == [".venv/bin/python", "-m", "ssimlayer.train"]:
+                _compose(parts[3:])
+    elif words[:3] == [".venv/bin/python", "-m", "ssimlayer.train"]:
+        _compose(words[3:])
+    else:
+        pytest.fail(f"the README shows a command this test does not know how to check: {command}")
