@@ -20,6 +20,7 @@ from ssimlayer.report.claims import CLAIMS, PAPER, TABLE2_CLAIMS, TABLE2_PAPER
 from ssimlayer.report.collect import Run, find_runs, read_csv
 from ssimlayer.report.plots import convergence_plot, fgsm_plot
 from ssimlayer.report.verdict import RULE, compare, mean_std
+from ssimlayer.utils import PROJECT_ROOT
 
 __all__ = ["build_report", "main"]
 
@@ -472,6 +473,14 @@ RUN_FIELDS = [
 ]
 
 
+def _relative_to_root(args: list[str]) -> str:
+    """The arguments with the absolute repository path of the machine that ran them made
+    relative (``paths.output_root=/home/x/ssimlayer/outputs`` -> ``paths.output_root=outputs``), so
+    that a committed command runs from any clone's root."""
+    root = str(PROJECT_ROOT).rstrip("/") + "/"
+    return " ".join(a.replace(root, "") for a in args)
+
+
 def _write_runs_csv(runs: list[Run], outputs: Path, path: Path) -> None:
     """One row per run: the numbers behind every table, with the command that produced them."""
     with open(path, "w", newline="") as f:
@@ -490,7 +499,7 @@ def _write_runs_csv(runs: list[Run], outputs: Path, path: Path) -> None:
                     "run_dir": str(run.path.relative_to(outputs))
                     if outputs in run.path.parents
                     else str(run.path),
-                    "command": "python -m ssimlayer.train " + " ".join(argv[1:]),
+                    "command": "python -m ssimlayer.train " + _relative_to_root(argv[1:]),
                 }
             )
 
