@@ -33,7 +33,7 @@ bench:  ## layer speed/memory vs nn.Conv2d -> outputs/bench/layer.json
 
 # On a CUDA machine, what the layer's GPU path needs checked and measured, with full logs, in one
 # command (experiments/bench/gpu_session.sh: each part under a time limit, one lease's worth).
-gpu-check:  ## host overhead, CUDA layer bench, GPU tests (compiled Triton kernels) -> outputs/gpu_check/
+gpu-check:  ## CUDA layer bench, GPU tests (compiled Triton kernels) -> outputs/gpu_check/
 	OUT=outputs/gpu_check PY=$(PY) bash experiments/bench/gpu_session.sh layer
 
 # On a CUDA machine: Lightning vs the bare loop at batch 32 and 128 for the paper's three main models,

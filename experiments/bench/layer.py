@@ -37,7 +37,6 @@ from torch.profiler import ProfilerActivity
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from experiments.bench.cuda_graph import try_graphed_step_ms  # noqa: E402
 from experiments.bench.quiet_profiler import quiet_profile  # noqa: E402
 from ssimlayer import SSIMConv2d, _fusion, retain_freed_memory  # noqa: E402
 from tests.reference import ssim_conv2d_unfold  # noqa: E402
@@ -168,10 +167,33 @@ def cuda_kernel_ms(shape, impl: str) -> float:
     return statistics.median(totals)
 
 
-def cuda_graph_ms(shape, impl: str) -> float | str:
-    """Wall time of one forward + backward replayed from a CUDA graph (no host work per step)."""
+def cuda_graph_ms(shape, impl: str, replays: int = 200) -> float | str:
+    """Wall time of one forward + backward replayed from a CUDA graph: what the GPU needs, with no
+    host work per step (also what a user gets who captures the step), or the error's message if
+    the step cannot be captured."""
     module, x, grad = one_case(shape, impl, "cuda")
-    return try_graphed_step_ms(lambda: step(module, x, grad))
+    try:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm up off the default stream, as capture requires
+            for _ in range(3):
+                step(module, x, grad)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            step(module, x, grad)
+        graph.replay()
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(replays):
+            graph.replay()
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end) / replays
+    except Exception as err:  # a benchmark row, not a failure of the whole run
+        torch.cuda.synchronize()
+        return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
 
 
 def cuda_peak(shape, impl: str) -> int:
@@ -318,20 +340,6 @@ def print_row(r: dict) -> None:
     print(line, flush=True)
 
 
-def triton_switches() -> dict:
-    """Which opt-in kernels the CUDA rows' Triton path runs: the forward computing Sxy itself
-    (SSIMLAYER_FUSED_CONV=1) and the convolution's backward inside the backward's kernels
-    (SSIMLAYER_TRITON_CONV_BACKWARD=1); None for each where Triton is not installed."""
-    try:
-        from ssimlayer import _triton_eq8
-    except ImportError:
-        return {"fused_conv_forward": None, "conv_backward_in_kernels": None}
-    return {
-        "fused_conv_forward": _triton_eq8._FUSED_CONV,
-        "conv_backward_in_kernels": _triton_eq8._CONV_BACKWARD,
-    }
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15)
@@ -366,7 +374,6 @@ def main(argv: list[str] | None = None) -> None:
             "cuda_device": torch.cuda.get_device_name() if "cuda" in devices else None,
             "repeats": args.repeats,
             "retain_freed_memory": retained,
-            **triton_switches(),
             "timing": "forward+backward, median of repeats (ssim_over_conv_fastest: fastest "
             "repeat of each), implementations alternated in one process",
             "rows": rows,
