@@ -4,11 +4,11 @@ PyTorch's CPU tensors come from the C allocator. glibc's malloc serves blocks ab
 with fresh mappings and returns the top of its heap to the kernel once enough of it is free (both
 thresholds move with what the process has freed so far), so a training step whose activations are
 megabytes each can keep getting new pages that the kernel must fault in and zero. Measured on the
-project's 2-core CPU (``experiments/bench/malloc.py``, README "CPU memory policy"): a forward +
-backward of a 64 -> 64 3x3 layer at batch 32 on 32x32 maps took 13,000-18,000 page faults per step
-with ``SSIMConv2d`` and 4,000-10,000 with ``nn.Conv2d`` under glibc's default policy, and about 50
-and none with :func:`retain_freed_memory`; a bare training loop of the paper's Fig. 4 SSIM network
-ran 11-19 % faster.
+project's 2-core CPU (``experiments/bench/results/malloc_cpu_2core.json``, bench README): a
+forward + backward of a 64 -> 64 3x3 layer at batch 32 on 32x32 maps took 13,000-18,000 page
+faults per step with ``SSIMConv2d`` and 4,000-10,000 with ``nn.Conv2d`` under glibc's default
+policy, and about 50 and none with :func:`retain_freed_memory`; a bare training loop of the
+paper's Fig. 4 SSIM network ran 11-19 % faster.
 """
 
 from __future__ import annotations
