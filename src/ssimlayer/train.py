@@ -84,6 +84,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     runs before the run's files and loggers are created.
     """
     check_config(cfg)
+    if cfg.get("retain_freed_memory", False) and not retain_freed_memory():
+        log.info("retain_freed_memory: not glibc's malloc here; the C library's default stays")
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)  # before the model's initialisation
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()  # finds the dataset's files (or downloads them, if configured)
     model = instantiate(cfg.model)
@@ -91,9 +94,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     ckpt_path = resolve_ckpt_path(cfg)
     if ckpt_path not in (None, "last", "hpc"):
         check_checkpoint_matches(ckpt_path, model, OmegaConf.to_container(cfg.model, resolve=True))
-    if cfg.get("retain_freed_memory", False) and not retain_freed_memory():
-        log.info("retain_freed_memory: not glibc's malloc here; the C library's default stays")
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
     write_provenance(cfg, cfg.paths.output_dir, PROJECT_ROOT)
     if ckpt_path not in (None, "last", "hpc"):
         (Path(cfg.paths.output_dir) / "resumed_from.txt").write_text(f"{ckpt_path}\n")
