@@ -1,4 +1,10 @@
-"""Attacks (torchattacks PGD/Square wrappers) and gradient-masking checks on a tiny model."""
+"""Attacks (PGD, Square) and gradient-masking checks on a tiny model.
+
+PGD is checked against a float64 loop with the cross-entropy gradient of a linear model written
+out by hand; Square by its contract: the eps-ball and the image range, determinism under a seed
+without the global RNG, and that it does lower a trained model's accuracy. (Both gave the same
+images as torchattacks 3.5.1 when they replaced it, a one-off check: it is no longer installed.)
+"""
 
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ from ssimlayer.robustness import (
     run_attack,
     square,
 )
+from ssimlayer.robustness.attacks import _square_fraction
 
 
 def tiny_model(ssim: bool = False, seed: int = 0) -> nn.Module:
@@ -77,6 +84,110 @@ def test_pgd_is_reproducible_with_seed(batch):
     assert torch.equal(
         pgd(model, x, y, 0.02, steps=2, seed=1), pgd(model, x, y, 0.02, steps=2, seed=1)
     )
+
+
+def pgd_reference(weight, bias, x, y, eps, steps, alpha, start):
+    """PGD on ``logits = x W^T + b`` in float64, with the input gradient of the summed
+    cross-entropy written out: ``(softmax(logits) - onehot(y)) W`` (same sign as the mean's)."""
+    x, start = x.double().flatten(1), start.double().flatten(1)
+    adv = (x + start).clamp(0, 1)
+    for _ in range(steps):
+        logits = adv @ weight.T + bias
+        p = logits.softmax(dim=1)
+        p[torch.arange(len(y)), y] -= 1
+        adv = adv + alpha * (p @ weight).sign()
+        adv = torch.minimum(torch.maximum(adv, x - eps), x + eps).clamp(0, 1)
+    return adv
+
+
+def test_pgd_matches_a_float64_reference_loop(batch):
+    x, y = batch[0].double(), batch[1] % 3
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 3)).double()
+    w, b = model[1].weight.detach(), model[1].bias.detach()
+    eps, steps, alpha, seed = 0.03, 7, 0.01, 5
+    # the random start: the draw pgd makes, from a generator of its own seed
+    start = torch.empty_like(x).uniform_(-eps, eps, generator=torch.Generator().manual_seed(seed))
+    expected = pgd_reference(w, b, x, y, eps, steps, alpha, start)
+    got = pgd(model, x, y, eps, steps=steps, alpha=alpha, seed=seed)
+    torch.testing.assert_close(got.flatten(1), expected, rtol=0, atol=1e-12)
+    no_start = pgd(model, x, y, eps, steps=steps, alpha=alpha, random_start=False)
+    expected = pgd_reference(w, b, x, y, eps, steps, alpha, torch.zeros_like(x))
+    torch.testing.assert_close(no_start.flatten(1), expected, rtol=0, atol=1e-12)
+
+
+@pytest.fixture(scope="module")
+def trained() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """A linear classifier, 100% accurate on held-out images whose class is the channel made
+    brighter by 0.1: robust to nothing much larger than that. Trained once; do not modify."""
+    g = torch.Generator().manual_seed(0)
+
+    def images(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = torch.rand(n, 3, 8, 8, generator=g) * 0.9, torch.randint(0, 3, (n,), generator=g)
+        x[torch.arange(n), y] += 0.1
+        return x, y
+
+    (xt, yt), (xv, yv) = images(600), images(60)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 3))
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(100):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(xt), yt).backward()
+        opt.step()
+    return model.eval(), xv, yv
+
+
+@pytest.mark.parametrize("eps", [0.05, 0.3])
+def test_square_stays_in_the_eps_ball_and_the_image_range(eps, trained):
+    model, x, y = trained
+    x = x.clone()
+    x[:, :, :2] = 0.0  # pixels at the range's ends, where the clamp matters
+    x[:, :, -2:] = 1.0
+    adv = square(model, x, y, eps, n_queries=30)
+    assert adv.shape == x.shape and adv.dtype == x.dtype
+    assert (adv != x).any()  # some images were fooled, so the bounds are tested
+    assert (adv - x).abs().max() <= eps + 1e-6
+    assert adv.min() >= 0 and adv.max() <= 1
+
+
+def test_square_is_deterministic_under_a_seed_and_leaves_the_global_rng(trained):
+    model, x, y = trained
+    state = torch.get_rng_state()
+    a, b = (square(model, x, y, 0.05, n_queries=30, seed=7) for _ in range(2))
+    c = square(model, x, y, 0.05, n_queries=30, seed=8)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_pgd_and_square_lower_the_accuracy_of_a_trained_model(trained):
+    model, x, y = trained
+
+    def accuracy(images: torch.Tensor) -> float:
+        with torch.no_grad():
+            return (model(images).argmax(dim=1) == y).float().mean().item()
+
+    clean = accuracy(x)
+    assert clean >= 0.9
+    assert accuracy(pgd(model, x, y, 0.05, steps=10)) <= clean - 0.5
+    assert accuracy(square(model, x, y, 0.05, n_queries=100)) <= clean - 0.3
+
+
+def test_square_leaves_misclassified_images_unchanged(batch):
+    x, y = batch
+    model = tiny_model()
+    with torch.no_grad():
+        wrong = model(x).argmax(dim=1) != y
+    assert wrong.any()
+    adv = square(model, x, y, 0.1, n_queries=10)
+    assert torch.equal(adv[wrong], x[wrong])
+
+
+def test_square_schedule_halves_p_as_in_the_paper():
+    # Andriushchenko et al. 2020 (App. of the L-inf attack), for 10,000 iterations
+    got = [_square_fraction(0.8, it, 10_000) for it in (0, 10, 11, 50, 51, 8000, 8001)]
+    assert got == [0.8, 0.8, 0.4, 0.4, 0.2, 0.8 / 256, 0.8 / 512]
+    assert _square_fraction(0.8, 50, 1000) == 0.8 / 8  # as iteration 500 of 10,000
 
 
 @pytest.mark.parametrize("eps", [-0.1, float("nan"), "0.1"])

@@ -1,9 +1,11 @@
 """White- and black-box L-inf attacks beyond the paper's FGSM, for [0, 1] images.
 
-PGD (Madry et al., random start) and Square (Andriushchenko et al., score-based, no gradients) come
-from torchattacks; FGSM is the paper's (:func:`ssimlayer.robustness.fgsm.fgsm`, Eq. 20). Every
-function leaves the model in the mode it was given in and draws its randomness from its own seed,
-so the global RNG is untouched (torchattacks' Square reseeds it otherwise).
+PGD (Madry et al. 2018, random start) and Square (Andriushchenko et al. 2020, score-based, no
+gradients) are written here, following torchattacks 3.5.1 / AutoAttack, which the project no longer
+installs (its ``requests~=2.25.1`` pin, see ``docs/dependencies.md``); FGSM is the paper's
+(:func:`ssimlayer.robustness.fgsm.fgsm`, Eq. 20). Every function runs the model in eval mode,
+leaves it in the mode it was given in, and draws its randomness from a generator of its own
+seed, so the global RNG is untouched.
 
 A sweep evaluates a list of :class:`AttackSpec` on a pair of models batch by batch, and feeds the
 white-box PGD examples of each model to the other one (the transfer check of ``masking.py``).
@@ -11,15 +13,16 @@ white-box PGD examples of each model to the other one (the transfer check of ``m
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ssimlayer.robustness.fgsm import check_eps, fgsm
+from ssimlayer.robustness.fgsm import _check_images, check_eps, fgsm, input_gradient_sign
 
 __all__ = [
     "ROBUSTNESS_EPS",
@@ -94,8 +97,13 @@ def pgd(
     random_start: bool = True,
     seed: int = 0,
 ) -> Tensor:
-    r"""PGD-L-inf (torchattacks) on cross-entropy: ``steps`` signed-gradient steps of size ``alpha``
-    (default ``2.5 eps / steps``, Madry et al.), each projected onto the eps-ball and [0, 1].
+    r"""PGD-L-inf on cross-entropy: from a uniform random start in the eps-ball, ``steps``
+    signed-gradient steps of size ``alpha`` (default ``2.5 eps / steps``, Madry et al.), each
+    projected onto the eps-ball and [0, 1].
+
+    .. math::
+        x^{t+1} = \mathrm{clip}_{[0, 1]}\big(x + \mathrm{clip}_{[-\epsilon, \epsilon]}(x^t +
+        \alpha \, \mathrm{sign}(\nabla_x J(\theta, x^t, y)) - x)\big)
 
     Examples:
         >>> model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
@@ -103,18 +111,51 @@ def pgd(
         >>> bool((pgd(model, x, y, 0.01, steps=3) - x).abs().max() <= 0.01 + 1e-6)
         True
     """
-    import torchattacks
-
     (eps,) = check_eps(eps)
     if steps < 1:
         raise ValueError(f"pgd: steps must be >= 1, got {steps!r}")
+    _check_images(x)
     alpha = 2.5 * eps / steps if alpha is None else alpha
-    attack = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=random_start)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return attack(x, y).detach()
+    x = x.detach()
+    adv = x.clone()
+    if random_start:
+        g = torch.Generator(device=x.device).manual_seed(seed)
+        adv = (adv + torch.empty_like(x).uniform_(-eps, eps, generator=g)).clamp(0.0, 1.0)
+    for _ in range(steps):
+        adv = adv + alpha * input_gradient_sign(model, adv, y)
+        adv = (x + (adv - x).clamp(-eps, eps)).clamp(0.0, 1.0)
+    return adv
 
 
+#: Square's schedule of the window's area fraction ``p``, written for 10,000 iterations and
+#: stretched to the budget: ``p_init / d`` up to iteration ``i`` for each ``(i, d)``, then ``/ 512``.
+_SQUARE_SCHEDULE = ((10, 1), (50, 2), (200, 4), (500, 8), (1000, 16), (2000, 32), (4000, 64))
+_SQUARE_SCHEDULE += ((6000, 128), (8000, 256))
+
+
+def _square_fraction(p_init: float, it: int, n_queries: int) -> float:
+    it = int(it / n_queries * 10000)
+    return p_init / next((d for i, d in _SQUARE_SCHEDULE if it <= i), 512)
+
+
+def _margin(logits: Tensor, y: Tensor) -> Tensor:
+    """Logit of the true class minus the largest other logit: ``<= 0`` means misclassified."""
+    true = logits.gather(1, y[:, None])[:, 0]
+    others = logits.scatter(1, y[:, None], -math.inf).amax(dim=1)
+    return true - others
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
 def square(
     model: nn.Module,
     x: Tensor,
@@ -124,32 +165,55 @@ def square(
     p_init: float = 0.8,
     seed: int = 0,
 ) -> Tensor:
-    """Square attack, L-inf, margin loss, one restart (torchattacks): score-based, no gradients.
+    """Square attack, L-inf, margin loss, one restart: score-based random search, no gradients.
 
-    ``n_queries`` bounds the forward passes per image (the CPU budget); images already
-    misclassified are returned unchanged.
+    The images the model classifies correctly start from vertical stripes of ``+-eps``; each of
+    ``n_queries`` iterations sets one random ``s x s`` window (``s^2`` the fraction ``p`` of the
+    image, :func:`_square_fraction`) to ``x +- eps`` per channel in every image not yet
+    misclassified, and keeps it where the margin drops. As AutoAttack's PyTorch code
+    (Andriushchenko et al.'s) and torchattacks 3.5.1, which the earlier ``robustness.csv`` files
+    used, the window is shared by the batch and the draws come from a CPU generator in the same
+    order: with the same seed the images are those torchattacks gave. Images not misclassified in
+    the end (and those misclassified from the start) are returned unchanged.
     """
-    import torchattacks
-
     (eps,) = check_eps(eps)
     if n_queries < 1:
         raise ValueError(f"square: n_queries must be >= 1, got {n_queries!r}")
+    _check_images(x)
+    x = x.detach()
     if eps == 0:
-        return x.detach().clone()
-    attack = torchattacks.Square(
-        model,
-        norm="Linf",
-        eps=eps,
-        n_queries=n_queries,
-        n_restarts=1,
-        p_init=p_init,
-        loss="margin",
-        resc_schedule=True,
-        seed=seed,
-        verbose=False,
-    )
-    with torch.random.fork_rng(devices=[]):  # Square calls torch.manual_seed(seed) itself
-        return attack(x, y).detach()
+        return x.clone()
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*shape: int) -> Tensor:
+        return torch.rand(shape, generator=g).to(x.device)
+
+    with _eval_mode(model):
+        todo = (model(x).argmax(dim=1) == y).nonzero()[:, 0]  # only correct images are attacked
+        x0, y0 = x[todo], y[todo]
+        n, c, h, w = x0.shape
+        best = (x0 + eps * torch.sign(2 * rand(n, c, 1, w) - 1)).clamp(0.0, 1.0)
+        margin = _margin(model(best), y0)
+        for it in range(n_queries):
+            live = (margin > 0).nonzero()[:, 0]
+            if live.numel() == 0:
+                break
+            s = round(math.sqrt(_square_fraction(p_init, it, n_queries) * h * w))
+            s = min(max(s, 1), h, w)
+            top, left = (int((size - s) * rand(1)) for size in (h, w))
+            delta = torch.zeros(c, h, w, device=x.device, dtype=x.dtype)
+            delta[:, top : top + s, left : left + s] = 2 * eps * torch.sign(2 * rand(c, 1, 1) - 1)
+            x_live = x0[live]
+            new = torch.minimum(torch.maximum(best[live] + delta, x_live - eps), x_live + eps)
+            new = new.clamp(0.0, 1.0)
+            new_margin = _margin(model(new), y0[live])  # (m,)
+            better = new_margin < margin[live]
+            margin[live] = torch.where(better, new_margin, margin[live])
+            best[live] = torch.where(better[:, None, None, None], new, best[live])
+        fooled = model(best).argmax(dim=1) != y0
+    adv = x.clone()
+    adv[todo[fooled]] = best[fooled]
+    return adv
 
 
 def run_attack(model: nn.Module, spec: AttackSpec, x: Tensor, y: Tensor, seed: int = 0) -> Tensor:
