@@ -133,7 +133,7 @@ write_archive() {
 train_pack() {  # experiment model overrides deadline: one pack, resumed when it has a checkpoint
   local exp=$1 model=$2 extra=$3 deadline=$4 dir=$STATE/$1/$2_pack resume=""
   [ -e "$dir/DONE" ] && return 0
-  [ -f "$dir/checkpoints/last.ckpt" ] && resume="ckpt_path=$dir/checkpoints/last.ckpt"
+  [ -f "$dir/pack_checkpoints/last.ckpt" ] && resume="ckpt_path=$dir/pack_checkpoints/last.ckpt"
   local left=$(( deadline - $(date +%s) ))
   [ "$left" -gt 20 ] || return 1
   log "pack $exp/$model seeds=$SEEDS ${resume:+(resumed)}, ${left}s left"

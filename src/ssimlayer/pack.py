@@ -35,6 +35,9 @@ register_resolvers()
 
 #: The callbacks each member runs for itself (through PackMembers); the pack keeps the others.
 MEMBER_CALLBACKS = ("run_summary", "filters", "fgsm_sweep", "model_checkpoint")
+#: The pack's own checkpoints (resume with ckpt_path=<pack dir>/pack_checkpoints/last.ckpt); not
+#: checkpoints/, which would make ssimlayer.eval take the pack dir for a run dir.
+PACK_CHECKPOINTS = "pack_checkpoints"
 
 
 def member_configs(cfg: DictConfig) -> list[DictConfig]:
@@ -83,7 +86,11 @@ def train_pack(cfg: DictConfig) -> list[dict[str, Any]]:
         [_pick(cbs, FilterVisualisation) for cbs in per_member],
         [_pick(cbs, FGSMSweep) for cbs in per_member],
     )
-    callbacks = [*build_callbacks(cfg, skip=MEMBER_CALLBACKS), writer]
+    own = copy.deepcopy(cfg)  # the pack's checkpoints apart, so that eval sees only member run dirs
+    for name in ("last_checkpoint", "nonfinite_guard"):
+        if own.callbacks.get(name):
+            own.callbacks[name].dirpath = str(Path(cfg.paths.output_dir) / PACK_CHECKPOINTS)
+    callbacks = [*build_callbacks(own, skip=MEMBER_CALLBACKS), writer]
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path:
         check_checkpoint_matches(ckpt_path, module, OmegaConf.to_container(cfg.model, resolve=True))
