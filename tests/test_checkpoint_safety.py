@@ -14,12 +14,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 from torch.serialization import get_unsafe_globals_in_checkpoint
 
 import ssimlayer.train
 from ssimlayer.data.cifar10_files import read_cifar_pickle
-from ssimlayer.eval import Run, load_model
 from ssimlayer.lightning import FGSMSweep
 from ssimlayer.lightning.checkpointing import (
     UnsafeCheckpointError,
@@ -27,6 +25,7 @@ from ssimlayer.lightning.checkpointing import (
     load_checkpoint,
 )
 from ssimlayer.train import train
+from ssimlayer.utils.runs import Run
 from tests.test_reliability import TINY, compose_cfg, stable
 
 
@@ -167,10 +166,9 @@ def test_a_normal_checkpoint_resumes_and_evaluates_identically(tmp_path):
     logits = []
     for name in ("reference", "resumed"):
         run_dir = tmp_path / name
-        cfg = OmegaConf.load(run_dir / "config_resolved.yaml")
-        run = Run(run_dir, run_dir / "checkpoints" / "last.ckpt", cfg)
+        run = Run(run_dir, run_dir / "checkpoints" / "last.ckpt")
         with torch.no_grad():
-            logits.append(load_model(run)(x))
+            logits.append(run.load_model()(x))
     assert torch.equal(logits[0], logits[1])
 
 

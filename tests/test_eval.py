@@ -11,7 +11,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from ssimlayer.eval import evaluate, find_runs, pair_up
+from ssimlayer.eval import evaluate, find_eval_runs, pair_up
 from ssimlayer.utils import CONF_DIR
 
 TINY_EVAL = [
@@ -50,12 +50,12 @@ def test_eval_config_composes_with_debug_smoke(tmp_path):
 
 def test_missing_ckpt_raises_naming_it(tmp_path):
     with pytest.raises(ValueError, match="nope.ckpt"):
-        find_runs([], str(tmp_path / "nope.ckpt"))
+        find_eval_runs([], str(tmp_path / "nope.ckpt"))
 
 
 def test_missing_run_dir_raises_naming_it(tmp_path):
     with pytest.raises(ValueError, match="no_such_run"):
-        find_runs([str(tmp_path / "no_such_run")], None)
+        find_eval_runs([str(tmp_path / "no_such_run")], None)
 
 
 def test_nothing_to_evaluate_raises(tmp_path):
@@ -70,11 +70,11 @@ def test_negative_eps_raises_naming_value(tmp_path, tiny_pair):
 
 
 def test_multirun_dir_expands_and_pairs_by_seed(tiny_pair):
-    runs = find_runs([str(tiny_pair[0].parent)], None)
-    assert [r.dir for r in runs] == tiny_pair
+    runs = find_eval_runs([str(tiny_pair[0].parent)], None)
+    assert [r.path for r in runs] == tiny_pair
     assert all(r.ckpt.name == "last.ckpt" for r in runs)
     (pair,) = pair_up(runs)
-    assert [r.model_name for r in pair] == ["fig4_plain", "fig4_ssim"]
+    assert [r.model for r in pair] == ["fig4_plain", "fig4_ssim"]
 
 
 def _read(path: Path) -> list[dict]:
@@ -127,4 +127,5 @@ def test_evaluate_pair_writes_every_output(tmp_path, tiny_pair):
     summary = _read(tmp_path / "eval" / "summary_robustness.csv")
     assert {r["model"] for r in summary} == {"fig4_plain", "fig4_ssim"}
     assert all(r["n_runs"] == "1" for r in summary)
+    assert all(r["top1_std"] == "nan" for r in summary)  # one seed: its spread is unknown, not 0
     assert (tmp_path / "eval" / "summary_corruptions.csv").is_file()

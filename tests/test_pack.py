@@ -15,9 +15,9 @@ from ssimlayer.models import ConvNet
 from ssimlayer.models.packed import PackedConvNet
 from ssimlayer.nn import SSIMConv2d
 from ssimlayer.pack import train_pack
-from ssimlayer.report.collect import find_runs, read_csv
 from ssimlayer.train import train
 from ssimlayer.utils import CONF_DIR
+from ssimlayer.utils.runs import find_runs, read_csv
 
 SEEDS = [0, 1, 2]
 #: float32 throughout. A grouped convolution and the batched linear layer sum in another order than
@@ -133,7 +133,7 @@ def test_pack_from_the_command_line_writes_runs_the_report_reads(tmp_path):
     ]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    runs = find_runs(tmp_path / "outputs", include_synthetic=True)
+    runs = find_runs(tmp_path / "outputs", finished=True)
     assert sorted(r.metrics["seed"] for r in runs) == SEEDS
     assert {r.model for r in runs} == {"fig4_ssim"}
     for run in runs:

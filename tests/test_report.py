@@ -1,5 +1,6 @@
 """The report reads run dirs and applies its stated verdict rule; it never invents numbers."""
 
+import csv
 import json
 import math
 
@@ -120,3 +121,25 @@ def test_report_table2_section_on_the_stand_in_data(tmp_path):
     assert "table2_cpu_table2,fig10_val_top1,fig4_ssim,fig4_plain" in claims
     assert (outputs / "report" / "fig10_cpu_table2.png").stat().st_size > 0
     assert (outputs / "report" / "table2_cpu_table2_curves.png").stat().st_size > 0
+
+
+def test_report_paper_protocol_section_only_for_500_epochs_on_50000_images(tmp_path):
+    outputs = tmp_path / "outputs"
+    _write_run(outputs / "short/0_plain", "fig4_plain", 0, 0.6, 0.2)
+    (outputs / "short/0_plain/config_resolved.yaml").write_text(
+        "data:\n  _target_: ssimlayer.data.CIFAR10DataModule\n  train_batches: [1]\n"
+    )
+    assert "Paper protocol" not in build_report(outputs).read_text()
+    for seed, (plain, ssim) in enumerate([(0.70, 0.75), (0.71, 0.77), (0.72, 0.76)]):
+        for model, val in (("fig4_plain", plain), ("fig4_ssim", ssim)):
+            folder = outputs / f"paper/{model}_pack/{seed}_{model}_seed{seed}"
+            _write_run(folder, model, seed, val, 0.2, schedule="paper")
+            metrics = json.loads((folder / "metrics.json").read_text())
+            metrics.update(epochs=500, train_images=50_000)
+            (folder / "metrics.json").write_text(json.dumps(metrics))
+    report = build_report(outputs).read_text()
+    assert "## Paper protocol: 500 epochs, 50,000 training images, 3 seeds, cpu" in report
+    rows = list(csv.DictReader(open(outputs / "report" / "runs.csv")))
+    images = {(r["schedule"], r["model"]): r["train_images"] for r in rows}
+    assert images[("cpu_short", "fig4_plain")] == "10000"
+    assert images[("paper", "fig4_ssim")] == "50000"

@@ -11,29 +11,22 @@ offline W&B run with the tables.
 
 from __future__ import annotations
 
-import csv
-import glob
 import json
 import logging
-import math
 import os
-import statistics
 import warnings
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import hydra
-from hydra.utils import instantiate
-from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
 
-from ssimlayer.lightning.checkpointing import load_checkpoint
 from ssimlayer.memory import retain_freed_memory
 from ssimlayer.robustness import corruption_sweep, default_specs, masking_checks, robustness_sweep
+from ssimlayer.robustness.results import plot_attacks, plot_corruptions, summarise, write_csv
 from ssimlayer.utils import CONF_DIR, register_resolvers
+from ssimlayer.utils.runs import Run, find_runs
 
 log = logging.getLogger(__name__)
 
@@ -43,80 +36,18 @@ ATTACK_COLS = ["attack", "eps", "steps", "top1", "top5"]
 CORRUPTION_COLS = ["corruption", "severity", "top1", "top5"]
 
 
-@dataclass
-class Run:
-    """A trained run: its dir, the checkpoint to evaluate and its resolved train config."""
-
-    dir: Path
-    ckpt: Path
-    cfg: DictConfig
-
-    @property
-    def model_name(self) -> str:
-        return str(self.cfg.model.get("name", self.dir.name))
-
-    @property
-    def seed(self) -> int | None:
-        return self.cfg.get("seed")
-
-
-def _run_config(run_dir: Path) -> DictConfig:
-    for name in ("config_resolved.yaml", ".hydra/config.yaml"):
-        if (run_dir / name).is_file():
-            return OmegaConf.load(run_dir / name)
-    raise ValueError(f"run dir {str(run_dir)!r} has no config_resolved.yaml or .hydra/config.yaml")
-
-
-def _checkpoint(run_dir: Path, weights: str) -> Path:
-    ckpts = run_dir / "checkpoints"
-    if weights == "last":
-        path = ckpts / "last.ckpt"
-    elif weights == "best":
-        best = sorted(ckpts.glob("best-*.ckpt"))
-        path = best[-1] if best else ckpts / "best-*.ckpt"
-    else:
-        raise ValueError(f"eval.weights must be 'last' or 'best', got {weights!r}")
-    if not path.is_file():
-        raise ValueError(f"no checkpoint {str(path)!r} in run dir {str(run_dir)!r}")
-    return path
-
-
-def find_runs(runs: list[str], ckpt_path: str | None, weights: str = "last") -> list[Run]:
-    """Expand run dirs, globs and multirun dirs (their subdirs holding ``checkpoints/``)."""
+def find_eval_runs(runs: list[str], ckpt_path: str | None, weights: str = "last") -> list[Run]:
+    """The runs to evaluate: ``ckpt_path``'s run (its checkpoint) and every run dir under ``runs``
+    (run dirs, multirun dirs, globs) with its ``weights`` checkpoint."""
     found: list[Run] = []
     if ckpt_path:
         ckpt = Path(ckpt_path).expanduser().resolve()
         if not ckpt.is_file():
             raise ValueError(f"ckpt_path {ckpt_path!r} does not exist")
-        found.append(Run(ckpt.parent.parent, ckpt, _run_config(ckpt.parent.parent)))
-    for pattern in runs:
-        matches = sorted(glob.glob(os.path.expanduser(str(pattern)))) or [str(pattern)]
-        for m in matches:
-            path = Path(m).resolve()
-            if not path.is_dir():
-                raise ValueError(f"run dir {str(pattern)!r} does not exist")
-            dirs = (
-                [path]
-                if (path / "checkpoints").is_dir()
-                else sorted(p.parent for p in path.glob("*/checkpoints") if p.is_dir())
-            )
-            if not dirs:
-                raise ValueError(
-                    f"{str(pattern)!r} is neither a run dir (with checkpoints/) nor "
-                    f"a multirun dir holding run dirs"
-                )
-            found += [Run(d, _checkpoint(d, weights), _run_config(d)) for d in dirs]
+        found.append(Run(ckpt.parent.parent, ckpt))
+    if runs:
+        found += find_runs(runs, weights=weights)
     return found
-
-
-def load_model(run: Run, device: str = "cpu") -> nn.Module:
-    """The run's network (``ClassifierModule.net``) rebuilt from its config, with the checkpoint's
-    weights, in eval mode."""
-    module = instantiate(run.cfg.model)
-    state = load_checkpoint(run.ckpt, map_location=device)
-    module.load_state_dict(state["state_dict"] if "state_dict" in state else state)
-    net = getattr(module, "net", module)
-    return net.to(device).eval()
 
 
 def pair_up(runs: list[Run]) -> list[list[Run]]:
@@ -126,20 +57,11 @@ def pair_up(runs: list[Run]) -> list[list[Run]]:
         by_seed[r.seed].append(r)
     groups = []
     for group in by_seed.values():
-        if len(group) == 2 and group[0].model_name != group[1].model_name:
-            groups.append(sorted(group, key=lambda r: r.model_name))
+        if len(group) == 2 and group[0].model != group[1].model:
+            groups.append(sorted(group, key=lambda r: r.model))
         else:
             groups += [[r] for r in group]
     return groups
-
-
-def val_loader(run: Run, ev: DictConfig):
-    data_cfg = OmegaConf.merge(
-        run.cfg.data, {"batch_size": ev.batch_size, "num_workers": ev.num_workers}
-    )
-    datamodule = instantiate(data_cfg)
-    datamodule.setup("fit")
-    return datamodule.eval_dataloader(ev.split)
 
 
 def _debug_choice() -> str | None:
@@ -176,68 +98,6 @@ def train_smoke_pair(cfg: DictConfig, debug: str, out_dir: Path) -> list[str]:
         train(train_cfg)
         dirs.append(str(run_dir))
     return dirs
-
-
-def _write_csv(path: Path, rows: list[dict], cols: list[str]) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-
-
-def _plot_attacks(path: Path, rows: list[dict], title: str) -> None:
-    fig = Figure(figsize=(6, 4))
-    ax = fig.subplots()
-    series: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    clean = next((r["top1"] for r in rows if r["attack"] == "clean"), None)
-    for r in rows:
-        if r["attack"] != "clean":
-            series[f"{r['attack']}-{r['steps']}"].append((r["eps"], r["top1"]))
-    for label, pts in series.items():
-        pts = sorted(([(0.0, clean)] if clean is not None else []) + pts)
-        ax.plot(*zip(*pts, strict=True), marker="o", label=label)
-    ax.set(xlabel="eps ([0, 1] pixel units)", ylabel="top-1 accuracy", ylim=(0, 1), title=title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-
-
-def _plot_corruptions(path: Path, rows: list[dict], title: str) -> None:
-    fig = Figure(figsize=(6, 4))
-    ax = fig.subplots()
-    clean = next(r["top1"] for r in rows if r["corruption"] == "clean")
-    names = [n for n in dict.fromkeys(r["corruption"] for r in rows) if n not in ("clean", "mean")]
-    for n in names:
-        pts = [(0, clean)] + [(r["severity"], r["top1"]) for r in rows if r["corruption"] == n]
-        ax.plot(*zip(*pts, strict=True), marker="o", label=n)
-    ax.set(
-        xlabel="CIFAR-10-C severity (0 = clean)", ylabel="top-1 accuracy", ylim=(0, 1), title=title
-    )
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    values = [v for v in values if not math.isnan(v)]
-    if not values:
-        return math.nan, math.nan
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
-def summarise(results: list[dict], kind: str, keys: list[str]) -> list[dict]:
-    """Mean ± std over runs (seeds) per model and row key."""
-    groups: dict[tuple, list[dict]] = defaultdict(list)
-    for res in results:
-        for r in res[kind]:
-            groups[(res["model"], *(r[k] for k in keys))].append(r)
-    out = []
-    for key, rows in groups.items():
-        row = {"model": key[0], **dict(zip(keys, key[1:], strict=True)), "n_runs": len(rows)}
-        for m in ("top1", "top5"):
-            row[f"{m}_mean"], row[f"{m}_std"] = _mean_std([float(r[m]) for r in rows])
-        out.append(row)
-    return out
 
 
 def _log_wandb(cfg: DictConfig, out_dir: Path, tables: dict[str, list[dict]]) -> None:
@@ -288,7 +148,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                 "(or debug=smoke to train the smoke pair first)"
             )
         runs_arg = train_smoke_pair(cfg, debug, out_dir)
-    runs = find_runs(runs_arg, cfg.ckpt_path, ev.weights)
+    runs = find_eval_runs(runs_arg, cfg.ckpt_path, ev.weights)
     specs = default_specs(
         eps=ev.eps,
         pgd_steps=ev.pgd_steps,
@@ -304,12 +164,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     results = []
     for group in pair_up(runs):
-        names = [f"{r.model_name}_seed{r.seed}" for r in group]
+        names = [f"{r.model}_seed{r.seed}" for r in group]
         log.info(
             "Evaluating %s on %s (%s images)", " vs ".join(names), ev.split, num_examples or "all"
         )
-        models = {n: load_model(r, cfg.device) for n, r in zip(names, group, strict=True)}
-        loader = val_loader(group[0], ev)
+        models = {n: r.load_model(cfg.device) for n, r in zip(names, group, strict=True)}
+        loader = group[0].eval_loader(ev.split, ev.batch_size, ev.num_workers)
         attack_rows = robustness_sweep(
             models,
             loader,
@@ -334,20 +194,20 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             checks = masking_checks(rows, **ev.masking)
             other = [r for r in group if r is not run]
             masking = {
-                "model": run.model_name,
+                "model": run.model,
                 "seed": run.seed,
-                "run_dir": str(run.dir),
+                "run_dir": str(run.path),
                 "checkpoint": str(run.ckpt),
                 "n_examples": rows[0]["n"],
-                "transfer_source": str(other[0].dir) if other else None,
+                "transfer_source": str(other[0].path) if other else None,
                 "all_passed": all(c["verdict"] != "fail" for c in checks.values()),
                 "checks": checks,
             }
-            _write_csv(run.dir / "robustness.csv", rows, ATTACK_COLS)
-            _write_csv(run.dir / "corruptions.csv", corr, CORRUPTION_COLS)
-            (run.dir / "masking_checks.json").write_text(json.dumps(masking, indent=2) + "\n")
-            _plot_attacks(run.dir / "robustness.png", rows, name)
-            _plot_corruptions(run.dir / "corruptions.png", corr, name)
+            write_csv(run.path / "robustness.csv", rows, ATTACK_COLS)
+            write_csv(run.path / "corruptions.csv", corr, CORRUPTION_COLS)
+            (run.path / "masking_checks.json").write_text(json.dumps(masking, indent=2) + "\n")
+            plot_attacks(run.path / "robustness.png", rows, name)
+            plot_corruptions(run.path / "corruptions.png", corr, name)
             for r in rows:
                 log.info(
                     "%s %s eps=%.4f steps=%d top1=%.4f top5=%.4f",
@@ -366,9 +226,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             )
             results.append(
                 {
-                    "model": run.model_name,
+                    "model": run.model,
                     "seed": run.seed,
-                    "run_dir": str(run.dir),
+                    "run_dir": str(run.path),
                     "attacks": rows,
                     "corruptions": corr,
                     "masking": masking,
@@ -378,12 +238,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     summary_attacks = summarise(results, "attacks", ["attack", "eps", "steps"])
     summary_corr = summarise(results, "corruptions", ["corruption", "severity"])
     stat_cols = ["n_runs", "top1_mean", "top1_std", "top5_mean", "top5_std"]
-    _write_csv(
+    write_csv(
         out_dir / "summary_robustness.csv",
         summary_attacks,
         ["model", "attack", "eps", "steps", *stat_cols],
     )
-    _write_csv(
+    write_csv(
         out_dir / "summary_corruptions.csv",
         summary_corr,
         ["model", "corruption", "severity", *stat_cols],

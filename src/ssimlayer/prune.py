@@ -16,13 +16,12 @@ import csv
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from ssimlayer.eval import find_runs, load_model, val_loader
 from ssimlayer.robustness.attacks import topk_correct
 from ssimlayer.robustness.fgsm import check_eps, fgsm
 from ssimlayer.robustness.pruning import prune_ssim_filters, ssim_layers
+from ssimlayer.utils.runs import find_runs
 
 SETTINGS = [
     ("none", {}),
@@ -61,18 +60,17 @@ def evaluate(model, batches, eps: float) -> dict[str, float]:
 
 
 def prune_run(run, num_examples: int, eps: float) -> Path | None:
-    base = load_model(run)
+    base = run.load_model()
     if not any(True for _ in ssim_layers(base)):
         return None
-    ev = OmegaConf.create({"batch_size": 100, "num_workers": 0, "split": "val"})
     batches, seen = [], 0
-    for x, y in val_loader(run, ev):
+    for x, y in run.eval_loader("val"):
         batches.append((x[: num_examples - seen], y[: num_examples - seen]))
         seen += len(batches[-1][1])
         if seen >= num_examples:
             break
     rows = []
-    for setting, kwargs in tqdm(SETTINGS, desc=f"pruning {run.dir.name}"):
+    for setting, kwargs in tqdm(SETTINGS, desc=f"pruning {run.path.name}"):
         for mode in ("channel", "weights") if kwargs else ("none",):
             model = copy.deepcopy(base)
             stats = (
@@ -95,7 +93,7 @@ def prune_run(run, num_examples: int, eps: float) -> Path | None:
                     **evaluate(model.eval(), batches, eps),
                 }
             )
-    path = run.dir / "pruning.csv"
+    path = run.path / "pruning.csv"
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLS)
         writer.writeheader()
@@ -111,9 +109,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--weights", choices=["last", "best"], default="last")
     args = parser.parse_args(argv)
     eps = check_eps(args.eps)[0]
-    for run in find_runs(args.runs, None, args.weights):
+    for run in find_runs(args.runs, weights=args.weights):
         path = prune_run(run, args.num_examples, eps)
-        print(f"{run.dir}: " + (f"wrote {path}" if path else "no SSIM layer, skipped"))
+        print(f"{run.path}: " + (f"wrote {path}" if path else "no SSIM layer, skipped"))
 
 
 if __name__ == "__main__":

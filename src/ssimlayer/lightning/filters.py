@@ -55,7 +55,8 @@ class FilterVisualisation(pl.Callback):
     """Save ``filters{tag}_grid.png`` and ``filters{tag}_norms.png`` in the run dir, log them to W&B.
 
     Runs at the end of fit (``tag`` empty) and, if ``every_n_epochs`` is set, after every n-th
-    training epoch (``tag = _epoch007`` after the 7th; epochs counted from 1, as in ``epochs.csv``). §3.2 remarks that many SSIM kernels end with norm < 1; the
+    training epoch (``tag = _epoch007`` after the 7th; epochs counted from 1, as in ``epochs.csv``).
+    §3.2 remarks that many SSIM kernels end with norm < 1; the
     histogram's title gives that share, which is also written to ``filters{tag}_norms.json``.
 
     Args:

@@ -17,10 +17,10 @@ from collections import defaultdict
 from pathlib import Path
 
 from ssimlayer.report.claims import CLAIMS, PAPER, TABLE2_CLAIMS, TABLE2_PAPER
-from ssimlayer.report.collect import Run, find_runs, read_csv
 from ssimlayer.report.plots import convergence_plot, fgsm_plot
-from ssimlayer.report.verdict import RULE, compare, mean_std
+from ssimlayer.report.verdict import RULE, compare
 from ssimlayer.utils import PROJECT_ROOT
+from ssimlayer.utils.runs import Run, find_runs, mean_std, read_csv
 
 __all__ = ["build_report", "main"]
 
@@ -357,6 +357,29 @@ def _table2_section(runs: list[Run], out_dir: Path, claim_rows: list[dict]) -> l
     return lines
 
 
+def _protocol_section(runs: list[Run]) -> list[str]:
+    """The paper's own protocol (§3.1), only when such runs exist: 500 epochs on all 50,000
+    training images (``experiments/paper/``)."""
+    full = [
+        r
+        for r in runs
+        if not is_table2(r) and r.metrics.get("epochs") == 500 and r.train_images == 50_000
+    ]
+    if not full:
+        return []
+    by_model = {m: rs for m in MODELS if (rs := [r for r in full if r.model == m])}
+    seeds = min(len(rs) for rs in by_model.values())
+    devices = ", ".join(sorted({r.device for r in full}))
+    return [
+        f"## Paper protocol: 500 epochs, 50,000 training images, {seeds} seeds, {devices}",
+        "",
+        *_model_table(by_model),
+        "",
+        *_claims_table(by_model, "paper protocol", []),
+        "",
+    ]
+
+
 def build_report(
     outputs: str | Path = "outputs",
     out_dir: str | Path | None = None,
@@ -365,7 +388,8 @@ def build_report(
     outputs = Path(outputs)
     out_dir = Path(out_dir) if out_dir is not None else outputs / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
-    runs = [r for r in find_runs(outputs, include_synthetic) if out_dir not in r.path.parents]
+    runs = find_runs(outputs, finished=True, include_synthetic=include_synthetic, required=False)
+    runs = [r for r in runs if out_dir not in r.path.parents]
     by_schedule: dict[str, list[Run]] = defaultdict(list)
     for run in runs:
         if not is_table2(run):  # Table 2's runs are on other data: their own section
@@ -398,6 +422,7 @@ def build_report(
             '`make reproduce-table1 ARGS="trainer=gpu"` (the paper\'s 500 epochs).',
             "",
         ]
+    lines += _protocol_section(runs)
     claim_rows: list[dict] = []
     for schedule, sruns in sorted(by_schedule.items()):
         by_model = {m: [r for r in sruns if r.model == m] for m in MODELS}
@@ -459,6 +484,7 @@ RUN_FIELDS = [
     "schedule",
     "seed",
     "epochs",
+    "train_images",
     "device",
     "wall_time_s",
     "final_train_top1",
@@ -490,7 +516,8 @@ def _write_runs_csv(runs: list[Run], outputs: Path, path: Path) -> None:
             argv = (run.provenance or {}).get("argv", [])
             writer.writerow(
                 {
-                    **{k: run.metrics.get(k) for k in RUN_FIELDS[:9]},
+                    **{k: run.metrics.get(k) for k in RUN_FIELDS[:10]},
+                    "train_images": run.train_images,
                     "device": run.device,
                     "fgsm_val_0.007_top1": run.fgsm_top("val", 0.007, 1),
                     "fgsm_val_0.007_top5": run.fgsm_top("val", 0.007, 5),

@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ssimlayer.report.collect import Run  # noqa: E402
+from ssimlayer.utils.runs import Run  # noqa: E402
 
 __all__ = ["convergence_plot", "fgsm_plot"]
 

@@ -13,20 +13,15 @@ Two standard errors is about a 95% two-sided interval; with 3 seeds it is a scre
 from __future__ import annotations
 
 import math
-import statistics
 from dataclasses import dataclass
 
-__all__ = ["Verdict", "compare", "mean_std", "MIN_SEEDS", "RULE"]
+from ssimlayer.utils.runs import mean_std
+
+__all__ = ["Verdict", "compare", "MIN_SEEDS", "RULE"]
 
 MIN_SEEDS = 3
 _RULE_TEXT = __doc__.split("Rule (stated in the report): ", 1)[1].strip()
 RULE = _RULE_TEXT[0].upper() + _RULE_TEXT[1:]
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    if not values:
-        return math.nan, math.nan
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else math.nan)
 
 
 @dataclass

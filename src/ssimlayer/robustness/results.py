@@ -1,0 +1,68 @@
+"""Files of a robustness evaluation: per-run CSVs and plots, and the mean ± std over seeds."""
+
+from __future__ import annotations
+
+import csv
+from collections import defaultdict
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+from ssimlayer.utils.runs import mean_std
+
+__all__ = ["plot_attacks", "plot_corruptions", "summarise", "write_csv"]
+
+
+def write_csv(path: Path, rows: list[dict], cols: list[str]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+
+
+def plot_attacks(path: Path, rows: list[dict], title: str) -> None:
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    series: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    clean = next((r["top1"] for r in rows if r["attack"] == "clean"), None)
+    for r in rows:
+        if r["attack"] != "clean":
+            series[f"{r['attack']}-{r['steps']}"].append((r["eps"], r["top1"]))
+    for label, pts in series.items():
+        pts = sorted(([(0.0, clean)] if clean is not None else []) + pts)
+        ax.plot(*zip(*pts, strict=True), marker="o", label=label)
+    ax.set(xlabel="eps ([0, 1] pixel units)", ylabel="top-1 accuracy", ylim=(0, 1), title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+
+
+def plot_corruptions(path: Path, rows: list[dict], title: str) -> None:
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    clean = next(r["top1"] for r in rows if r["corruption"] == "clean")
+    names = [n for n in dict.fromkeys(r["corruption"] for r in rows) if n not in ("clean", "mean")]
+    for n in names:
+        pts = [(0, clean)] + [(r["severity"], r["top1"]) for r in rows if r["corruption"] == n]
+        ax.plot(*zip(*pts, strict=True), marker="o", label=n)
+    ax.set(
+        xlabel="CIFAR-10-C severity (0 = clean)", ylabel="top-1 accuracy", ylim=(0, 1), title=title
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+
+
+def summarise(results: list[dict], kind: str, keys: list[str]) -> list[dict]:
+    """Mean ± std over runs (seeds) per model and row key."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for res in results:
+        for r in res[kind]:
+            groups[(res["model"], *(r[k] for k in keys))].append(r)
+    out = []
+    for key, rows in groups.items():
+        row = {"model": key[0], **dict(zip(keys, key[1:], strict=True)), "n_runs": len(rows)}
+        for m in ("top1", "top5"):
+            row[f"{m}_mean"], row[f"{m}_std"] = mean_std([float(r[m]) for r in rows])
+        out.append(row)
+    return out
