@@ -14,7 +14,9 @@ install:  ## create .venv and install the package with every dependency (about 6
 	python3.11 -m venv .venv
 	.venv/bin/pip install --no-cache-dir --upgrade pip
 	.venv/bin/pip install --no-cache-dir torch==2.14.1 torchvision==0.29.1
+	.venv/bin/pip uninstall -y -q torchattacks  # an older .venv's: it pins requests~=2.25.1 (docs/dependencies.md)
 	.venv/bin/pip install --no-cache-dir -e ".[pipeline,dev]"
+	.venv/bin/pip check
 
 test:  ## the default suite: no slow, no GPU tests
 	$(PY) -m pytest -q

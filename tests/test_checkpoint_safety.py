@@ -165,11 +165,16 @@ def test_a_normal_checkpoint_resumes_and_evaluates_identically(tmp_path):
     x = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     logits = []
     for name in ("reference", "resumed"):
-        run_dir = tmp_path / name
-        run = Run(run_dir, run_dir / "checkpoints" / "last.ckpt")
+        run = Run(tmp_path / name)  # make robustness / make prune load through Run.load_model
         with torch.no_grad():
             logits.append(run.load_model()(x))
     assert torch.equal(logits[0], logits[1])
+    # the same run dir with a crafted checkpoint in place of its own
+    marker = tmp_path / "marker"
+    evil = crafted_checkpoint(tmp_path / "reference" / "checkpoints" / "evil.ckpt", marker)
+    with pytest.raises(UnsafeCheckpointError, match="evil.ckpt"):
+        Run(tmp_path / "reference", ckpt=evil).load_model()
+    assert not marker.exists()
 
 
 def test_every_checkpoint_a_run_writes_needs_no_allowlisted_type(tmp_path):
