@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ssimlayer.robustness.attacks import topk_correct
+from ssimlayer.robustness.accuracy import topk_correct
 from ssimlayer.robustness.fgsm import check_eps, fgsm
 from ssimlayer.robustness.pruning import prune_ssim_filters, ssim_layers
 from ssimlayer.utils.runs import find_runs

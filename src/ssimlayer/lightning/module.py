@@ -23,6 +23,7 @@ from torchmetrics import Metric
 from ssimlayer.lightning.checkpointing import CheckpointMismatchError
 from ssimlayer.lightning.graphed_step import GraphedTrainStep, cuda_capture
 from ssimlayer.lightning.step_hooks import StepHooks
+from ssimlayer.robustness.accuracy import topk_hits
 
 __all__ = ["ClassifierModule", "TopKAccuracy", "WeightedMean"]
 
@@ -122,8 +123,7 @@ class TopKAccuracy(Metric):
 
     def accumulate(self, logits: Tensor, target: Tensor) -> None:
         """``update``'s arithmetic alone, without torchmetrics' bookkeeping (for a CUDA graph)."""
-        top = logits.detach().topk(self.k, dim=1).indices  # (B, k)
-        self.correct.add_((top == target.unsqueeze(1)).any(dim=1).sum())
+        self.correct.add_(topk_hits(logits.detach(), target, self.k).sum())
         self.total.add_(len(target))
 
     def reset(self) -> None:

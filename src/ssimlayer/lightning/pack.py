@@ -35,6 +35,7 @@ from ssimlayer.lightning.filters import FilterVisualisation
 from ssimlayer.lightning.module import ClassifierModule, _reset_in_place
 from ssimlayer.lightning.run_summary import RunSummary
 from ssimlayer.models.packed import PackedConvNet
+from ssimlayer.robustness.accuracy import topk_hits
 
 __all__ = [
     "MemberMean",
@@ -85,8 +86,8 @@ class MemberTopK(Metric):
         self.accumulate(logits, target)
 
     def accumulate(self, logits: Tensor, target: Tensor) -> None:
-        top = logits.detach().topk(self.k, dim=2).indices  # (B, members, k)
-        self.correct.add_((top == target.unsqueeze(2)).any(dim=2).sum(dim=0))
+        # logits (B, members, C), each member's own targets (B, members): hits (B, members)
+        self.correct.add_(topk_hits(logits.detach(), target, self.k).sum(dim=0))
         self.total.add_(len(target))
 
     def reset(self) -> None:

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ssimlayer.robustness.accuracy import topk_correct
 from ssimlayer.robustness.fgsm import _check_images, check_eps, fgsm, input_gradient_sign
 
 __all__ = [
@@ -32,7 +33,6 @@ __all__ = [
     "square",
     "run_attack",
     "robustness_sweep",
-    "topk_correct",
 ]
 
 #: The issue's L-inf budgets in [0, 1] pixel units: Fig. 9's levels and 8/255.
@@ -225,17 +225,6 @@ def run_attack(model: nn.Module, spec: AttackSpec, x: Tensor, y: Tensor, seed: i
     if spec.attack == "pgd":
         return pgd(model, x, y, spec.eps, steps=spec.steps, seed=seed)
     return square(model, x, y, spec.eps, n_queries=spec.steps, seed=seed)
-
-
-@torch.no_grad()
-def topk_correct(logits: Tensor, y: Tensor, ks: Sequence[int] = (1, 5)) -> dict[int, int]:
-    """How many rows of ``logits`` have ``y`` among their top ``k``, per ``k <= num classes``."""
-    out = {}
-    for k in ks:
-        if k <= logits.shape[1]:
-            top = logits.topk(k, dim=1).indices  # (B, k)
-            out[k] = int((top == y[:, None]).any(dim=1).sum())
-    return out
 
 
 @torch.no_grad()

@@ -19,7 +19,8 @@ from torch import Tensor, nn
 from torchvision.io import decode_jpeg, encode_jpeg
 from tqdm.auto import tqdm
 
-from ssimlayer.robustness.attacks import _logits, topk_correct
+from ssimlayer.robustness.accuracy import topk_correct
+from ssimlayer.robustness.attacks import _logits
 
 __all__ = [
     "SEVERITIES",
