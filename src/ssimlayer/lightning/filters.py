@@ -92,9 +92,7 @@ class FilterVisualisation(pl.Callback):
         ax = fig.subplots()
         ax.imshow(filter_grid(weight).permute(1, 2, 0).numpy(), interpolation="nearest")
         ax.set_axis_off()
-        ax.set_title(
-            f"first layer ({name}) kernels {tuple(weight.shape)}, after epoch {epoch}"
-        )
+        ax.set_title(f"first layer ({name}) kernels {tuple(weight.shape)}, after epoch {epoch}")
         fig.savefig(grid_path, dpi=120, bbox_inches="tight")
 
         norms = filter_norms(weight)
