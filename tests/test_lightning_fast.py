@@ -88,7 +88,7 @@ def test_guard_checked_every_n_steps_saves_the_last_finite_state_before_the_bad_
         train(cfg)
     (ckpt,) = (tmp_path / "run" / "checkpoints").glob("nonfinite-step*.ckpt")
     bad = int(ckpt.stem.removeprefix("nonfinite-step"))
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
     assert state["global_step"] <= bad and state["global_step"] % 5 == 0  # a check's state
     assert f"(global step {state['global_step']})" in str(e.value)
     assert all(torch.isfinite(v).all() for v in state["state_dict"].values())
@@ -121,7 +121,7 @@ def test_guard_checked_every_step_keeps_the_old_exact_contract(tmp_path):
     with pytest.raises(NonFiniteLossError, match=r"seen 0 step\(s\) later"):
         train(cfg)
     (ckpt,) = (tmp_path / "run" / "checkpoints").glob("nonfinite-step*.ckpt")
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
     assert state["global_step"] == int(ckpt.stem.removeprefix("nonfinite-step"))  # just before
 
 
@@ -196,9 +196,7 @@ def test_null_profiler_trains_exactly_as_lightnings_default_profiler(tmp_path):
     for name, profiler in (("null", []), ("lightning", ["trainer.profiler=null"])):
         out = tmp_path / name
         metrics = train(compose_cfg(out, *TINY, "~callbacks.fgsm_sweep", *profiler))
-        state = torch.load(
-            out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
-        )
+        state = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
         runs[name] = (stable(metrics), rows(out / "epochs.csv"), state)
     (m1, r1, s1), (m2, r2, s2) = runs["null"], runs["lightning"]
     assert m1["global_step"] == 16 and m1 == m2 and r1 == r2

@@ -148,7 +148,7 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     ckpt = killed / "checkpoints" / "last.ckpt"
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
     assert (state["global_step"], state["epoch"]) == (12, 1)  # mid-epoch, 4 of 8 batches done
     assert json.loads((killed / "metrics.json").read_text())["finished"] is False
 
@@ -196,7 +196,7 @@ def test_crash_mid_epoch_then_resume_with_the_device_resident_loader(tmp_path, s
     with pytest.raises(RuntimeError, match="crash at step 13"):
         train(cfg)
     ckpt = crashed / "checkpoints" / "last.ckpt"
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
     assert (state["global_step"], state["epoch"]) == (12, 1)  # mid-epoch, 4 of 8 batches done
 
     resumed = train(compose_cfg(tmp_path / "resumed", *resident, f"ckpt_path={ckpt}"))
@@ -524,5 +524,5 @@ def test_nan_loss_stops_with_the_step_after_saving_a_checkpoint(tmp_path):
     (ckpt,) = (tmp_path / "run" / "checkpoints").glob("nonfinite-step*.ckpt")
     step = int(ckpt.stem.removeprefix("nonfinite-step"))
     assert f"global step {step} " in str(e.value) and str(ckpt) in str(e.value)
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
     assert all(torch.isfinite(v).all() for v in state["state_dict"].values())  # weights before it

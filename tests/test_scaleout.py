@@ -110,9 +110,7 @@ def test_ddp_two_cpu_processes_gloo(tmp_path, steps_per_execution):
         got = list(csv.DictReader(f))
     cfg = OmegaConf.load(runs[0] / "config_resolved.yaml")
     module = instantiate(cfg.model)
-    state = torch.load(
-        runs[0] / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
-    )
+    state = torch.load(runs[0] / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     module.load_state_dict(state["state_dict"])
     dm = instantiate(cfg.data)
     dm.setup("fit")

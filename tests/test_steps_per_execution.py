@@ -26,7 +26,7 @@ RESIDENT = (*TINY, "data.device_resident=true", "~callbacks.fgsm_sweep")
 
 
 def final_weights(run_dir) -> dict[str, torch.Tensor]:
-    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     return ckpt["state_dict"]
 
 
@@ -112,7 +112,7 @@ def test_epoch_schedulers_step_as_in_automatic_optimisation(tmp_path):
     train(compose_cfg(tmp_path / "one", *RESIDENT, *sched))
     train(compose_cfg(tmp_path / "four", *RESIDENT, *sched, "model.steps_per_execution=4"))
     for run in ("one", "four"):
-        ckpt = torch.load(tmp_path / run / "checkpoints" / "last.ckpt", weights_only=False)
+        ckpt = torch.load(tmp_path / run / "checkpoints" / "last.ckpt", weights_only=True)
         assert ckpt["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(0.01 / 4)
         assert ckpt["lr_schedulers"][0]["last_epoch"] == 2
     a, b = final_weights(tmp_path / "one"), final_weights(tmp_path / "four")
@@ -137,7 +137,7 @@ def test_resume_from_an_epoch_end_keeps_the_schedule(tmp_path, k):
     train(compose_cfg(tmp_path / "resumed", *run, f"ckpt_path={ckpt}"))
     train(compose_cfg(tmp_path / "reference", *run))
     resumed, reference = (
-        torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=False)
+        torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=True)
         for name in ("resumed", "reference")
     )
     assert resumed["global_step"] == reference["global_step"] == 16
@@ -242,7 +242,7 @@ def test_nan_guard_names_the_same_bad_step_and_keeps_a_finite_state(tmp_path):
             train(cfg)
         found[k] = int(re.search(r"at global step (\d+) ", str(e.value)).group(1))
         (ckpt,) = (run / "checkpoints").glob("nonfinite-step*.ckpt")
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
         assert state["global_step"] <= found[k]
         assert all(torch.isfinite(v).all() for v in state["state_dict"].values())
     assert found[1] == found[4]
