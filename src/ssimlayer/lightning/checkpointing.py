@@ -59,8 +59,8 @@ class UnsafeCheckpointError(ValueError):
 #: accepts by default (tensors, dicts, lists, tuples, strings, numbers, None, OrderedDict, dtypes,
 #: devices). None today: every checkpoint that Lightning 2.6 writes for our runs (last, best,
 #: mid-epoch and non-finite-loss ones, optimiser, loop and callback states) holds only those, as
-#: ``tests/test_checkpoint_safety.py`` checks. A new state type goes here, never
-#: ``weights_only=False``.
+#: ``tests/test_checkpoint_safety.py`` checks. A new state type goes here; weights-only loading is
+#: never switched off.
 SAFE_GLOBALS: list[Any] = []
 
 _REFUSED_GLOBAL = re.compile(r"GLOBAL (\S+) was not an allowed global")
