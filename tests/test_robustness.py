@@ -220,14 +220,16 @@ def test_sweep_pair_has_transfer_rows_and_counts(batch):
 
 
 def test_default_specs_cover_the_issue():
-    specs = default_specs()
+    specs = default_specs(eps=[0.0, 0.002, 0.004, 0.007, 0.01, 0.02, 8 / 255])
     got = {(s.attack, s.steps) for s in specs}
     assert {("fgsm", 1), ("pgd", 10), ("pgd", 50), ("square", 1000), ("clean", 0)} <= got
+    # every eps of the list but 0 (the clean row)
     assert {s.eps for s in specs if s.attack == "pgd" and s.steps == 50} == {
         0.002,
         0.004,
         0.007,
         0.01,
+        0.02,
         8 / 255,
     }
     assert max(s.eps for s in specs if s.attack == "pgd") == 0.1

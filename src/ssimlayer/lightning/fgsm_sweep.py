@@ -15,7 +15,7 @@ from pytorch_lightning.loggers import WandbLogger
 from torch.utils.data import DataLoader
 
 from ssimlayer.lightning.checkpointing import load_checkpoint
-from ssimlayer.robustness.fgsm import PAPER_EPS, check_eps, fgsm_sweep
+from ssimlayer.robustness.fgsm import check_eps, fgsm_sweep
 
 __all__ = ["FGSMSweep"]
 
@@ -40,7 +40,7 @@ class FGSMSweep(pl.Callback):
     def __init__(
         self,
         output_dir: str,
-        eps: Sequence[float] = PAPER_EPS,
+        eps: Sequence[float],
         splits: Sequence[str] = ("train", "val"),
         max_batches: int | None = None,
         weights: str = "final",

@@ -1,7 +1,6 @@
 """Attacks and robustness sweeps: plain functions on [0, 1] images, no Lightning."""
 
 from ssimlayer.robustness.attacks import (
-    ROBUSTNESS_EPS,
     AttackSpec,
     default_specs,
     pgd,
@@ -10,20 +9,18 @@ from ssimlayer.robustness.attacks import (
     square,
 )
 from ssimlayer.robustness.corruptions import CORRUPTIONS, SEVERITIES, corrupt, corruption_sweep
-from ssimlayer.robustness.fgsm import PAPER_EPS, fgsm, fgsm_sweep
+from ssimlayer.robustness.fgsm import fgsm, fgsm_sweep
 from ssimlayer.robustness.masking import CHECKS, masking_checks
 
 __all__ = [
     "fgsm",
     "fgsm_sweep",
-    "PAPER_EPS",
     "pgd",
     "square",
     "run_attack",
     "AttackSpec",
     "default_specs",
     "robustness_sweep",
-    "ROBUSTNESS_EPS",
     "corrupt",
     "corruption_sweep",
     "CORRUPTIONS",

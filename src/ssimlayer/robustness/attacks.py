@@ -26,7 +26,6 @@ from ssimlayer.robustness.accuracy import topk_correct
 from ssimlayer.robustness.fgsm import _check_images, check_eps, fgsm, input_gradient_sign
 
 __all__ = [
-    "ROBUSTNESS_EPS",
     "AttackSpec",
     "default_specs",
     "pgd",
@@ -36,7 +35,6 @@ __all__ = [
 ]
 
 #: The issue's L-inf budgets in [0, 1] pixel units: Fig. 9's levels and 8/255.
-ROBUSTNESS_EPS = (0.002, 0.004, 0.007, 0.01, 8 / 255)
 
 ATTACKS = ("clean", "fgsm", "pgd", "square")
 
@@ -68,16 +66,17 @@ class AttackSpec:
 
 
 def default_specs(
-    eps: Sequence[float] = ROBUSTNESS_EPS,
+    eps: Sequence[float],
     pgd_steps: Sequence[int] = (10, 50),
     square_eps: Sequence[float] = (0.007, 8 / 255),
     square_queries: int = 1000,
     large_eps: Sequence[float] = (0.05, 0.1),
     transfer_steps: int | None = 10,
 ) -> list[AttackSpec]:
-    """Clean, FGSM and PGD at every ``eps``, Square at ``square_eps``, PGD-``min(pgd_steps)`` at
-    ``large_eps`` (for the "accuracy falls to 0" check); PGD-``transfer_steps`` also transferred."""
+    """Clean, FGSM and PGD at every ``eps > 0``, Square at ``square_eps``, PGD-``min(pgd_steps)``
+    at ``large_eps`` (for the "accuracy falls to 0" check); PGD-``transfer_steps`` also transferred."""
     eps, square_eps, large_eps = check_eps(eps), check_eps(square_eps), check_eps(large_eps)
+    eps = [e for e in eps if e > 0]  # eps 0 is the clean row
     specs = [AttackSpec("clean", 0.0, 0)]
     specs += [AttackSpec("fgsm", e, 1) for e in eps]
     specs += [AttackSpec("pgd", e, s, transfer=s == transfer_steps) for s in pgd_steps for e in eps]

@@ -15,11 +15,8 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 from tqdm.auto import tqdm
 
-__all__ = ["fgsm", "fgsm_sweep", "check_eps", "PAPER_EPS"]
+__all__ = ["fgsm", "fgsm_sweep", "check_eps"]
 
-#: The noise levels of Fig. 9 as far as the text gives them (0.007 is named in §3.4, "> 0.01" makes
-#: images unrecognisable), plus 8/255, the customary L-inf budget on CIFAR-10.
-PAPER_EPS = (0.0, 0.002, 0.004, 0.007, 0.01, 0.02, 8 / 255)
 
 Loss = Callable[[Tensor, Tensor], Tensor]
 
@@ -106,7 +103,7 @@ def _update(metrics: dict[int, MulticlassAccuracy], logits: Tensor, y: Tensor) -
 def fgsm_sweep(
     model: nn.Module,
     batches: Iterable[tuple[Tensor, Tensor]],
-    eps: Sequence[float] = PAPER_EPS,
+    eps: Sequence[float],
     num_classes: int = 10,
     top_k: Sequence[int] = (1, 5),
     max_batches: int | None = None,
