@@ -6,10 +6,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from ssimlayer.utils import CONF_DIR, register_resolvers
+from ssimlayer.utils import CONF_DIR, compose_config, register_resolvers
 
 register_resolvers()
 
@@ -40,15 +39,14 @@ def make_cfg(tmp_path) -> Callable[..., DictConfig]:
     """``make_cfg("experiment=table1", ...)``: the composed train config, run dir in tmp_path."""
 
     def _make(*overrides: str) -> DictConfig:
-        with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-            return compose(
-                config_name="train",
-                overrides=[
-                    f"paths.output_dir={tmp_path / 'run'}",
-                    f"paths.output_root={tmp_path / 'outputs'}",
-                    *overrides,
-                ],
-            )
+        return compose_config(
+            config_name="train",
+            overrides=[
+                f"paths.output_dir={tmp_path / 'run'}",
+                f"paths.output_root={tmp_path / 'outputs'}",
+                *overrides,
+            ],
+        )
 
     return _make
 
@@ -63,22 +61,21 @@ def tiny_pair(tmp_path_factory) -> list[Path]:
     dirs = []
     for i, model in enumerate(["fig4_plain", "fig4_ssim"]):
         run_dir = root / f"{i}_{model}_seed0"
-        with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-            cfg = compose(
-                config_name="train",
-                overrides=[
-                    "experiment=table1",
-                    "debug=smoke",
-                    f"model={model}",
-                    "model.net.widths=[4,4,8]",
-                    "logger=csv",
-                    "trainer.limit_train_batches=2",
-                    "trainer.limit_val_batches=1",
-                    "~callbacks.fgsm_sweep",
-                    "~callbacks.filters",
-                    f"paths.output_dir={run_dir}",
-                ],
-            )
+        cfg = compose_config(
+            config_name="train",
+            overrides=[
+                "experiment=table1",
+                "debug=smoke",
+                f"model={model}",
+                "model.net.widths=[4,4,8]",
+                "logger=csv",
+                "trainer.limit_train_batches=2",
+                "trainer.limit_val_batches=1",
+                "~callbacks.fgsm_sweep",
+                "~callbacks.filters",
+                f"paths.output_dir={run_dir}",
+            ],
+        )
         train(cfg)
         dirs.append(run_dir)
     return dirs

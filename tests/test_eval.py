@@ -8,11 +8,10 @@ import json
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from ssimlayer.eval import evaluate, find_eval_runs, pair_up
-from ssimlayer.utils import CONF_DIR
+from ssimlayer.utils import compose_config
 
 TINY_EVAL = [
     "eval.num_examples=8",
@@ -30,16 +29,15 @@ TINY_EVAL = [
 
 
 def eval_cfg(tmp_path: Path, *overrides: str) -> DictConfig:
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        return compose(
-            config_name="eval",
-            overrides=[
-                f"paths.output_dir={tmp_path / 'eval'}",
-                f"paths.output_root={tmp_path}",
-                "wandb.enabled=false",
-                *overrides,
-            ],
-        )
+    return compose_config(
+        config_name="eval",
+        overrides=[
+            f"paths.output_dir={tmp_path / 'eval'}",
+            f"paths.output_root={tmp_path}",
+            "wandb.enabled=false",
+            *overrides,
+        ],
+    )
 
 
 def test_eval_config_composes_with_debug_smoke(tmp_path):

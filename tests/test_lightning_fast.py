@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 import pytorch_lightning as pl
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from pytorch_lightning.callbacks import ProgressBar
 from pytorch_lightning.profilers import PassThroughProfiler, SimpleProfiler
@@ -20,7 +19,7 @@ from ssimlayer.lightning.module import TopKAccuracy, WeightedMean
 from ssimlayer.lightning.profiling import NullProfiler
 from ssimlayer.lightning.safety import NonFiniteLossError
 from ssimlayer.train import train
-from ssimlayer.utils import CONF_DIR
+from ssimlayer.utils import compose_config
 from tests.test_reliability import TINY, compose_cfg, rows, stable
 
 
@@ -164,11 +163,10 @@ def test_progress_bar_redraws_by_time(monkeypatch):
 
 
 def test_default_callbacks_have_the_throttled_bar_unless_the_bar_is_off():
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        on = compose("train", overrides=["paths.output_dir=/tmp/x"])
-        off = compose(
-            "train", overrides=["paths.output_dir=/tmp/x", "trainer.enable_progress_bar=false"]
-        )
+    on = compose_config("train", overrides=["paths.output_dir=/tmp/x"])
+    off = compose_config(
+        "train", overrides=["paths.output_dir=/tmp/x", "trainer.enable_progress_bar=false"]
+    )
     bars = [c for c in build_callbacks(on) if isinstance(c, ProgressBar)]
     assert len(bars) == 1 and isinstance(bars[0], ThrottledProgressBar)
     assert not [c for c in build_callbacks(off) if isinstance(c, ProgressBar)]

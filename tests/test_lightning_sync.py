@@ -15,12 +15,11 @@ import traceback
 from pathlib import Path
 
 import pytorch_lightning as pl
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torch.overrides import TorchFunctionMode
 
 from ssimlayer.lightning import build_callbacks, build_loggers
-from ssimlayer.utils import CONF_DIR
+from ssimlayer.utils import compose_config
 
 #: Tensor methods that read a device tensor on the host, and ops whose output size depends on the
 #: data (the device must finish before the host knows it).
@@ -78,25 +77,24 @@ class Window(pl.Callback):
 
 
 def count_host_reads(tmp_path: Path, start: int, stop: int, *overrides: str) -> dict[str, int]:
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        cfg = compose(
-            config_name="train",
-            overrides=[
-                "model=fig4_ssim",
-                "model.net.widths=[2,2,2]",
-                "data=synthetic",
-                "data.num_train=512",
-                "data.num_val=8",
-                "data.batch_size=4",
-                "data.device_resident=true",  # as on a GPU; on a CPU the same code runs
-                "trainer=cpu",
-                "+trainer.max_steps=40",
-                "logger=csv",
-                "~callbacks.fgsm_sweep",  # runs after fit
-                f"paths.output_dir={tmp_path}",
-                *overrides,
-            ],
-        )
+    cfg = compose_config(
+        config_name="train",
+        overrides=[
+            "model=fig4_ssim",
+            "model.net.widths=[2,2,2]",
+            "data=synthetic",
+            "data.num_train=512",
+            "data.num_val=8",
+            "data.batch_size=4",
+            "data.device_resident=true",  # as on a GPU; on a CPU the same code runs
+            "trainer=cpu",
+            "+trainer.max_steps=40",
+            "logger=csv",
+            "~callbacks.fgsm_sweep",  # runs after fit
+            f"paths.output_dir={tmp_path}",
+            *overrides,
+        ],
+    )
     pl.seed_everything(0)
     counter = HostReadCounter()
     callbacks = [*build_callbacks(cfg), Window(counter, start, stop)]

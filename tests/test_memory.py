@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from ssimlayer import memory
+from ssimlayer.utils import compose_config
 
 # Five forward + backward steps of an SSIM layer, after one warm-up step, in a fresh process (the
 # setting is process-wide and lasting); prints the minor page faults per step.
@@ -75,14 +76,12 @@ def test_without_glibc_nothing_changes(monkeypatch):
 
 
 def test_the_training_and_evaluation_configs_retain_by_default():
-    from hydra import compose, initialize_config_dir
 
-    from ssimlayer.utils import CONF_DIR, register_resolvers
+    from ssimlayer.utils import register_resolvers
 
     register_resolvers()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        for name in ("train", "eval"):
-            assert compose(config_name=name).retain_freed_memory is True
+    for name in ("train", "eval"):
+        assert compose_config(name).retain_freed_memory is True
 
 
 def test_the_layer_and_the_memory_policy_import_without_the_pipeline():

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-from hydra import compose, initialize_config_dir
 from torch import nn
 
 from ssimlayer.models import ConvNet
@@ -16,7 +15,7 @@ from ssimlayer.models.packed import PackedConvNet
 from ssimlayer.nn import SSIMConv2d
 from ssimlayer.pack import train_pack
 from ssimlayer.train import train
-from ssimlayer.utils import CONF_DIR
+from ssimlayer.utils import compose_config
 from ssimlayer.utils.runs import find_runs, read_csv
 
 SEEDS = [0, 1, 2]
@@ -79,8 +78,7 @@ def test_packed_net_refuses_other_architectures():
 
 
 def _compose(config: str, *overrides: str):
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        return compose(config_name=config, overrides=[*TINY, *overrides])
+    return compose_config(config, overrides=[*TINY, *overrides])
 
 
 @pytest.mark.parametrize("model", ["fig4_ssim"])

@@ -9,9 +9,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
-from ssimlayer.utils import CONF_DIR
+from ssimlayer.utils import compose_config
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
@@ -50,8 +49,7 @@ def _dry_run_overrides(args: list[str]) -> list[str]:
 def _compose(train_args: list[str]) -> None:
     """What ``python -m ssimlayer.train <args>`` composes before it trains (unknown config names
     and keys fail here as they would there)."""
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        cfg = compose(config_name="train", overrides=_dry_run_overrides(train_args))
+    cfg = compose_config("train", overrides=_dry_run_overrides(train_args))
     assert cfg.model.name and cfg.trainer.max_epochs
 
 
@@ -68,9 +66,8 @@ def test_readme_command_runs_as_written(command):
         )
         assert dry.returncode == 0, dry.stderr
         for line in dry.stdout.splitlines():
-            parts = shlex.split(line)
-            if parts[:3] == [".venv/bin/python", "-m", "ssimlayer.train"]:
-                _compose(parts[3:])
+            if line.startswith(".venv/bin/python -m ssimlayer.train "):
+                _compose(shlex.split(line)[3:])
     elif words[:3] == [".venv/bin/python", "-m", "ssimlayer.train"]:
         _compose(words[3:])
     else:

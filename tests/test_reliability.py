@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from ssimlayer import ssim_conv2d
@@ -28,7 +27,7 @@ from ssimlayer.data import SyntheticDataModule
 from ssimlayer.data.cifar10_files import read_cifar_binary, read_cifar_pickle
 from ssimlayer.lightning.safety import NonFiniteLossError
 from ssimlayer.train import main, train
-from ssimlayer.utils import CONF_DIR
+from ssimlayer.utils import compose_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -58,15 +57,14 @@ TINY = [
 
 
 def compose_cfg(output_dir: Path, *overrides: str):
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        return compose(
-            config_name="train",
-            overrides=[
-                f"paths.output_dir={output_dir}",
-                f"paths.output_root={output_dir.parent}",
-                *overrides,
-            ],
-        )
+    return compose_config(
+        config_name="train",
+        overrides=[
+            f"paths.output_dir={output_dir}",
+            f"paths.output_root={output_dir.parent}",
+            *overrides,
+        ],
+    )
 
 
 def stable(metrics: dict) -> dict:

@@ -11,24 +11,22 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from ssimlayer.lightning.module import ClassifierModule
 from ssimlayer.robustness import fgsm_sweep
 from ssimlayer.train import train
-from ssimlayer.utils import CONF_DIR
+from ssimlayer.utils import compose_config
 
 
 def test_slurm_launcher_composes_for_table1_without_submitting():
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        cfg = compose(
-            "train",
-            overrides=["hydra/launcher=slurm", "experiment=table1", "trainer=gpu_fast", "seed=0"],
-            return_hydra_config=True,
-        )
+    cfg = compose_config(
+        "train",
+        overrides=["hydra/launcher=slurm", "experiment=table1", "trainer=gpu_fast", "seed=0"],
+        return_hydra_config=True,
+    )
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
     assert launcher.gpus_per_node == 1 and launcher.timeout_min > 0

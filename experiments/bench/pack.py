@@ -15,17 +15,14 @@ import time
 
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from ssimlayer.models.packed import PackedConvNet
-from ssimlayer.utils import CONF_DIR, PROJECT_ROOT, register_resolvers
+from ssimlayer.utils import PROJECT_ROOT, compose_config
 
 
 def _nets(model: str, k: int, device: str) -> list[torch.nn.Module]:
-    register_resolvers()
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        cfg = compose(config_name="train", overrides=[f"model={model}", "data=synthetic"])
+    cfg = compose_config("train", overrides=[f"model={model}", "data=synthetic"])
     return [instantiate(cfg.model.net).to(device) for _ in range(k)]
 
 

@@ -66,7 +66,6 @@ sys.path.insert(0, str(ROOT / "src"))
 import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
@@ -75,7 +74,7 @@ from ssimlayer.data import DeviceLoader  # noqa: E402
 from ssimlayer.lightning import ClassifierModule, build_callbacks, build_loggers  # noqa: E402
 from ssimlayer.lightning.graphed_step import GraphedTrainStep, _Captured, cuda_capture  # noqa: E402
 from ssimlayer.lightning.loggers import finish_wandb  # noqa: E402
-from ssimlayer.utils import CONF_DIR, register_resolvers  # noqa: E402
+from ssimlayer.utils import compose_config  # noqa: E402
 
 MODELS = ["fig4_plain", "fig4_ssim", "fig4_ssim_norelu", "shallow_conv", "shallow_ssim"]
 TARGET = 1.25
@@ -90,18 +89,16 @@ LIGHTNING_DIFFERS = (
 def compose_cfg(
     overrides: list[str], model: str, batch_size: int, device_resident: bool, out_dir: str
 ) -> DictConfig:
-    register_resolvers()
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        return compose(
-            config_name="train",
-            overrides=[
-                f"model={model}",
-                *overrides,
-                f"data.batch_size={batch_size}",
-                f"data.device_resident={str(device_resident).lower()}",
-                f"paths.output_dir={out_dir}",
-            ],
-        )
+    return compose_config(
+        config_name="train",
+        overrides=[
+            f"model={model}",
+            *overrides,
+            f"data.batch_size={batch_size}",
+            f"data.device_resident={str(device_resident).lower()}",
+            f"paths.output_dir={out_dir}",
+        ],
+    )
 
 
 def sync(device: torch.device) -> None:

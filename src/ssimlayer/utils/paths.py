@@ -10,9 +10,9 @@ import math
 import os
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["PROJECT_ROOT", "CONF_DIR", "register_resolvers"]
+__all__ = ["PROJECT_ROOT", "CONF_DIR", "compose_config", "register_resolvers"]
 
 PROJECT_ROOT = Path(os.environ.get("SSIMLAYER_ROOT", Path(__file__).resolve().parents[3]))
 CONF_DIR = PROJECT_ROOT / "conf"
@@ -25,6 +25,18 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
     if not OmegaConf.has_resolver("run_label"):
         OmegaConf.register_new_resolver("run_label", run_label)
+
+
+def compose_config(
+    config_name: str, overrides: list[str] | tuple[str, ...] = (), return_hydra_config: bool = False
+) -> DictConfig:
+    """``conf/<config_name>.yaml`` with ``overrides``, composed as the command line would compose it,
+    outside a Hydra run (tests, benchmarks, the packs' members)."""
+    from hydra import compose, initialize_config_dir
+
+    register_resolvers()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        return compose(config_name, list(overrides), return_hydra_config=return_hydra_config)
 
 
 def run_label() -> str:
