@@ -39,35 +39,26 @@ def _pack_layer(layers: Sequence[nn.Module]) -> nn.Module:
     first, k = layers[0], len(layers)
     if isinstance(first, _CHANNELWISE):
         return copy.deepcopy(first)
+    # k members side by side: k times the channels and groups, the member's own settings
+    common = {
+        "stride": first.stride,
+        "padding": first.padding,
+        "dilation": first.dilation,
+        "groups": k * first.groups,
+        "bias": first.bias is not None,
+    }
     if type(first) is nn.Conv2d:
         packed = nn.Conv2d(
             k * first.in_channels,
             k * first.out_channels,
             first.kernel_size,
-            stride=first.stride,
-            padding=first.padding,
-            dilation=first.dilation,
-            groups=k * first.groups,
-            bias=first.bias is not None,
             padding_mode=first.padding_mode,
+            **common,
         )
     elif type(first) is SSIMConv2d:
+        eq1 = {n: getattr(first, n) for n in ("c1", "c2", "alpha", "beta", "gamma", "c3", "init")}
         packed = SSIMConv2d(
-            k * first.in_channels,
-            k * first.out_channels,
-            first.kernel_size,
-            stride=first.stride,
-            padding=first.padding,
-            dilation=first.dilation,
-            groups=k * first.groups,
-            bias=first.bias is not None,
-            c1=first.c1,
-            c2=first.c2,
-            alpha=first.alpha,
-            beta=first.beta,
-            gamma=first.gamma,
-            c3=first.c3,
-            init=first.init,
+            k * first.in_channels, k * first.out_channels, first.kernel_size, **common, **eq1
         )
     else:
         raise TypeError(
