@@ -8,7 +8,7 @@ help:  ## list the targets with what they do (this text)
 	@echo "ssimlayer: make <target> [ARGS=\"hydra overrides\"]; README.md says where to start."
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([^:]+):[^#]*## (.*)/  \1\t\2/' | expand -t 26
 
-.PHONY: install test test-all check lint bench gpu-check gpu-check-train bench-train train reproduce-table1 reproduce-shallow reproduce-nonlinearity reproduce-table2 robustness
+.PHONY: install test test-all check lint bench gpu-check gpu-check-train bench-train train reproduce-table1 reproduce-table1-packed reproduce-shallow reproduce-nonlinearity reproduce-table2 robustness
 
 install:  ## create .venv and install the package with every dependency (about 6 GB: torch's CUDA build; no pip cache kept)
 	python3.11 -m venv .venv
@@ -61,6 +61,9 @@ reproduce-nonlinearity:  ## Fig. 7 / Fig. 8: SSIM network with vs without ReLU a
 # Table 2 / Fig. 10 on the 7-class Tiny ImageNet stand-in (conf/data/imagenet_cifar7.yaml), 3 seeds per
 # model, on the 2-core CPU schedule conf/schedule/cpu_table2.yaml; ARGS overrides it, e.g. the paper's
 # schedule on a GPU: make reproduce-table2 ARGS="schedule=paper trainer=gpu".
+reproduce-table1-packed:  ## Table 1 with each model's 3 seeds trained at once as one packed network, for a GPU (ARGS="trainer=gpu speed=gpu_graphs")
+	$(PY) -m ssimlayer.pack -m experiment=table1 seeds=[0,1,2] $(ARGS)
+
 reproduce-table2:  ## Table 2 / Fig. 10: Fig. 4 pair, 3 seeds, Tiny ImageNet (7 CIFAR-10 classes)
 	$(PY) -m ssimlayer.train -m experiment=table2 schedule=cpu_table2 seed=0,1,2 $(ARGS)
 

@@ -46,10 +46,13 @@ def _dry_run_overrides(args: list[str]) -> list[str]:
     return out
 
 
-def _compose(train_args: list[str]) -> None:
-    """What ``python -m ssimlayer.train <args>`` composes before it trains (unknown config names
-    and keys fail here as they would there)."""
-    cfg = compose_config("train", overrides=_dry_run_overrides(train_args))
+ENTRY_CONFIGS = {"ssimlayer.train": "train", "ssimlayer.pack": "pack"}
+
+
+def _compose(train_args: list[str], config: str = "train") -> None:
+    """What ``python -m ssimlayer.train <args>`` (or ``.pack``) composes before it trains
+    (unknown config names and keys fail here as they would there)."""
+    cfg = compose_config(config, overrides=_dry_run_overrides(train_args))
     assert cfg.model.name and cfg.trainer.max_epochs
 
 
@@ -66,9 +69,10 @@ def test_readme_command_runs_as_written(command):
         )
         assert dry.returncode == 0, dry.stderr
         for line in dry.stdout.splitlines():
-            if line.startswith(".venv/bin/python -m ssimlayer.train "):
-                _compose(shlex.split(line)[3:])
-    elif words[:3] == [".venv/bin/python", "-m", "ssimlayer.train"]:
-        _compose(words[3:])
+            for module, config in ENTRY_CONFIGS.items():
+                if line.startswith(f".venv/bin/python -m {module} "):
+                    _compose(shlex.split(line)[3:], config)
+    elif words[:2] == [".venv/bin/python", "-m"] and words[2] in ENTRY_CONFIGS:
+        _compose(words[3:], ENTRY_CONFIGS[words[2]])
     else:
         pytest.fail(f"the README shows a command this test does not know how to check: {command}")
