@@ -52,7 +52,8 @@ SCHEDULES = {
     "experiments/shallow/README.md)",
     "cpu_long": "as cpu_short, 40 epochs (the Table 1 pair and the SSIM network without ReLU)",
     "cpu_table2": "Table 2 on the 2-core CPU (conf/schedule/cpu_table2.yaml): all 6,160 "
-    "training images, validation on all 1,540, FGSM sweep on both whole splits",
+    "training images, 20 epochs, validation on all 1,540, FGSM sweep on 1,536 images of each split "
+    "(48 batches of a fixed, class-mixed permutation)",
     "gpu_short": "first training batch file (10,000 images), up to 20 epochs, full 10,000-image "
     "validation, FGSM sweep on all 10,000 images of each split. The runs we made "
     "(outputs/*/gpu_h200) were cut by a wall-clock limit (trainer.max_time=1 min, all "
