@@ -16,10 +16,15 @@ import torch
 __all__ = ["RunSummary"]
 
 KEYS = ("train/loss", "train/top1", "train/top5", "val/loss", "val/top1", "val/top5")
+#: Also copied into epochs.csv: any metric under these prefixes (LayerHealth's ``health/...``).
+EXTRA_PREFIXES = ("health/",)
 
 
 class RunSummary(pl.Callback):
     """After every training epoch (validation has run by then) append a row to ``epochs.csv`` and rewrite ``metrics.json``.
+
+    The row holds :data:`KEYS` and every metric under :data:`EXTRA_PREFIXES` that a callback before
+    this one has put into ``trainer.callback_metrics`` (``LayerHealth``'s ``health/...`` columns).
 
     ``metrics.json`` holds the final and best (max over epochs) train/val top-1 and top-5, the
     epoch of the best val top-1, epochs run, wall time, device and the model's parameter count;
@@ -66,16 +71,18 @@ class RunSummary(pl.Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Epochs counted from 1 (the number completed), as the progress bar and filter plots say.
         row: dict[str, float] = {"epoch": trainer.current_epoch + 1, "step": trainer.global_step}
-        for k in KEYS:
-            if k in trainer.callback_metrics:
-                row[k] = float(trainer.callback_metrics[k])
+        metrics = trainer.callback_metrics
+        for k in (*KEYS, *(k for k in metrics if k.startswith(EXTRA_PREFIXES))):
+            if k in metrics:
+                row[k] = float(metrics[k])
         self.history.append(row)
         self._write_csv()
         self.write_json(trainer, pl_module)
 
     def _write_csv(self) -> None:
         path = self.output_dir / "epochs.csv"
-        cols = ["epoch", "step", *KEYS]
+        extra = {k: None for row in self.history for k in row if k.startswith(EXTRA_PREFIXES)}
+        cols = ["epoch", "step", *KEYS, *extra]
         with open(path, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=cols)
             w.writeheader()
