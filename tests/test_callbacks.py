@@ -68,7 +68,7 @@ def test_sweep_callback_validates_its_arguments(tmp_path):
     with pytest.raises(ValueError, match="-1"):
         FGSMSweep(str(tmp_path), eps=[-1])
     with pytest.raises(ValueError, match="unknown split"):
-        FGSMSweep(str(tmp_path), splits=["test"])
+        FGSMSweep(str(tmp_path), eps=[0.0], splits=["test"])
 
 
 def test_filter_visualisation_survives_a_diverged_run(tmp_path):
