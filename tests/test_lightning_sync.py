@@ -128,3 +128,18 @@ def test_steps_per_execution_reads_nothing_from_the_device_either(tmp_path):
         "callbacks.nonfinite_guard.check_every_n_steps=10",
     )
     assert sum(calls.values()) == 3 and all("safety.py" in where for where in calls), calls
+
+
+def test_layer_health_sampling_every_step_reads_nothing_from_the_device(tmp_path):
+    # LayerHealth (on by default) sums gradient norms on the device at every sampled step and
+    # reads them at the epoch's end only: sampling every step adds no read within the epoch.
+    calls = count_host_reads(tmp_path, 5, 35, "callbacks.layer_health.grad_every_n_steps=1")
+    assert calls == {}
+    calls = count_host_reads(
+        tmp_path,
+        4,
+        36,
+        "callbacks.layer_health.grad_every_n_steps=1",
+        "model.steps_per_execution=4",
+    )
+    assert calls == {}

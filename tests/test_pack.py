@@ -104,7 +104,16 @@ def test_pack_of_three_equals_three_runs_alone(tmp_path, model):
         a, b = read_csv(solo / "epochs.csv"), read_csv(member / "epochs.csv")
         assert len(a) == len(b) == 2
         for row_a, row_b in zip(a, b):
-            for key in ("train/loss", "val/loss", "train/top1", "val/top1"):
+            for key in (
+                "train/loss",
+                "val/loss",
+                "train/top1",
+                "val/top1",
+                "health/ssim3/out_std",  # LayerHealth: the member's probe and weights
+                "health/ssim3/grad_ratio",  # and its block of the pack's gradients
+                "health/conv1/grad_ratio",
+                "health/fc4/grad_ratio",
+            ):
                 assert float(row_b[key]) == pytest.approx(float(row_a[key]), rel=RTOL, abs=ATOL)
         ca = torch.load(solo / "checkpoints/last.ckpt", weights_only=False)
         cb = torch.load(member / "checkpoints/last.ckpt", weights_only=False)

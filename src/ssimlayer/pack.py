@@ -24,6 +24,7 @@ from ssimlayer.lightning.callbacks import build_callbacks
 from ssimlayer.lightning.checkpointing import check_checkpoint_matches
 from ssimlayer.lightning.fgsm_sweep import FGSMSweep
 from ssimlayer.lightning.filters import FilterVisualisation
+from ssimlayer.lightning.layer_health import LayerHealth
 from ssimlayer.lightning.pack import PackedClassifierModule, PackedDataModule, PackMembers
 from ssimlayer.lightning.run_summary import RunSummary
 from ssimlayer.train import USER_ERRORS, report_error
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 register_resolvers()
 
 #: The callbacks each member runs for itself (through PackMembers); the pack keeps the others.
-MEMBER_CALLBACKS = ("run_summary", "filters", "fgsm_sweep", "model_checkpoint")
+MEMBER_CALLBACKS = ("run_summary", "filters", "fgsm_sweep", "model_checkpoint", "layer_health")
 #: The pack's own checkpoints (resume with ckpt_path=<pack dir>/pack_checkpoints/last.ckpt); not
 #: checkpoints/, which would make ssimlayer.eval take the pack dir for a run dir.
 PACK_CHECKPOINTS = "pack_checkpoints"
@@ -85,6 +86,7 @@ def train_pack(cfg: DictConfig) -> list[dict[str, Any]]:
         [_pick(cbs, RunSummary) for cbs in per_member],
         [_pick(cbs, FilterVisualisation) for cbs in per_member],
         [_pick(cbs, FGSMSweep) for cbs in per_member],
+        [_pick(cbs, LayerHealth) for cbs in per_member],
     )
     own = copy.deepcopy(cfg)  # the pack's checkpoints apart, so that eval sees only member run dirs
     for name in ("last_checkpoint", "nonfinite_guard"):

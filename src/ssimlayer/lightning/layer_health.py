@@ -222,12 +222,14 @@ class LayerHealth(pl.Callback):
 
     def state_dict(self) -> dict[str, Any]:
         # In every checkpoint, mid-epoch ones too: a resumed run ends the epoch with the same
-        # numbers as one never interrupted (the same probe, the same sampled gradients).
+        # numbers as one never interrupted (the same probe, the same sampled gradients). Device
+        # copies, not host ones: the NaN guard takes this state at its checks, which must not
+        # wait for the device twice.
         return {
             "history": [dict(r) for r in self.history],
-            "probe": None if self._probe is None else self._probe.cpu(),
+            "probe": None if self._probe is None else self._probe.detach().clone(),
             "steps": self._steps,
-            "grad_sum": None if self._grad_sum is None else self._grad_sum.cpu(),
+            "grad_sum": None if self._grad_sum is None else self._grad_sum.detach().clone(),
             "grad_count": self._grad_count,
         }
 
@@ -243,7 +245,9 @@ class LayerHealth(pl.Callback):
     def _read(self, net: nn.Module, grads: bool) -> dict[str, float]:
         """Every statistic of every watched layer, with one read from the device."""
         layers = tracked_layers(net, self.layers)
-        probe = self._probe.to(next(net.parameters()).device)
+        device = next(net.parameters()).device
+        probe = self._probe.to(device)
+        grad_sum = None if self._grad_sum is None else self._grad_sum.to(device)
         outputs: dict[str, Tensor] = {}
 
         def record(label: str):
@@ -266,8 +270,8 @@ class LayerHealth(pl.Callback):
         for i, (label, _, m) in enumerate(layers):
             w = m.weight.detach().float()
             weight_norm = w.norm()
-            if grads and self._grad_sum is not None and self._grad_count:
-                ratio = (self._grad_sum[i] / self._grad_count).float() / weight_norm
+            if grads and grad_sum is not None and self._grad_count:
+                ratio = (grad_sum[i] / self._grad_count).float() / weight_norm
             else:
                 ratio = torch.full((), math.nan, device=w.device)
             filters = w.flatten(1).norm(dim=1).mean()

@@ -32,6 +32,7 @@ from ssimlayer.data.device_loader import DeviceLoader, DeviceSampler
 from ssimlayer.data.groups import BatchGroups
 from ssimlayer.lightning.fgsm_sweep import FGSMSweep
 from ssimlayer.lightning.filters import FilterVisualisation
+from ssimlayer.lightning.layer_health import LayerHealth, first_images, tracked_layers
 from ssimlayer.lightning.module import ClassifierModule, _reset_in_place
 from ssimlayer.lightning.run_summary import RunSummary
 from ssimlayer.models.packed import PackedConvNet
@@ -341,7 +342,8 @@ class _MemberTrainer:
 class PackMembers(pl.Callback):
     """Writes each member's run dir with its solo callbacks, as if it had trained alone.
 
-    After every training epoch (validation has run): each member's ``RunSummary`` row
+    After every training epoch (validation has run): each member's ``LayerHealth`` statistics (its
+    probe is its own first batch, its gradients its block of the pack's), its ``RunSummary`` row
     (``epochs.csv``, ``metrics.json``), its filter grids when due, and
     ``checkpoints/last.ckpt`` in the solo format (the member's module state dict, hyperparameters
     and optimiser state; ``ssimlayer.eval`` and ``prune`` load it). At the end of fit: the filter
@@ -350,8 +352,8 @@ class PackMembers(pl.Callback):
 
     Args:
         run_dirs: one per member.
-        summaries, filters, sweeps: per member, its ``RunSummary`` and optional
-            ``FilterVisualisation`` and ``FGSMSweep`` (built from its own config).
+        summaries, filters, sweeps, healths: per member, its ``RunSummary`` and optional
+            ``FilterVisualisation``, ``FGSMSweep`` and ``LayerHealth`` (built from its own config).
     """
 
     def __init__(
@@ -360,16 +362,25 @@ class PackMembers(pl.Callback):
         summaries: Sequence[RunSummary],
         filters: Sequence[FilterVisualisation | None],
         sweeps: Sequence[FGSMSweep | None],
+        healths: Sequence[LayerHealth | None] | None = None,
     ) -> None:
         self.run_dirs = [Path(d) for d in run_dirs]
         self.summaries, self.filters, self.sweeps = list(summaries), list(filters), list(sweeps)
+        self.healths = list(healths) if healths is not None else [None] * len(self.summaries)
+        self._health_grads: list[list[tuple[str, nn.Parameter]]] = []
 
     def state_dict(self) -> dict[str, Any]:
-        return {"summaries": [s.state_dict() for s in self.summaries]}
+        return {
+            "summaries": [s.state_dict() for s in self.summaries],
+            "healths": [h.state_dict() if h else None for h in self.healths],
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         for summary, state in zip(self.summaries, state_dict["summaries"], strict=True):
             summary.load_state_dict(state)
+        for health, state in zip(self.healths, state_dict.get("healths", []), strict=False):
+            if health is not None and state is not None:
+                health.load_state_dict(state)
 
     def _views(self, trainer: pl.Trainer, pack: PackedClassifierModule) -> list[tuple]:
         metrics = pack.member_metrics()
@@ -379,10 +390,46 @@ class PackMembers(pl.Callback):
     def on_fit_start(self, trainer: pl.Trainer, pack: PackedClassifierModule) -> None:
         for summary, (view, member) in zip(self.summaries, self._views(trainer, pack)):
             summary.on_fit_start(view, member)
+        # Each member's watched weights as (packed parameter name, packed parameter): member i's
+        # gradient is its block of the packed one (PackedConvNet.member_tensor).
+        packed = {
+            pack.net.member_tensor(n, p, 0)[0]: (n, p) for n, p in pack.net.named_parameters()
+        }
+        self._health_grads = [
+            [packed[f"{name}.weight"] for _, name, _ in tracked_layers(m.net, h.layers)]
+            if h
+            else []
+            for h, m in zip(self.healths, pack.members)
+        ]
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pack: PackedClassifierModule, batch: Any, batch_idx: int
+    ) -> None:
+        if all(h is None or h._probe is not None for h in self.healths):
+            return
+        x = first_images(batch)  # (B, k C, H, W): member i's images are its i-th channel block
+        for i, (health, member) in enumerate(zip(self.healths, pack.members)):
+            if health is not None:
+                member.to(pack.device)  # still its initial weights: the pack has not unpacked
+                images = x.chunk(pack.k, dim=1)[i]
+                health.take_probe(images, member.net, trainer.current_epoch, trainer.global_step)
+
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pack: PackedClassifierModule, optimizer: Any
+    ) -> None:
+        for i, (health, params) in enumerate(zip(self.healths, self._health_grads)):
+            if health is not None and health.due():
+                grads = [
+                    None if p.grad is None else pack.net.member_tensor(n, p.grad, i)[1]
+                    for n, p in params
+                ]
+                health.add_grads(grads)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pack: PackedClassifierModule) -> None:
         views = self._views(trainer, pack)
         for i, (view, member) in enumerate(views):
+            if self.healths[i] is not None and self.healths[i]._probe is not None:
+                self.healths[i].epoch_end(view, member)  # into view.callback_metrics: the row
             self.summaries[i].on_train_epoch_end(view, member)
             if self.filters[i] is not None:
                 self.filters[i].on_train_epoch_end(view, member)
@@ -391,6 +438,8 @@ class PackMembers(pl.Callback):
     def on_fit_end(self, trainer: pl.Trainer, pack: PackedClassifierModule) -> None:
         for i, (view, member) in enumerate(self._views(trainer, pack)):
             self.summaries[i].on_fit_end(view, member)
+            if self.healths[i] is not None:
+                self.healths[i].draw()
             if self.filters[i] is not None:
                 self.filters[i].on_fit_end(view, member)
             if self.sweeps[i] is not None:
