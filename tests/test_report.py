@@ -37,6 +37,7 @@ def _write_run(
     schedule="cpu_short",
     data="CIFAR10DataModule",
     name="table1",
+    health=None,
 ):
     folder.mkdir(parents=True)
     (folder / "metrics.json").write_text(
@@ -57,9 +58,12 @@ def _write_run(
             }
         )
     )
+    health = health or {}
+    columns = "".join(f",{k}" for k in health)
+    values = "".join(f",{v}" for v in health.values())
     (folder / "epochs.csv").write_text(
-        "epoch,step,train/loss,train/top1,train/top5,val/loss,val/top1,val/top5\n"
-        f"0,10,2.0,0.3,0.8,2.0,{val - 0.1},0.8\n1,20,1.5,0.4,0.9,1.6,{val},0.9\n"
+        f"epoch,step,train/loss,train/top1,train/top5,val/loss,val/top1,val/top5{columns}\n"
+        f"0,10,2.0,0.3,0.8,2.0,{val - 0.1},0.8{values}\n1,20,1.5,0.4,0.9,1.6,{val},0.9{values}\n"
     )
     (folder / "fgsm_sweep.csv").write_text(
         f"split,eps,top1,top5\nval,0.0,{val},0.9\nval,0.007,{fgsm_val},0.8\n"
@@ -83,6 +87,30 @@ def test_report_from_run_dirs(tmp_path):
     assert "Not measured: data unavailable" in report
     assert (outputs / "report" / "fig5_cpu_short.png").stat().st_size > 0
     assert (outputs / "report" / "fig9_cpu_short.png").stat().st_size > 0
+
+
+def test_report_shows_layer_health_beside_the_learning_curves(tmp_path):
+    outputs = tmp_path / "outputs"
+    for seed in range(2):
+        for model, std in (("fig4_plain", 0.1), ("fig4_ssim", 0.006)):
+            health = {
+                "health/conv1/out_std": 0.5,
+                f"health/{'ssim' if 'ssim' in model else 'conv'}3/out_std": std + 0.001 * seed,
+                "health/conv1/grad_ratio": 0.01,
+                "health/conv1/out_near0": 0.02,
+            }
+            _write_run(outputs / f"a/{seed}_{model}", model, seed, 0.6, 0.2, health=health)
+    report = build_report(outputs).read_text()
+    curves = report.index("![Fig. 5 (Table 1 pair)](fig5_cpu_short.png)")
+    health = report.index("![Layer health, Fig. 5 (Table 1 pair)](fig5_health_cpu_short.png)")
+    assert curves < health < report.index("![FGSM sweep](fig9")  # after the learning curves
+    assert (outputs / "report" / "fig5_health_cpu_short.png").stat().st_size > 0
+    # runs without the columns (from before the callback): no figure, no error
+    old = tmp_path / "old"
+    for seed in range(2):
+        for model in ("fig4_plain", "fig4_ssim"):
+            _write_run(old / f"a/{seed}_{model}", model, seed, 0.6, 0.2)
+    assert "Layer health" not in build_report(old).read_text()
 
 
 def test_report_with_no_runs_says_so(tmp_path):

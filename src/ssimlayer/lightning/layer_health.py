@@ -318,29 +318,30 @@ def plot_layer_health(
     """
     fig = Figure(figsize=(13, 3.8))
     axes = fig.subplots(1, len(PANELS), sharex=True)
+    lines = [  # (curve, layer): one colour in every panel
+        (label, layer)
+        for label, rows in curves.items()
+        for layer in sorted(
+            {k.split("/")[1] for r in rows for k in r if k.startswith(PREFIX)},
+            key=lambda s: (int("".join(c for c in s if c.isdigit()) or 0), s),
+        )
+    ]
     drew = False
     for ax, (stat, ylabel, log_scale) in zip(axes, PANELS):
-        color = 0
-        for label, rows in curves.items():
-            layers = sorted(
-                {k.split("/")[1] for r in rows for k in r if k.startswith(PREFIX)},
-                key=lambda s: (int("".join(c for c in s if c.isdigit()) or 0), s),
-            )
-            for layer in layers:
-                key = f"{PREFIX}{layer}/{stat}"
-                points = [
-                    (float(r["epoch"]), float(r[key]))
-                    for r in rows
-                    if r.get(key) not in (None, "") and math.isfinite(float(r[key]))
-                ]
-                points = [(e, v) for e, v in points if v > 0 or not log_scale]
-                if not points:
-                    continue
-                xs, ys = zip(*points)
-                name = f"{label} {layer}".strip()
-                ax.plot(xs, ys, "-o", ms=2.5, color=f"C{color % 10}", label=name)
-                color += 1
-                drew = True
+        for color, (label, layer) in enumerate(lines):
+            key = f"{PREFIX}{layer}/{stat}"
+            points = [
+                (float(r["epoch"]), float(r[key]))
+                for r in curves[label]
+                if r.get(key) not in (None, "") and math.isfinite(float(r[key]))
+            ]
+            points = [(e, v) for e, v in points if v > 0 or not log_scale]
+            if not points:
+                continue
+            xs, ys = zip(*points)
+            name = f"{label} {layer}".strip()
+            ax.plot(xs, ys, "-o", ms=2.5, color=f"C{color % 10}", label=name)
+            drew = True
         if log_scale:
             ax.set_yscale("log")
         ax.set(xlabel="epoch", ylabel=ylabel)

@@ -17,7 +17,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from ssimlayer.report.claims import CLAIMS, PAPER, TABLE2_CLAIMS, TABLE2_PAPER
-from ssimlayer.report.plots import convergence_plot, fgsm_plot
+from ssimlayer.report.plots import convergence_plot, fgsm_plot, layer_health_plot
 from ssimlayer.report.verdict import RULE, compare
 from ssimlayer.utils import PROJECT_ROOT
 from ssimlayer.utils.runs import Run, find_runs, mean_std, read_csv
@@ -454,6 +454,20 @@ def build_report(
             )
             if path:
                 lines += [f"![{title}]({path.name})", ""]
+            health = layer_health_plot(
+                subset,
+                out_dir / f"{key}_health_{schedule}.png",
+                f"Layer health, {title}, {schedule}",
+            )
+            if health:
+                lines += [
+                    f"![Layer health, {title}]({health.name})",
+                    "",
+                    "Layer health (`LayerHealth`, mean over seeds): each layer's output std and "
+                    "share of outputs near 0 on a fixed probe batch, and ||grad|| / ||W||, per "
+                    "epoch (the `health/` columns of `epochs.csv`).",
+                    "",
+                ]
         for key, models in (
             ("fig9", ["fig4_plain", "fig4_ssim"]),
             ("fgsm_shallow", ["shallow_conv", "shallow_ssim"]),

@@ -1,4 +1,5 @@
-"""The report's figures: convergence (Figs. 5, 8) and accuracy versus FGSM eps (Fig. 9)."""
+"""The report's figures: convergence (Figs. 5, 8), layer health (issue 28) and accuracy versus FGSM
+eps (Fig. 9)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from ssimlayer.lightning.layer_health import health_columns, plot_layer_health  # noqa: E402
 from ssimlayer.utils.runs import Run  # noqa: E402
 
-__all__ = ["convergence_plot", "fgsm_plot"]
+__all__ = ["convergence_plot", "fgsm_plot", "layer_health_plot"]
 
 
 def _mean_band(series: list[list[float]]) -> tuple[list[float], list[float], list[float]]:
@@ -62,6 +64,28 @@ def convergence_plot(
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def layer_health_plot(runs_by_model: dict[str, list[Run]], path: Path, title: str) -> Path | None:
+    """Each model's layer-health columns of ``epochs.csv`` (``LayerHealth``), mean over seeds.
+
+    ``None`` when no run has them (runs from before the callback).
+    """
+    curves = {}
+    for model, runs in runs_by_model.items():
+        tables = [run.epochs for run in runs if run.epochs and health_columns(list(run.epochs[0]))]
+        if not tables:
+            continue
+        keys = health_columns(list(tables[0][0]))
+        rows = []
+        for i in range(min(len(t) for t in tables)):
+            row: dict[str, float] = {"epoch": float(tables[0][i]["epoch"])}
+            for key in keys:
+                vals = [float(t[i][key]) for t in tables if t[i].get(key) not in (None, "")]
+                row[key] = statistics.fmean(vals) if vals else float("nan")
+            rows.append(row)
+        curves[f"{model} (n={len(tables)})"] = rows
+    return plot_layer_health(curves, path, title) if curves else None
 
 
 def fgsm_plot(
