@@ -114,7 +114,8 @@ def test_a_smoke_run_writes_the_columns_csv_and_plot(make_cfg, tmp_path):
     rows = read_csv(out / "epochs.csv")
     assert [r["epoch"] for r in rows] == ["1", "2"]
     for r in rows:  # in the same row as the epoch's accuracies
-        assert r["val/top1"] and 0 < float(r["health/ssim3/out_std"]) < 1
+        assert [k for k in r if k.startswith("val") and r[k]]  # whatever the accuracies' names
+        assert 0 < float(r["health/ssim3/out_std"]) < 1
         assert float(r["health/ssim3/grad_ratio"]) > 0 and float(r["health/conv1/w_std"]) > 0
     assert [r["epoch"] for r in read_csv(out / "layer_health.csv")] == ["0", "1", "2"]
     assert (out / "layer_health.png").stat().st_size > 0
