@@ -57,11 +57,11 @@ def test_callbacks_write_their_files(tmp_path):
     assert stats["layer"] == "SSIMConv2d" and len(stats["norms"]) == 6
     assert stats["share_norm_below_1"] == sum(n < 1 for n in stats["norms"]) / 6
     rows = list(csv.reader((tmp_path / "fgsm_sweep.csv").read_text().splitlines()))
-    assert rows[0] == ["split", "eps", "top1", "top5"]
+    assert rows[0] == ["split", "eps", "top1_pct", "top5_pct"]
     assert [(r[0], float(r[1])) for r in rows[1:]] == [
         (s, e) for s in ("train", "val") for e in eps
     ]
-    assert all(0 <= float(r[2]) <= float(r[3]) <= 1 for r in rows[1:])  # top1 <= top5
+    assert all(0 <= float(r[2]) <= float(r[3]) <= 100 for r in rows[1:])  # top1 <= top5, in %
 
 
 def test_sweep_callback_validates_its_arguments(tmp_path):

@@ -21,15 +21,15 @@ def test_summary_gives_percent_fgsm_at_0007_and_the_run_dir(capsys, tmp_path):
         "epochs": 40,
         "wall_time_s": 700.0,
         "device": "cpu",
-        "final_train_top1": 0.61784,
-        "final_val_top1": 0.5742,
-        "best_val_top1": 0.5855,
+        "final_train_top1_pct": 61.784,
+        "final_val_top1_pct": 57.42,
+        "best_val_top1_pct": 58.55,
         "best_val_top1_epoch": 38,
     }
     rows = [
-        {"split": "val", "eps": "0.0", "top1": "0.57"},
-        {"split": "val", "eps": "0.007", "top1": "0.3252"},
-        {"split": "train", "eps": "0.007", "top1": "0.4"},
+        {"split": "val", "eps": "0.0", "top1_pct": "57.0"},
+        {"split": "val", "eps": "0.007", "top1_pct": "32.52"},
+        {"split": "train", "eps": "0.007", "top1_pct": "40"},
     ]
     print_summary(metrics, rows, tmp_path)
     err = capsys.readouterr().err

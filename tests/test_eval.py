@@ -85,7 +85,7 @@ def test_evaluate_pair_writes_every_output(tmp_path, tiny_pair):
     evaluate(cfg)
     for run_dir in tiny_pair:
         with open(run_dir / "robustness.csv") as f:
-            assert f.readline().strip() == "attack,eps,steps,top1,top5"
+            assert f.readline().strip() == "attack,eps,steps,top1_pct,top5_pct"
         rows = _read(run_dir / "robustness.csv")
         kinds = {(r["attack"], int(r["steps"])) for r in rows}
         assert {
@@ -96,18 +96,18 @@ def test_evaluate_pair_writes_every_output(tmp_path, tiny_pair):
             ("square", 5),
             ("pgd_transfer", 2),
         } <= kinds
-        assert all(0 <= float(r["top1"]) <= float(r["top5"]) <= 1 for r in rows)
-        clean = float(rows[0]["top1"])
-        assert all(float(r["top1"]) == clean for r in rows if float(r["eps"]) == 0)
+        assert all(0 <= float(r["top1_pct"]) <= float(r["top5_pct"]) <= 100 for r in rows)
+        clean = float(rows[0]["top1_pct"])
+        assert all(float(r["top1_pct"]) == clean for r in rows if float(r["eps"]) == 0)
 
         with open(run_dir / "corruptions.csv") as f:
-            assert f.readline().strip() == "corruption,severity,top1,top5"
+            assert f.readline().strip() == "corruption,severity,top1_pct,top5_pct"
         corr = _read(run_dir / "corruptions.csv")
         assert [r["corruption"] for r in corr] == ["clean"] + ["jpeg"] * 2 + [
             "gaussian_noise"
         ] * 2 + ["mean"]
-        mean = sum(float(r["top1"]) for r in corr[1:-1]) / 4
-        assert float(corr[-1]["top1"]) == pytest.approx(mean)
+        mean = sum(float(r["top1_pct"]) for r in corr[1:-1]) / 4
+        assert float(corr[-1]["top1_pct"]) == pytest.approx(mean)
 
         masking = json.loads((run_dir / "masking_checks.json").read_text())
         assert set(masking["checks"]) == {
@@ -125,5 +125,7 @@ def test_evaluate_pair_writes_every_output(tmp_path, tiny_pair):
     summary = _read(tmp_path / "eval" / "summary_robustness.csv")
     assert {r["model"] for r in summary} == {"fig4_plain", "fig4_ssim"}
     assert all(r["n_runs"] == "1" for r in summary)
-    assert all(r["top1_std"] == "nan" for r in summary)  # one seed: its spread is unknown, not 0
+    assert all(
+        r["top1_pct_std"] == "nan" for r in summary
+    )  # one seed: its spread is unknown, not 0
     assert (tmp_path / "eval" / "summary_corruptions.csv").is_file()

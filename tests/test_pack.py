@@ -10,6 +10,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from ssimlayer.lightning.checkpointing import load_checkpoint
 from ssimlayer.models import ConvNet
 from ssimlayer.models.packed import PackedConvNet
 from ssimlayer.nn import SSIMConv2d
@@ -105,18 +106,18 @@ def test_pack_of_three_equals_three_runs_alone(tmp_path, model):
         assert len(a) == len(b) == 2
         for row_a, row_b in zip(a, b):
             for key in (
-                "train/loss",
-                "val/loss",
-                "train/top1",
-                "val/top1",
+                "train_loss",
+                "val_loss",
+                "train_top1_pct",
+                "val_top1_pct",
                 "health/ssim3/out_std",  # LayerHealth: the member's probe and weights
                 "health/ssim3/grad_ratio",  # and its block of the pack's gradients
                 "health/conv1/grad_ratio",
                 "health/fc4/grad_ratio",
             ):
                 assert float(row_b[key]) == pytest.approx(float(row_a[key]), rel=RTOL, abs=ATOL)
-        ca = torch.load(solo / "checkpoints/last.ckpt", weights_only=False)
-        cb = torch.load(member / "checkpoints/last.ckpt", weights_only=False)
+        ca = load_checkpoint(solo / "checkpoints/last.ckpt")
+        cb = load_checkpoint(member / "checkpoints/last.ckpt")
         assert cb["global_step"] == ca["global_step"] == 4
         for key, value in ca["state_dict"].items():
             torch.testing.assert_close(cb["state_dict"][key], value, rtol=RTOL, atol=ATOL)

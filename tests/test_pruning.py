@@ -65,7 +65,7 @@ def test_prune_entry_point_on_a_smoke_run(tiny_pair):
         ("norm<1", "channel"),
         ("norm<1", "weights"),
     ]
-    assert all(0 <= float(r["fgsm_top1"]) <= float(r["fgsm_top5"]) <= 1 for r in rows)
+    assert all(0 <= float(r["fgsm_top1_pct"]) <= float(r["fgsm_top5_pct"]) <= 100 for r in rows)
     assert float(rows[0]["share_removed"]) == 0 and int(rows[0]["num_images"]) == 16
     half = [r for r in rows if r["setting"] == "smallest50%"]
     assert all(float(r["share_removed"]) == 0.5 for r in half)

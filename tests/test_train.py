@@ -75,9 +75,9 @@ def test_smoke_run_writes_every_artefact_and_wandb_offline(make_cfg, tmp_path):
     summary = json.loads((out / "metrics.json").read_text())
     assert summary == metrics
     for key in (
-        "final_train_top1",
-        "best_val_top1",
-        "best_val_top5",
+        "final_train_top1_pct",
+        "best_val_top1_pct",
+        "best_val_top5_pct",
         "epochs",
         "wall_time_s",
         "device",
@@ -86,7 +86,20 @@ def test_smoke_run_writes_every_artefact_and_wandb_offline(make_cfg, tmp_path):
         assert summary[key] is not None, key
     assert summary["epochs"] == 1
     rows = list(csv.DictReader((out / "fgsm_sweep.csv").read_text().splitlines()))
-    assert list(rows[0]) == ["split", "eps", "top1", "top5"]
+    assert list(rows[0]) == ["split", "eps", "top1_pct", "top5_pct"]  # accuracies in percent
+    assert all(0 <= float(r["top1_pct"]) <= float(r["top5_pct"]) <= 100 for r in rows)
+    header = (out / "epochs.csv").read_text().splitlines()[0].split(",")
+    assert header[:8] == [
+        "epoch",
+        "step",
+        "train_loss",
+        "train_top1_pct",
+        "train_top5_pct",
+        "val_loss",
+        "val_top1_pct",
+        "val_top5_pct",
+    ]
+    assert 0 <= summary["best_val_top1_pct"] <= 100
     assert len(rows) == 2 * len(cfg.callbacks.fgsm_sweep.eps)
     assert {r["split"] for r in rows} == {"train", "val"}
     assert list(out.glob("filters*.png")) and (out / "epochs.csv").exists()

@@ -26,14 +26,15 @@ from ssimlayer.memory import retain_freed_memory
 from ssimlayer.robustness import corruption_sweep, default_specs, masking_checks, robustness_sweep
 from ssimlayer.robustness.results import plot_attacks, plot_corruptions, summarise, write_csv
 from ssimlayer.utils import CONF_DIR, register_resolvers
-from ssimlayer.utils.runs import Run, find_runs
+from ssimlayer.utils.runs import Run, find_runs, in_percent
 
 log = logging.getLogger(__name__)
 
 register_resolvers()
 
-ATTACK_COLS = ["attack", "eps", "steps", "top1", "top5"]
-CORRUPTION_COLS = ["corruption", "severity", "top1", "top5"]
+#: Columns of robustness.csv and corruptions.csv: accuracies in percent.
+ATTACK_COLS = ["attack", "eps", "steps", "top1_pct", "top5_pct"]
+CORRUPTION_COLS = ["corruption", "severity", "top1_pct", "top5_pct"]
 
 
 def find_eval_runs(runs: list[str], ckpt_path: str | None, weights: str = "last") -> list[Run]:
@@ -191,7 +192,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                 seed=cfg.seed,
                 progress=ev.progress,
             )
-            checks = masking_checks(rows, **ev.masking)
+            checks = masking_checks(rows, **ev.masking)  # on the fractions the sweeps return
+            rows, corr = [in_percent(r) for r in rows], [in_percent(r) for r in corr]
             other = [r for r in group if r is not run]
             masking = {
                 "model": run.model,
@@ -210,18 +212,18 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             plot_corruptions(run.path / "corruptions.png", corr, name)
             for r in rows:
                 log.info(
-                    "%s %s eps=%.4f steps=%d top1=%.4f top5=%.4f",
+                    "%s %s eps=%.4f steps=%d top-1 %.2f %%, top-5 %.2f %%",
                     name,
                     r["attack"],
                     r["eps"],
                     r["steps"],
-                    r["top1"],
-                    r["top5"],
+                    r["top1_pct"],
+                    r["top5_pct"],
                 )
             log.info(
-                "%s corruptions mean top1=%.4f; masking checks: %s",
+                "%s corruptions mean top-1 %.2f %%; masking checks: %s",
                 name,
-                corr[-1]["top1"],
+                corr[-1]["top1_pct"],
                 {k: c["verdict"] for k, c in checks.items()},
             )
             results.append(
@@ -237,7 +239,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     summary_attacks = summarise(results, "attacks", ["attack", "eps", "steps"])
     summary_corr = summarise(results, "corruptions", ["corruption", "severity"])
-    stat_cols = ["n_runs", "top1_mean", "top1_std", "top5_mean", "top5_std"]
+    stat_cols = ["n_runs", "top1_pct_mean", "top1_pct_std", "top5_pct_mean", "top5_pct_std"]
     write_csv(
         out_dir / "summary_robustness.csv",
         summary_attacks,

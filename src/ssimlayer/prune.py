@@ -3,7 +3,8 @@
     python -m ssimlayer.prune RUN_DIR_OR_MULTIRUN_DIR... [--num-examples 2000] [--eps 0.007]
 
 For each run with SSIM layers, writes ``pruning.csv`` into its run dir (header
-``setting,mode,pruned,total,share_removed,clean_top1,clean_top5,fgsm_top1,fgsm_top5,eps,num_images``):
+``setting,mode,pruned,total,share_removed,clean_top1_pct,clean_top5_pct,fgsm_top1_pct,fgsm_top5_pct,eps,num_images``,
+accuracies in percent):
 no pruning, filters with L2 norm < 1, and the smallest 25 % and 50 % by norm, each as channel removal
 and as weight zeroing (see :mod:`ssimlayer.robustness.pruning`), on the first validation images.
 """
@@ -21,7 +22,7 @@ from tqdm import tqdm
 from ssimlayer.robustness.accuracy import topk_correct
 from ssimlayer.robustness.fgsm import check_eps, fgsm
 from ssimlayer.robustness.pruning import prune_ssim_filters, ssim_layers
-from ssimlayer.utils.runs import find_runs
+from ssimlayer.utils.runs import find_runs, in_percent
 
 SETTINGS = [
     ("none", {}),
@@ -35,10 +36,10 @@ COLS = [
     "pruned",
     "total",
     "share_removed",
-    "clean_top1",
-    "clean_top5",
-    "fgsm_top1",
-    "fgsm_top5",
+    "clean_top1_pct",
+    "clean_top5_pct",
+    "fgsm_top1_pct",
+    "fgsm_top5_pct",
     "eps",
     "num_images",
 ]
@@ -56,7 +57,7 @@ def evaluate(model, batches, eps: float) -> dict[str, float]:
         counts["fgsm_top1"] += adv[1]
         counts["fgsm_top5"] += adv[5]
         n += len(y)
-    return {k: v / n for k, v in counts.items()} | {"num_images": n}
+    return in_percent({k: v / n for k, v in counts.items()}, counts) | {"num_images": n}
 
 
 def prune_run(run, num_examples: int, eps: float) -> Path | None:

@@ -125,7 +125,7 @@ def main(cfg: DictConfig) -> float | None:
         sys.exit(2)  # SystemExit passes through Hydra's handler, which would print a traceback
     if metrics:
         print_summary(metrics, _fgsm_rows(run_dir), run_dir)
-    return metrics.get("best_val_top1")  # for Hydra sweepers that optimise a return value
+    return metrics.get("best_val_top1_pct")  # for Hydra sweepers that optimise a return value
 
 
 def _fgsm_rows(run_dir: Path) -> list[dict[str, str]]:

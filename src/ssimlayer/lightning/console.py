@@ -127,15 +127,18 @@ def _plural(n: int, word: str) -> str:
 
 
 def _pct(value: Any) -> str:
-    return "n/a" if value is None else f"{100 * float(value):.2f} %"
+    return "n/a" if value in (None, "") else f"{float(value):.2f} %"
 
 
 def print_summary(
     metrics: Mapping[str, Any], fgsm_rows: list[Mapping[str, Any]], run_dir: str | Path
 ) -> None:
-    """The run's last lines: final and best top-1 in percent, FGSM at 0.007, wall time, run dir."""
+    """The run's last lines: final and best top-1 in percent, FGSM at 0.007, wall time, run dir.
+
+    ``metrics`` and ``fgsm_rows`` as ``metrics.json`` and ``fgsm_sweep.csv`` hold them (percent).
+    """
     fgsm = {
-        r["split"]: r["top1"]
+        r["split"]: r["top1_pct"]
         for r in fgsm_rows
         if math.isclose(float(r["eps"]), 0.007, abs_tol=1e-9)
     }
@@ -143,9 +146,9 @@ def print_summary(
         f"{metrics.get('model')} seed {metrics.get('seed')}: "
         f"{_plural(int(metrics.get('epochs') or 0), 'epoch')} "
         f"in {format_duration(float(metrics.get('wall_time_s') or 0))} on {metrics.get('device')}",
-        f"  top-1 train {_pct(metrics.get('final_train_top1'))}, "
-        f"val {_pct(metrics.get('final_val_top1'))} "
-        f"(best val {_pct(metrics.get('best_val_top1'))} at epoch "
+        f"  top-1 train {_pct(metrics.get('final_train_top1_pct'))}, "
+        f"val {_pct(metrics.get('final_val_top1_pct'))} "
+        f"(best val {_pct(metrics.get('best_val_top1_pct'))} at epoch "
         f"{metrics.get('best_val_top1_epoch')})",
     ]
     if fgsm:

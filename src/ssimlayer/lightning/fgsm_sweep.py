@@ -16,15 +16,20 @@ from torch.utils.data import DataLoader
 
 from ssimlayer.lightning.checkpointing import load_checkpoint
 from ssimlayer.robustness.fgsm import check_eps, fgsm_sweep
+from ssimlayer.utils.runs import in_percent
 
 __all__ = ["FGSMSweep"]
+
+#: fgsm_sweep.csv's columns: accuracies in percent.
+COLUMNS = ["split", "eps", "top1_pct", "top5_pct"]
 
 log = logging.getLogger(__name__)
 
 
 class FGSMSweep(pl.Callback):
     """Run :func:`ssimlayer.robustness.fgsm_sweep` at the end of fit; write ``fgsm_sweep.csv``
-    (``split,eps,top1,top5``) and ``fgsm_sweep.png``; log a ``wandb.Table`` and a line plot.
+    (``split,eps,top1_pct,top5_pct``: accuracies in percent) and ``fgsm_sweep.png``; log a
+    ``wandb.Table`` and a line plot.
 
     Args:
         output_dir: the run dir.
@@ -103,7 +108,7 @@ class FGSMSweep(pl.Callback):
                 progress=self.progress,
                 desc=f"FGSM sweep ({split})",
             )
-            self.rows += [{"split": split, **r} for r in rows]
+            self.rows += [{"split": split, **in_percent(r)} for r in rows]
             for r in rows if trainer.is_global_zero else []:
                 log.debug(
                     "FGSM %s eps=%.4f top1=%.4f top5=%s", split, r["eps"], r["top1"], r.get("top5")
@@ -120,18 +125,19 @@ class FGSMSweep(pl.Callback):
 
     def _write_csv(self) -> None:
         with open(self.output_dir / "fgsm_sweep.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=["split", "eps", "top1", "top5"])
+            w = csv.DictWriter(f, fieldnames=COLUMNS)
             w.writeheader()
             for r in self.rows:
-                w.writerow({k: r.get(k, "") for k in ("split", "eps", "top1", "top5")})
+                w.writerow({k: r.get(k, "") for k in COLUMNS})
 
     def _series(self) -> dict[str, tuple[list[float], list[float]]]:
         out = {}
         for split in self.splits:
             rows = [r for r in self.rows if r["split"] == split]
-            for k in ("top1", "top5"):
+            for k in ("top1_pct", "top5_pct"):
                 if rows and k in rows[0]:
-                    out[f"{split} {k}"] = ([r["eps"] for r in rows], [r[k] for r in rows])
+                    series = [r[k] for r in rows]
+                    out[f"{split} {k.removesuffix('_pct')}"] = ([r["eps"] for r in rows], series)
         return out
 
     def _plot(self) -> Path:
@@ -147,8 +153,8 @@ class FGSMSweep(pl.Callback):
                 label=label,
             )
         ax.set_xlabel("FGSM eps ([0, 1] pixel units)")
-        ax.set_ylabel("accuracy")
-        ax.set_ylim(0, 1)
+        ax.set_ylabel("accuracy (%)")
+        ax.set_ylim(0, 100)
         ax.grid(alpha=0.3)
         ax.legend()
         fig.savefig(path, dpi=120, bbox_inches="tight")
@@ -157,8 +163,7 @@ class FGSMSweep(pl.Callback):
     def _log_wandb(self, logger: WandbLogger, plot: Path) -> None:
         import wandb
 
-        cols = ["split", "eps", "top1", "top5"]
-        table = wandb.Table(columns=cols, data=[[r.get(c) for c in cols] for r in self.rows])
+        table = wandb.Table(columns=COLUMNS, data=[[r.get(c) for c in COLUMNS] for r in self.rows])
         series = self._series()
         xs = next(iter(series.values()))[0] if series else []
         line = wandb.plot.line_series(

@@ -16,8 +16,24 @@ import torch
 __all__ = ["RunSummary"]
 
 KEYS = ("train/loss", "train/top1", "train/top5", "val/loss", "val/top1", "val/top5")
+#: How epochs.csv names them: accuracies in percent, the unit in the name.
+COLUMNS = {
+    "train/loss": "train_loss",
+    "train/top1": "train_top1_pct",
+    "train/top5": "train_top5_pct",
+    "val/loss": "val_loss",
+    "val/top1": "val_top1_pct",
+    "val/top5": "val_top5_pct",
+}
 #: Also copied into epochs.csv: any metric under these prefixes (LayerHealth's ``health/...``).
 EXTRA_PREFIXES = ("health/",)
+
+
+def _in_file(key: str, value):
+    """An accuracy of :data:`KEYS` (a fraction) in percent; anything else as it is."""
+    if value in (None, "") or key not in COLUMNS or key.endswith("loss"):
+        return value
+    return round(100 * float(value), 6)
 
 
 class RunSummary(pl.Callback):
@@ -26,8 +42,11 @@ class RunSummary(pl.Callback):
     The row holds :data:`KEYS` and every metric under :data:`EXTRA_PREFIXES` that a callback before
     this one has put into ``trainer.callback_metrics`` (``LayerHealth``'s ``health/...`` columns).
 
+    Accuracies are written in percent, with the unit in the name (``val_top1_pct`` in
+    ``epochs.csv``, ``final_val_top1_pct`` in ``metrics.json``); losses as they are.
+
     ``metrics.json`` holds the final and best (max over epochs) train/val top-1 and top-5, the
-    epoch of the best val top-1, epochs run, wall time, device and the model's parameter count;
+    epoch of the best val top-1 (counted from 1), epochs run, wall time, device and the model's parameter count;
     ``extra`` (e.g. the seed and model name, set from config) is copied in.
 
     Args:
@@ -84,10 +103,10 @@ class RunSummary(pl.Callback):
         extra = {k: None for row in self.history for k in row if k.startswith(EXTRA_PREFIXES)}
         cols = ["epoch", "step", *KEYS, *extra]
         with open(path, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=cols)
+            w = csv.DictWriter(f, fieldnames=[COLUMNS.get(c, c) for c in cols])
             w.writeheader()
             for row in self.history:
-                w.writerow({c: row.get(c, "") for c in cols})
+                w.writerow({COLUMNS.get(c, c): _in_file(c, row.get(c, "")) for c in cols})
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._fit_wall = time.perf_counter() - self._start  # training only, not the later sweep
@@ -103,8 +122,8 @@ class RunSummary(pl.Callback):
                 continue
             vals = [r[k] for r in self.history if k in r and not math.isnan(r[k])]
             split, metric = k.split("/")
-            summary[f"final_{split}_{metric}"] = last.get(k)
-            summary[f"best_{split}_{metric}"] = max(vals) if vals else None
+            summary[f"final_{split}_{metric}_pct"] = _in_file(k, last.get(k))
+            summary[f"best_{split}_{metric}_pct"] = _in_file(k, max(vals) if vals else None)
         val = [(r["val/top1"], r["epoch"]) for r in self.history if "val/top1" in r]
         summary["best_val_top1_epoch"] = max(val)[1] if val else None
         summary["epochs"] = len(self.history)

@@ -20,7 +20,7 @@ from ssimlayer.report.claims import CLAIMS, PAPER, TABLE2_CLAIMS, TABLE2_PAPER
 from ssimlayer.report.plots import convergence_plot, fgsm_plot, layer_health_plot
 from ssimlayer.report.verdict import RULE, compare
 from ssimlayer.utils import PROJECT_ROOT
-from ssimlayer.utils.runs import Run, find_runs, mean_std, read_csv
+from ssimlayer.utils.runs import Run, find_runs, mean_std
 
 __all__ = ["build_report", "main"]
 
@@ -63,13 +63,14 @@ SCHEDULES = {
 
 
 def metric_value(run: Run, metric: str) -> float | None:
-    """A metric in percent: a ``metrics.json`` key or ``fgsm:<split>:<eps>:<k>``."""
+    """An accuracy in percent: ``metrics.json``'s ``<metric>_pct`` (``final_val_top1`` ->
+    ``final_val_top1_pct``) or ``fgsm:<split>:<eps>:<k>``."""
     if metric.startswith("fgsm:"):
         _, split, eps, k = metric.split(":")
         value = run.fgsm_top(split, float(eps), int(k))
     else:
-        value = run.metrics.get(metric)
-    return None if value is None else 100 * float(value)
+        value = run.metrics.get(f"{metric}_pct")
+    return None if value is None else float(value)
 
 
 def _fmt(values: list[float]) -> str:
@@ -186,12 +187,12 @@ def _robustness_section(by_model: dict[str, list[Run]]) -> list[str]:
     verdicts: dict[tuple, list[str]] = defaultdict(list)
     for model, runs in by_model.items():
         for run in runs:
-            for row in read_csv(run.path / "robustness.csv"):
+            for row in run.table("robustness.csv"):
                 key = (model, row["attack"], float(row["eps"]), row["steps"])
-                table[key].append(100 * float(row["top1"]))
-            for row in read_csv(run.path / "corruptions.csv"):
+                table[key].append(float(row["top1_pct"]))
+            for row in run.table("corruptions.csv"):
                 if row["corruption"] in ("clean", "mean"):
-                    corr[(model, row["corruption"])].append(100 * float(row["top1"]))
+                    corr[(model, row["corruption"])].append(float(row["top1_pct"]))
             for name, check in _load_checks(run.path / "masking_checks.json").items():
                 verdicts[(model, name)].append(check.get("verdict", "?"))
     if not table:
@@ -245,10 +246,11 @@ def _pruning_section(by_model: dict[str, list[Run]]) -> list[str]:
     table: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for model, runs in by_model.items():
         for run in runs:
-            for row in read_csv(run.path / "pruning.csv"):
+            for row in run.table("pruning.csv"):
                 cell = table[(model, row["setting"], row["mode"])]
-                for key in ("share_removed", "clean_top1", "fgsm_top1"):
-                    cell[key].append(100 * float(row[key]))
+                cell["share_removed"].append(100 * float(row["share_removed"]))
+                for key in ("clean_top1", "fgsm_top1"):
+                    cell[key].append(float(row[f"{key}_pct"]))
                 cell["eps"] = [float(row["eps"])]
                 cell["n"] = [int(row["num_images"])]
     if not table:
@@ -502,12 +504,12 @@ RUN_FIELDS = [
     "train_images",
     "device",
     "wall_time_s",
-    "final_train_top1",
-    "final_val_top1",
-    "best_val_top1",
-    "fgsm_val_0.007_top1",
-    "fgsm_val_0.007_top5",
-    "fgsm_train_0.007_top1",
+    "final_train_top1_pct",
+    "final_val_top1_pct",
+    "best_val_top1_pct",
+    "fgsm_val_0.007_top1_pct",
+    "fgsm_val_0.007_top5_pct",
+    "fgsm_train_0.007_top1_pct",
     "commit",
     "run_dir",
     "command",
@@ -523,7 +525,8 @@ def _relative_to_root(args: list[str]) -> str:
 
 
 def _write_runs_csv(runs: list[Run], outputs: Path, path: Path) -> None:
-    """One row per run: the numbers behind every table, with the command that produced them."""
+    """One row per run: the numbers behind every table (accuracies in percent), with the command
+    that produced them."""
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=RUN_FIELDS)
         writer.writeheader()
@@ -534,9 +537,9 @@ def _write_runs_csv(runs: list[Run], outputs: Path, path: Path) -> None:
                     **{k: run.metrics.get(k) for k in RUN_FIELDS[:10]},
                     "train_images": run.train_images,
                     "device": run.device,
-                    "fgsm_val_0.007_top1": run.fgsm_top("val", 0.007, 1),
-                    "fgsm_val_0.007_top5": run.fgsm_top("val", 0.007, 5),
-                    "fgsm_train_0.007_top1": run.fgsm_top("train", 0.007, 1),
+                    "fgsm_val_0.007_top1_pct": run.fgsm_top("val", 0.007, 1),
+                    "fgsm_val_0.007_top5_pct": run.fgsm_top("val", 0.007, 5),
+                    "fgsm_train_0.007_top1_pct": run.fgsm_top("train", 0.007, 1),
                     "commit": run.commit,
                     "run_dir": str(run.path.relative_to(outputs))
                     if outputs in run.path.parents

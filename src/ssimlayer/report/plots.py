@@ -3,6 +3,7 @@ eps (Fig. 9)."""
 
 from __future__ import annotations
 
+import math
 import statistics
 from pathlib import Path
 
@@ -12,7 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from ssimlayer.lightning.layer_health import health_columns, plot_layer_health  # noqa: E402
-from ssimlayer.utils.runs import Run  # noqa: E402
+from ssimlayer.utils.runs import Run, mean_std  # noqa: E402
 
 __all__ = ["convergence_plot", "fgsm_plot", "layer_health_plot"]
 
@@ -38,9 +39,9 @@ def convergence_plot(
         for split, style in (("train", "--"), ("val", "-")):
             series = [
                 [
-                    100 * (1 - float(row[f"{split}/top1"]))
+                    100 - float(row[f"{split}_top1_pct"])
                     for row in run.epochs
-                    if row.get(f"{split}/top1")
+                    if row.get(f"{split}_top1_pct") not in (None, "")
                 ]
                 for run in runs
             ]
@@ -110,10 +111,10 @@ def fgsm_plot(
                 points = []
                 for eps in eps_values:
                     vals = [run.fgsm_top(split, eps, k) for run in runs]
-                    vals = [100 * v for v in vals if v is not None]
+                    vals = [v for v in vals if v is not None]
                     if vals:
-                        sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-                        points.append((eps, statistics.fmean(vals), sd))
+                        mean, sd = mean_std(vals)
+                        points.append((eps, mean, 0.0 if math.isnan(sd) else sd))  # n=1: no bar
                 if not points:
                     continue
                 xs, ys, sds = zip(*points)

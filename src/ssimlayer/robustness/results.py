@@ -1,4 +1,6 @@
-"""Files of a robustness evaluation: per-run CSVs and plots, and the mean ± std over seeds."""
+"""Files of a robustness evaluation: per-run CSVs and plots, and the mean ± std over seeds.
+
+The rows here are as the files hold them: accuracies in percent, ``top1_pct`` and ``top5_pct``."""
 
 from __future__ import annotations
 
@@ -24,14 +26,16 @@ def plot_attacks(path: Path, rows: list[dict], title: str) -> None:
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
     series: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    clean = next((r["top1"] for r in rows if r["attack"] == "clean"), None)
+    clean = next((r["top1_pct"] for r in rows if r["attack"] == "clean"), None)
     for r in rows:
         if r["attack"] != "clean":
-            series[f"{r['attack']}-{r['steps']}"].append((r["eps"], r["top1"]))
+            series[f"{r['attack']}-{r['steps']}"].append((r["eps"], r["top1_pct"]))
     for label, pts in series.items():
         pts = sorted(([(0.0, clean)] if clean is not None else []) + pts)
         ax.plot(*zip(*pts, strict=True), marker="o", label=label)
-    ax.set(xlabel="eps ([0, 1] pixel units)", ylabel="top-1 accuracy", ylim=(0, 1), title=title)
+    ax.set(
+        xlabel="eps ([0, 1] pixel units)", ylabel="top-1 accuracy (%)", ylim=(0, 100), title=title
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.savefig(path, dpi=120, bbox_inches="tight")
@@ -40,13 +44,16 @@ def plot_attacks(path: Path, rows: list[dict], title: str) -> None:
 def plot_corruptions(path: Path, rows: list[dict], title: str) -> None:
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
-    clean = next(r["top1"] for r in rows if r["corruption"] == "clean")
+    clean = next(r["top1_pct"] for r in rows if r["corruption"] == "clean")
     names = [n for n in dict.fromkeys(r["corruption"] for r in rows) if n not in ("clean", "mean")]
     for n in names:
-        pts = [(0, clean)] + [(r["severity"], r["top1"]) for r in rows if r["corruption"] == n]
+        pts = [(0, clean)] + [(r["severity"], r["top1_pct"]) for r in rows if r["corruption"] == n]
         ax.plot(*zip(*pts, strict=True), marker="o", label=n)
     ax.set(
-        xlabel="CIFAR-10-C severity (0 = clean)", ylabel="top-1 accuracy", ylim=(0, 1), title=title
+        xlabel="CIFAR-10-C severity (0 = clean)",
+        ylabel="top-1 accuracy (%)",
+        ylim=(0, 100),
+        title=title,
     )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
@@ -62,7 +69,7 @@ def summarise(results: list[dict], kind: str, keys: list[str]) -> list[dict]:
     out = []
     for key, rows in groups.items():
         row = {"model": key[0], **dict(zip(keys, key[1:], strict=True)), "n_runs": len(rows)}
-        for m in ("top1", "top5"):
+        for m in ("top1_pct", "top5_pct"):
             row[f"{m}_mean"], row[f"{m}_std"] = mean_std([float(r[m]) for r in rows])
         out.append(row)
     return out

@@ -11,6 +11,7 @@ import glob
 import json
 import math
 import os
+import re
 import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -20,7 +21,12 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-__all__ = ["Run", "find_runs", "mean_std", "read_csv"]
+__all__ = ["Run", "find_runs", "in_percent", "mean_std", "read_csv"]
+
+#: An accuracy column as runs before the unit was stated wrote it, a fraction under a bare name
+#: (``top1``, ``val/top1``, ``final_val_top1``, ``clean_top5``); files now hold percent under
+#: ``<name>_pct`` (``val/top1`` becomes ``val_top1_pct``, ``val/loss`` ``val_loss``).
+_OLD_ACCURACY = re.compile(r"^((final|best)_)?((train|val|clean|fgsm)[_/])?top[15]$")
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -29,6 +35,34 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return []
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+def in_percent(row: dict, keys: Iterable[str] = ("top1", "top5")) -> dict:
+    """``row`` as files write it: each accuracy of ``keys`` (a fraction) in percent, as ``<key>_pct``.
+
+    >>> in_percent({"eps": 0.007, "top1": 0.3252, "top5": 0.9})
+    {'eps': 0.007, 'top1_pct': 32.52, 'top5_pct': 90.0}
+    """
+    keys = set(keys)
+    return {(f"{k}_pct" if k in keys else k): (_pct(v) if k in keys else v) for k, v in row.items()}
+
+
+def _pct(fraction) -> float | None:
+    return None if fraction in (None, "") else round(100 * float(fraction), 6)
+
+
+def _current(row: dict) -> dict:
+    """A row read from a run's file, with accuracies in percent under ``*_pct`` names whatever
+    version of the pipeline wrote it (see :data:`_OLD_ACCURACY`)."""
+    out = {}
+    for k, v in row.items():
+        if _OLD_ACCURACY.match(k):
+            out[k.replace("/", "_") + "_pct"] = _pct(v)
+        elif k.endswith("/loss"):
+            out[k.replace("/", "_")] = v
+        else:
+            out[k] = v
+    return out
 
 
 def _load_json(path: Path) -> dict | None:
@@ -67,15 +101,22 @@ class Run:
 
     @cached_property
     def metrics(self) -> dict:
-        return _load_json(self.path / "metrics.json") or {}
+        """``metrics.json``, accuracies in percent (``final_val_top1_pct``, ...)."""
+        return _current(_load_json(self.path / "metrics.json") or {})
 
     @cached_property
-    def epochs(self) -> list[dict[str, str]]:
-        return read_csv(self.path / "epochs.csv")
+    def epochs(self) -> list[dict]:
+        """``epochs.csv``'s rows, accuracies in percent (``val_top1_pct``, ...)."""
+        return self.table("epochs.csv")
 
     @cached_property
-    def fgsm(self) -> list[dict[str, str]]:
-        return read_csv(self.path / "fgsm_sweep.csv")
+    def fgsm(self) -> list[dict]:
+        """``fgsm_sweep.csv``'s rows (``split, eps, top1_pct, top5_pct``)."""
+        return self.table("fgsm_sweep.csv")
+
+    def table(self, name: str) -> list[dict]:
+        """The rows of the run's CSV file ``name`` (``[]`` if absent), accuracies in percent."""
+        return [_current(row) for row in read_csv(self.path / name)]
 
     @cached_property
     def filters(self) -> dict | None:
@@ -126,9 +167,11 @@ class Run:
         return "Synthetic" in str(self.metrics.get("data", ""))
 
     def fgsm_top(self, split: str, eps: float, k: int) -> float | None:
+        """Top-``k`` accuracy (%) under FGSM at ``eps`` on ``split``."""
         for row in self.fgsm:
             if row["split"] == split and abs(float(row["eps"]) - eps) < 1e-9:
-                return float(row[f"top{k}"])
+                value = row.get(f"top{k}_pct")
+                return None if value in (None, "") else float(value)
         return None
 
     @property
