@@ -26,6 +26,7 @@ from ssimlayer.memory import retain_freed_memory
 from ssimlayer.robustness import corruption_sweep, default_specs, masking_checks, robustness_sweep
 from ssimlayer.robustness.results import plot_attacks, plot_corruptions, summarise, write_csv
 from ssimlayer.utils import CONF_DIR, register_resolvers
+from ssimlayer.utils.paths import relative_to_root
 from ssimlayer.utils.runs import Run, find_runs, in_percent
 
 log = logging.getLogger(__name__)
@@ -198,10 +199,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             masking = {
                 "model": run.model,
                 "seed": run.seed,
-                "run_dir": str(run.path),
-                "checkpoint": str(run.ckpt),
+                "run_dir": relative_to_root(run.path),
+                "checkpoint": relative_to_root(run.ckpt),
                 "n_examples": rows[0]["n"],
-                "transfer_source": str(other[0].path) if other else None,
+                "transfer_source": relative_to_root(other[0].path) if other else None,
                 "all_passed": all(c["verdict"] != "fail" for c in checks.values()),
                 "checks": checks,
             }
@@ -230,7 +231,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                 {
                     "model": run.model,
                     "seed": run.seed,
-                    "run_dir": str(run.path),
+                    "run_dir": relative_to_root(run.path),
                     "attacks": rows,
                     "corruptions": corr,
                     "masking": masking,

@@ -19,7 +19,7 @@ from pathlib import Path
 from ssimlayer.report.claims import CLAIMS, PAPER, TABLE2_CLAIMS, TABLE2_PAPER
 from ssimlayer.report.plots import convergence_plot, fgsm_plot, layer_health_plot
 from ssimlayer.report.verdict import RULE, compare
-from ssimlayer.utils import PROJECT_ROOT
+from ssimlayer.utils.paths import relative_to_root
 from ssimlayer.utils.runs import Run, find_runs, mean_std
 
 __all__ = ["build_report", "main"]
@@ -516,14 +516,6 @@ RUN_FIELDS = [
 ]
 
 
-def _relative_to_root(args: list[str]) -> str:
-    """The arguments with the absolute repository path of the machine that ran them made
-    relative (``paths.output_root=/home/x/ssimlayer/outputs`` -> ``paths.output_root=outputs``), so
-    that a committed command runs from any clone's root."""
-    root = str(PROJECT_ROOT).rstrip("/") + "/"
-    return " ".join(a.replace(root, "") for a in args)
-
-
 def _write_runs_csv(runs: list[Run], outputs: Path, path: Path) -> None:
     """One row per run: the numbers behind every table (accuracies in percent), with the command
     that produced them."""
@@ -544,7 +536,8 @@ def _write_runs_csv(runs: list[Run], outputs: Path, path: Path) -> None:
                     "run_dir": str(run.path.relative_to(outputs))
                     if outputs in run.path.parents
                     else str(run.path),
-                    "command": "python -m ssimlayer.train " + _relative_to_root(argv[1:]),
+                    "command": "python -m ssimlayer.train "
+                    + " ".join(relative_to_root(a) for a in argv[1:]),
                 }
             )
 

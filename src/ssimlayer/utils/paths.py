@@ -12,7 +12,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["PROJECT_ROOT", "CONF_DIR", "compose_config", "register_resolvers"]
+__all__ = ["PROJECT_ROOT", "CONF_DIR", "compose_config", "register_resolvers", "relative_to_root"]
 
 PROJECT_ROOT = Path(os.environ.get("SSIMLAYER_ROOT", Path(__file__).resolve().parents[3]))
 CONF_DIR = PROJECT_ROOT / "conf"
@@ -25,6 +25,13 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
     if not OmegaConf.has_resolver("run_label"):
         OmegaConf.register_new_resolver("run_label", run_label)
+
+
+def relative_to_root(text: str | Path) -> str:
+    """``text`` (a path, or an argument holding one) with this repository's absolute path made
+    relative (``/home/x/ssimlayer/outputs/run`` -> ``outputs/run``), so that a committed result
+    names paths that hold in any clone."""
+    return str(text).replace(str(PROJECT_ROOT).rstrip("/") + "/", "")
 
 
 def compose_config(
