@@ -37,3 +37,14 @@ def test_summary_gives_percent_fgsm_at_0007_and_the_run_dir(capsys, tmp_path):
     assert "top-1 train 61.78 %, val 57.42 % (best val 58.55 % at epoch 38)" in err
     assert "FGSM eps 0.007 top-1: train 40.00 %, val 32.52 %" in err
     assert f"run dir {tmp_path}" in err
+
+
+def test_progress_bar_shows_accuracies_in_percent_and_no_logger_version(monkeypatch):
+    from pytorch_lightning.callbacks import TQDMProgressBar
+
+    from ssimlayer.lightning.callbacks import ThrottledProgressBar
+
+    shown = {"v_num": "ab1", "val/loss": 2.25, "val/top1": 0.172, "train/top5": 0.5}
+    monkeypatch.setattr(TQDMProgressBar, "get_metrics", lambda self, trainer, module: dict(shown))
+    items = ThrottledProgressBar().get_metrics(None, None)
+    assert items == {"val/loss": 2.25, "val/top1": "17.2%", "train/top5": "50.0%"}

@@ -47,6 +47,15 @@ class ThrottledProgressBar(TQDMProgressBar):
         self.label = label
         self._last_draw = -math.inf
 
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict:
+        """The bar's metrics as the files show them: accuracies in percent; no logger version."""
+        items = super().get_metrics(trainer, pl_module)
+        items.pop("v_num", None)
+        for key, value in items.items():
+            if "/top" in key and isinstance(value, (int, float)):
+                items[key] = f"{100 * value:.1f}%"
+        return items
+
     def on_train_epoch_start(self, trainer: pl.Trainer, *args) -> None:
         super().on_train_epoch_start(trainer, *args)
         total = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
