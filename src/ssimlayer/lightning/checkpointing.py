@@ -153,7 +153,9 @@ class ResumeCheckpoint(Checkpoint):
         if trainer.is_global_zero:
             self.dirpath.mkdir(parents=True, exist_ok=True)
         tmp = self.dirpath / f".{LAST}.partial"
-        trainer.save_checkpoint(tmp)
+        # the full state (optimiser, loops, callbacks) to resume from; said explicitly, since
+        # Lightning otherwise logs that it chose so at every save
+        trainer.save_checkpoint(tmp, weights_only=False)
         if trainer.is_global_zero:
             os.replace(tmp, self.last_path)  # atomic: a kill mid-save keeps the previous one
         self._last_saved_step = trainer.global_step
