@@ -26,12 +26,10 @@ def test_summary_gives_percent_fgsm_at_0007_and_the_run_dir(capsys, tmp_path):
         "best_val_top1_pct": 58.55,
         "best_val_top1_epoch": 38,
     }
-    rows = [
-        {"split": "val", "eps": "0.0", "top1_pct": "57.0"},
-        {"split": "val", "eps": "0.007", "top1_pct": "32.52"},
-        {"split": "train", "eps": "0.007", "top1_pct": "40"},
-    ]
-    print_summary(metrics, rows, tmp_path)
+    (tmp_path / "fgsm_sweep.csv").write_text(
+        "split,eps,top1_pct,top5_pct\nval,0.0,57.0,90\nval,0.007,32.52,80\ntrain,0.007,40,85\n"
+    )
+    print_summary(metrics, tmp_path)
     err = capsys.readouterr().err
     assert "fig4_ssim seed 2: 40 epochs in 11.7 min on cpu" in err
     assert "top-1 train 61.78 %, val 57.42 % (best val 58.55 % at epoch 38)" in err

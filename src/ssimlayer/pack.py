@@ -21,7 +21,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from ssimlayer.lightning.callbacks import build_callbacks
-from ssimlayer.lightning.checkpointing import check_checkpoint_matches
+from ssimlayer.lightning.checkpointing import check_checkpoint_matches, checkpoint_globals
+from ssimlayer.lightning.console import print_summary
 from ssimlayer.lightning.fgsm_sweep import FGSMSweep
 from ssimlayer.lightning.filters import FilterVisualisation
 from ssimlayer.lightning.layer_health import LayerHealth
@@ -29,6 +30,7 @@ from ssimlayer.lightning.pack import PackedClassifierModule, PackedDataModule, P
 from ssimlayer.lightning.run_summary import RunSummary
 from ssimlayer.train import USER_ERRORS, report_error
 from ssimlayer.utils import CONF_DIR, PROJECT_ROOT, register_resolvers, write_provenance
+from ssimlayer.utils.config_checks import check_config
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +69,11 @@ def _pick(callbacks: list[pl.Callback], kind: type) -> Any:
 
 def train_pack(cfg: DictConfig) -> list[dict[str, Any]]:
     """Fit the pack; return each member's ``metrics.json`` summary."""
+    check_config(cfg)
     if cfg.get("resume") is not None:
         raise ValueError(
-            "a pack resumes from ckpt_path=<pack dir>/checkpoints/last.ckpt, not resume=auto"
+            f"a pack resumes from ckpt_path=<pack dir>/{PACK_CHECKPOINTS}/last.ckpt, "
+            f"not resume=auto"
         )
     configs = member_configs(cfg)
     write_provenance(cfg, cfg.paths.output_dir, PROJECT_ROOT)
@@ -99,7 +103,13 @@ def train_pack(cfg: DictConfig) -> list[dict[str, Any]]:
         (Path(cfg.paths.output_dir) / "resumed_from.txt").write_text(f"{ckpt_path}\n")
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=False)
     log.info("Training a pack of %d %s runs (seeds %s)", len(configs), cfg.model.name, cfg.seeds)
-    trainer.fit(module, datamodule=PackedDataModule(datamodule, cfg.seeds), ckpt_path=ckpt_path)
+    with checkpoint_globals():  # the resume loads weights-only, as ssimlayer.train's does
+        trainer.fit(
+            module,
+            datamodule=PackedDataModule(datamodule, cfg.seeds),
+            ckpt_path=ckpt_path,
+            weights_only=True,
+        )
     members = module.unpack()
     return [s.write_json(trainer, m, finished=True) for s, m in zip(writer.summaries, members)]
 
@@ -107,10 +117,13 @@ def train_pack(cfg: DictConfig) -> list[dict[str, Any]]:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="pack")
 def main(cfg: DictConfig) -> None:
     try:
-        train_pack(cfg)
+        summaries = train_pack(cfg)
     except USER_ERRORS as e:
-        report_error(e, cfg.paths.output_dir)
+        report_error(e, Path(cfg.paths.output_dir))
         sys.exit(2)
+    for metrics, c in zip(summaries, member_configs(cfg)):
+        run_dir = Path(c.paths.output_dir)
+        print_summary(metrics, run_dir)
 
 
 if __name__ == "__main__":

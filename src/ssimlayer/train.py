@@ -6,7 +6,6 @@ Everything the run produces lands in its Hydra run dir (``paths.output_dir``).
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 import shutil
@@ -124,18 +123,20 @@ def main(cfg: DictConfig) -> float | None:
         report_error(e, run_dir)
         sys.exit(2)  # SystemExit passes through Hydra's handler, which would print a traceback
     if metrics:
-        print_summary(metrics, _fgsm_rows(run_dir), run_dir)
+        print_summary(metrics, run_dir)
     return metrics.get("best_val_top1_pct")  # for Hydra sweepers that optimise a return value
 
 
-def _fgsm_rows(run_dir: Path) -> list[dict[str, str]]:
-    path = run_dir / "fgsm_sweep.csv"
-    return list(csv.DictReader(path.open())) if path.exists() else []
+def _program() -> str:
+    """``ssimlayer.train``, ``ssimlayer.pack`` or the console script's name, for messages."""
+    name = Path(sys.argv[0]).stem
+    return name if name.startswith("ssimlayer") else f"ssimlayer.{name}"
 
 
-#: What Hydra writes into a run dir before the job starts: a run that stops with only these was
-#: rejected before it began, and its dir is removed.
-HYDRA_FILES = {".hydra", "train.log"}
+def _hydra_files_only(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds only what Hydra writes before a job starts (``.hydra/`` and the
+    job's log): a run that stops with only these was rejected before it began."""
+    return all(p.name == ".hydra" or p.suffix == ".log" for p in run_dir.iterdir())
 
 
 def report_error(e: BaseException, run_dir: Path) -> None:
@@ -147,14 +148,14 @@ def report_error(e: BaseException, run_dir: Path) -> None:
     while isinstance(e, InstantiationException) and isinstance(e.__cause__, Exception):
         e = e.__cause__  # Hydra wraps errors raised in constructors; the cause says what is wrong
     msg = f"{type(e).__name__}: {e}"
-    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= HYDRA_FILES:
+    if run_dir.is_dir() and _hydra_files_only(run_dir):
         shutil.rmtree(run_dir)
         where = "nothing was written"
     else:
         (run_dir / "error.txt").write_text(msg + "\n")
         where = f"run dir {run_dir}, earlier outputs untouched"
     print(
-        f"ssimlayer.train: error: {msg}\n({where}; HYDRA_FULL_ERROR=1 shows the full traceback)",
+        f"{_program()}: error: {msg}\n({where}; HYDRA_FULL_ERROR=1 shows the full traceback)",
         file=sys.stderr,
     )
 

@@ -21,6 +21,8 @@ from typing import Any
 
 import pytorch_lightning as pl
 
+from ssimlayer.utils.runs import read_csv
+
 __all__ = ["RunPlan", "format_duration", "print_summary", "quiet_known_noise"]
 
 #: A CPU run whose estimate exceeds this many seconds is told about the CPU-sized schedule.
@@ -130,13 +132,13 @@ def _pct(value: Any) -> str:
     return "n/a" if value in (None, "") else f"{float(value):.2f} %"
 
 
-def print_summary(
-    metrics: Mapping[str, Any], fgsm_rows: list[Mapping[str, Any]], run_dir: str | Path
-) -> None:
+def print_summary(metrics: Mapping[str, Any], run_dir: str | Path) -> None:
     """The run's last lines: final and best top-1 in percent, FGSM at 0.007, wall time, run dir.
 
-    ``metrics`` and ``fgsm_rows`` as ``metrics.json`` and ``fgsm_sweep.csv`` hold them (percent).
+    ``metrics`` as ``metrics.json`` holds it; the FGSM rows come from the run dir's
+    ``fgsm_sweep.csv`` (both in percent).
     """
+    fgsm_rows = read_csv(Path(run_dir) / "fgsm_sweep.csv")
     fgsm = {
         r["split"]: r["top1_pct"]
         for r in fgsm_rows
