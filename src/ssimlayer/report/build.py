@@ -81,35 +81,34 @@ def _fmt(values: list[float]) -> str:
     return f"{mean:.2f}{spread} (n={len(values)})"
 
 
-def _paper(model: str, key: str) -> str:
-    value = PAPER.get((model, key))
-    return "–" if value is None else f"{value:g}"
-
-
 def _values(runs: list[Run], metric: str) -> list[float]:
     return [v for v in (metric_value(r, metric) for r in runs) if v is not None]
 
 
-def _model_table(by_model: dict[str, list[Run]]) -> list[str]:
+def _model_table(by_model: dict[str, list[Run]], paper: dict = PAPER) -> list[str]:
+    """One row per model: seeds, epochs, device, wall time, top-1 (train, val, best val) beside
+    the paper's train / val, FGSM at 0.007, and the commits (``paper``: Table 1's or Table 2's)."""
     lines = [
         "| model | seeds | epochs | device | wall time / run (s) | train top-1 (%) | val top-1 (%) "
-        "| best val top-1 (%) | FGSM 0.007 val top-1 / top-5 (%) | paper val top-1 (%) "
-        "| commits |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| best val top-1 (%) | paper train / val top-1 (%) | FGSM 0.007 val top-1 / top-5 (%) "
+        "| FGSM 0.007 train top-1 (%) | commits |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for model, runs in by_model.items():
         epochs = sorted({r.metrics.get("epochs") for r in runs})
-        devices = sorted({r.device for r in runs})
         wall = [float(r.metrics["wall_time_s"]) for r in runs if "wall_time_s" in r.metrics]
-        commits = sorted({r.commit for r in runs})
-        fgsm = (
-            f"{_fmt(_values(runs, 'fgsm:val:0.007:1'))} / {_fmt(_values(runs, 'fgsm:val:0.007:5'))}"
+        paper_cell = " / ".join(
+            "–" if (v := paper.get((model, k))) is None else f"{v:g}"
+            for k in ("train_top1", "val_top1")
         )
         lines.append(
-            f"| {model} | {len(runs)} | {', '.join(map(str, epochs))} | {', '.join(devices)} "
-            f"| {_fmt(wall)} | {_fmt(_values(runs, 'final_train_top1'))} "
-            f"| {_fmt(_values(runs, 'final_val_top1'))} | {_fmt(_values(runs, 'best_val_top1'))} "
-            f"| {fgsm} | {_paper(model, 'val_top1')} | {', '.join(commits)} |"
+            f"| {model} | {len(runs)} | {', '.join(map(str, epochs))} "
+            f"| {', '.join(sorted({r.device for r in runs}))} | {_fmt(wall)} "
+            f"| {_fmt(_values(runs, 'final_train_top1'))} | {_fmt(_values(runs, 'final_val_top1'))} "
+            f"| {_fmt(_values(runs, 'best_val_top1'))} | {paper_cell} "
+            f"| {_fmt(_values(runs, 'fgsm:val:0.007:1'))} / {_fmt(_values(runs, 'fgsm:val:0.007:5'))} "
+            f"| {_fmt(_values(runs, 'fgsm:train:0.007:1'))} "
+            f"| {', '.join(sorted({r.commit for r in runs}))} |"
         )
     return lines
 
@@ -278,30 +277,6 @@ def is_table2(run: Run) -> bool:
     return run.metrics.get("name") == "table2"
 
 
-def _table2_models(by_model: dict[str, list[Run]]) -> list[str]:
-    lines = [
-        "| model | seeds | epochs | device | wall time / run (s) | train top-1 (%) | val top-1 (%) "
-        "| best val top-1 (%) | paper train / val top-1 (%) | FGSM 0.007 val top-1 / top-5 (%) "
-        "| FGSM 0.007 train top-1 (%) | commits |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for model, runs in by_model.items():
-        epochs = sorted({r.metrics.get("epochs") for r in runs})
-        wall = [float(r.metrics["wall_time_s"]) for r in runs if "wall_time_s" in r.metrics]
-        paper = [TABLE2_PAPER.get((model, k)) for k in ("train_top1", "val_top1")]
-        paper_cell = "–" if None in paper else f"{paper[0]:g} / {paper[1]:g}"
-        lines.append(
-            f"| {model} | {len(runs)} | {', '.join(map(str, epochs))} "
-            f"| {', '.join(sorted({r.device for r in runs}))} | {_fmt(wall)} "
-            f"| {_fmt(_values(runs, 'final_train_top1'))} | {_fmt(_values(runs, 'final_val_top1'))} "
-            f"| {_fmt(_values(runs, 'best_val_top1'))} | {paper_cell} "
-            f"| {_fmt(_values(runs, 'fgsm:val:0.007:1'))} / {_fmt(_values(runs, 'fgsm:val:0.007:5'))} "
-            f"| {_fmt(_values(runs, 'fgsm:train:0.007:1'))} "
-            f"| {', '.join(sorted({r.commit for r in runs}))} |"
-        )
-    return lines
-
-
 def _table2_section(runs: list[Run], out_dir: Path, claim_rows: list[dict]) -> list[str]:
     """Table 2 and Fig. 10 (§3.4.1): one block per (data, schedule) of the ``table2`` runs."""
     lines = ["## Table 2 and Fig. 10 (ImageNet images of the CIFAR-10 classes, §3.4.1)", ""]
@@ -333,7 +308,7 @@ def _table2_section(runs: list[Run], out_dir: Path, claim_rows: list[dict]) -> l
             "last epoch.",
             "",
         ]
-        lines += _table2_models(by_model)
+        lines += _model_table(by_model, TABLE2_PAPER)
         lines += ["", "Claims:", ""]
         lines += _claims_table(by_model, tag, claim_rows, TABLE2_CLAIMS)
         lines += [""]
