@@ -22,6 +22,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from ssimlayer.lightning.console import quiet_known_noise
 from ssimlayer.memory import retain_freed_memory
 from ssimlayer.robustness import corruption_sweep, default_specs, masking_checks, robustness_sweep
 from ssimlayer.robustness.results import plot_attacks, plot_corruptions, summarise, write_csv
@@ -32,6 +33,7 @@ from ssimlayer.utils.runs import Run, find_runs, in_percent
 log = logging.getLogger(__name__)
 
 register_resolvers()
+quiet_known_noise()
 
 #: Columns of robustness.csv and corruptions.csv: accuracies in percent.
 ATTACK_COLS = ["attack", "eps", "steps", "top1_pct", "top5_pct"]
