@@ -36,6 +36,16 @@ def _in_file(key: str, value):
     return round(100 * float(value), 6)
 
 
+def _train_images(trainer: pl.Trainer) -> int | None:
+    """How many images the training split holds (the run's data, whatever its reader)."""
+    dm = trainer.datamodule
+    dataset = getattr(dm, "train_set", None) if dm is not None else None
+    try:
+        return len(dataset) if dataset is not None else None
+    except TypeError:
+        return None
+
+
 class RunSummary(pl.Callback):
     """After every training epoch (validation has run by then) append a row to ``epochs.csv`` and rewrite ``metrics.json``.
 
@@ -127,6 +137,7 @@ class RunSummary(pl.Callback):
         val = [(r["val/top1"], r["epoch"]) for r in self.history if "val/top1" in r]
         summary["best_val_top1_epoch"] = max(val)[1] if val else None
         summary["epochs"] = len(self.history)
+        summary["train_images"] = _train_images(trainer)
         summary["global_step"] = trainer.global_step
         wall = self._fit_wall if self._fit_wall is not None else time.perf_counter() - self._start
         summary["wall_time_s"] = round(wall, 3)  # fit (train + val), without the FGSM sweep

@@ -52,7 +52,7 @@ SCHEDULES = {
     "experiments/shallow/README.md)",
     "cpu_long": "as cpu_short, 40 epochs (the Table 1 pair and the SSIM network without ReLU)",
     "cpu_table2": "Table 2 on the 2-core CPU (conf/schedule/cpu_table2.yaml): all 6,160 "
-    "training images, 20 epochs, validation on all 1,540, FGSM sweep on 1,536 images of each split "
+    "training images, 40 epochs, validation on all 1,540, FGSM sweep on 1,536 images of each split "
     "(48 batches of a fixed, class-mixed permutation)",
     "gpu_short": "first training batch file (10,000 images), up to 20 epochs, full 10,000-image "
     "validation, FGSM sweep on all 10,000 images of each split. The runs we made "
@@ -508,9 +508,9 @@ def _write_runs_csv(runs: list[Run], outputs: Path, path: Path) -> None:
                     "fgsm_val_0.007_top5_pct": run.fgsm_top("val", 0.007, 5),
                     "fgsm_train_0.007_top1_pct": run.fgsm_top("train", 0.007, 1),
                     "commit": run.commit,
-                    "run_dir": str(run.path.relative_to(outputs))
-                    if outputs in run.path.parents
-                    else str(run.path),
+                    "run_dir": str(run.path.relative_to(outputs.resolve()))
+                    if outputs.resolve() in run.path.parents
+                    else relative_to_root(run.path),
                     "command": "python -m ssimlayer.train "
                     + " ".join(relative_to_root(a) for a in argv[1:]),
                 }
