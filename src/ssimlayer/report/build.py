@@ -491,6 +491,14 @@ RUN_FIELDS = [
 ]
 
 
+def _command(argv: list[str]) -> str:
+    """The command that made a run, from its recorded ``argv``: ``python -m ssimlayer.train ...``
+    (or ``ssimlayer.pack``, whose members record the pack's command), paths relative to the root."""
+    entry = Path(argv[0]).stem if argv else "train"
+    module = entry if entry.startswith("ssimlayer") else f"ssimlayer.{entry}"
+    return " ".join([f"python -m {module}", *(relative_to_root(a) for a in argv[1:])])
+
+
 def _write_runs_csv(runs: list[Run], outputs: Path, path: Path) -> None:
     """One row per run: the numbers behind every table (accuracies in percent), with the command
     that produced them."""
@@ -511,8 +519,7 @@ def _write_runs_csv(runs: list[Run], outputs: Path, path: Path) -> None:
                     "run_dir": str(run.path.relative_to(outputs.resolve()))
                     if outputs.resolve() in run.path.parents
                     else relative_to_root(run.path),
-                    "command": "python -m ssimlayer.train "
-                    + " ".join(relative_to_root(a) for a in argv[1:]),
+                    "command": _command(argv),
                 }
             )
 
