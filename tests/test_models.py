@@ -61,6 +61,34 @@ def test_normalisation_is_the_first_op():
     assert list(net.children())[0] is net.normalize
 
 
+def test_standardize_false_feeds_the_images_as_they_are():
+    kwargs = dict(widths=[2], kernel_sizes=[3], paddings=[1], relu=[False], pools=[1], input_size=8)
+    torch.manual_seed(0)
+    net = ConvNet([nn.Conv2d], standardize=False, **kwargs)
+    x = torch.rand(1, 3, 8, 8)
+    torch.testing.assert_close(net(x), net.classifier(net.features(x)), rtol=0, atol=0)
+    torch.manual_seed(0)
+    assert ConvNet([nn.Conv2d], **kwargs).state_dict().keys() == net.state_dict().keys()
+
+
+@pytest.mark.parametrize("name", ["shallow_conv", "fig4_plain"])
+def test_standardize_is_on_by_default_and_overridable(make_cfg, name):
+    on = instantiate(make_cfg(f"model={name}").model).net.normalize
+    off = instantiate(make_cfg(f"model={name}", "model.net.standardize=false").model).net.normalize
+    assert on.std.flatten().tolist() != [1.0, 1.0, 1.0]
+    assert off.mean.flatten().tolist() == [0.0] * 3 and off.std.flatten().tolist() == [1.0] * 3
+
+
+@pytest.mark.parametrize(("name", "index"), [("shallow_ssim", 0), ("fig4_ssim", 2)])
+def test_ssim_init_std_is_overridable(make_cfg, name, index):
+    default = instantiate(make_cfg(f"model={name}").model).net.features[index][0]
+    assert default.init_std == 1.0
+    override = f"model.net.layers.{index}.init_std=0.1"
+    layer = instantiate(make_cfg(f"model={name}", override).model).net.features[index][0]
+    assert isinstance(layer, SSIMConv2d) and layer.init_std == 0.1
+    assert layer.weight.std().item() < 0.2
+
+
 def test_mismatched_stage_lists_raise_a_clear_error():
     with pytest.raises(ValueError, match=r"widths has 1 entries but there are 2 layers"):
         ConvNet(

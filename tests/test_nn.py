@@ -37,6 +37,21 @@ def test_default_init_is_standard_normal():
     assert abs(w.mean().item()) < 0.01 and abs(w.std().item() - 1.0) < 0.01
 
 
+def test_init_std_scales_the_normal_init():
+    torch.manual_seed(0)
+    layer = SSIMConv2d(64, 128, 3, init_std=0.1)
+    assert abs(layer.weight.std().item() - 0.1) < 0.002
+    assert set(layer.state_dict()) == {"weight"}
+    assert "init_std=0.1" in repr(layer)
+    assert "init_std" not in repr(SSIMConv2d(3, 8, 3))
+
+
+@pytest.mark.parametrize("init_std", [0.0, -1.0])
+def test_non_positive_init_std_raises(init_std):
+    with pytest.raises(ValueError, match=f"init_std must be > 0, got {init_std}"):
+        SSIMConv2d(3, 8, 3, init_std=init_std)
+
+
 @pytest.mark.parametrize("init", INITS)
 def test_every_init_gives_finite_weights(init):
     layer = SSIMConv2d(3, 8, 3, init=init)

@@ -34,6 +34,10 @@ class ConvNet(nn.Module):
         num_classes: outputs of the final linear layer.
         in_channels, input_size: input shape, used to size the linear layer.
         mean, std: normalisation applied first, so the model takes [0, 1] images.
+        standardize: apply ``(x - mean) / std`` first (default, what every run so far did). The
+            paper mentions normalisation only for ImageNet (§3.4.1); ``False`` keeps the [0, 1]
+            images as they are (issue 28's ablation). The ``normalize`` module stays, as mean 0
+            and std 1 (an exact identity), so packs and checkpoints see the same structure.
 
     Shape:
         - Input: :math:`(B, C_{in}, H, W)` in [0, 1] with ``H = W = input_size``.
@@ -60,6 +64,7 @@ class ConvNet(nn.Module):
         input_size: int = 32,
         mean: Sequence[float] = CIFAR10_MEAN,
         std: Sequence[float] = CIFAR10_STD,
+        standardize: bool = True,
     ) -> None:
         super().__init__()
         n = len(layers)
@@ -81,6 +86,8 @@ class ConvNet(nn.Module):
         if n == 0:
             raise ValueError("ConvNet: needs at least one stage (layers is empty)")
 
+        if not standardize:
+            mean, std = (0.0,) * len(mean), (1.0,) * len(std)
         self.normalize = Normalize(mean, std)
         stages: list[nn.Module] = []
         c = in_channels
