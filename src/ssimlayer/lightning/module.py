@@ -23,6 +23,7 @@ from torchmetrics import Metric
 from ssimlayer.lightning.checkpointing import CheckpointMismatchError
 from ssimlayer.lightning.graphed_step import GraphedTrainStep, cuda_capture
 from ssimlayer.lightning.step_hooks import StepHooks
+from ssimlayer.nn import SSIMConv2d
 from ssimlayer.robustness.accuracy import topk_hits
 
 __all__ = ["ClassifierModule", "TopKAccuracy", "WeightedMean"]
@@ -207,6 +208,12 @@ class ClassifierModule(pl.LightningModule):
             (its gradient scaler reads the device) and no gradient clipping; on a CPU it warns and
             trains eagerly.
         cuda_graph_warmup: eager steps per batch shape before its capture, ``>= 1``.
+        ssim_weight_decay_scale: multiplies the optimiser's weight decay for the filters
+            (``weight``) of the net's :class:`ssimlayer.SSIMConv2d` layers, ``>= 0``: ``1.0``
+            (default) is the §3.1 decay on every parameter, ``0`` none on the SSIM filters, ``2``
+            twice as much (issue 28's ablation). Other than ``1.0`` the SSIM filters get their
+            own optimiser parameter group (the second); a net without SSIM layers keeps one group
+            and is unaffected. Not supported by a pack (:mod:`ssimlayer.lightning.pack`).
     """
 
     def __init__(
@@ -221,8 +228,15 @@ class ClassifierModule(pl.LightningModule):
         steps_per_execution: int = 1,
         cuda_graph: bool = False,
         cuda_graph_warmup: int = 3,
+        ssim_weight_decay_scale: float = 1.0,
     ) -> None:
         super().__init__()
+        if not ssim_weight_decay_scale >= 0:
+            raise ValueError(
+                f"ssim_weight_decay_scale must be >= 0 (0: no weight decay on the SSIM filters, "
+                f"1: the optimiser's), got {ssim_weight_decay_scale!r}"
+            )
+        self.ssim_weight_decay_scale = float(ssim_weight_decay_scale)
         if not isinstance(steps_per_execution, int) or steps_per_execution < 1:
             raise ValueError(
                 f"steps_per_execution must be an int >= 1 (optimiser steps per Lightning "
@@ -491,8 +505,24 @@ class ClassifierModule(pl.LightningModule):
             metric._update_count = saved[name]["update_count"]
             metric._computed = None
 
+    def _ssim_filters(self) -> list[nn.Parameter]:
+        return [m.weight for m in self.net.modules() if isinstance(m, SSIMConv2d)]
+
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(self.parameters())
+        ssim = self._ssim_filters() if self.ssim_weight_decay_scale != 1.0 else []
+        if not ssim:  # one group, as the paper: every parameter with the optimiser's settings
+            optimizer = self.optimizer_factory(self.parameters())
+        else:
+            ids = {id(p) for p in ssim}
+            rest = [p for p in self.parameters() if id(p) not in ids]
+            optimizer = self.optimizer_factory([{"params": rest}, {"params": ssim}])
+            decay = optimizer.defaults.get("weight_decay")
+            if decay is None:
+                raise ValueError(
+                    f"ssim_weight_decay_scale={self.ssim_weight_decay_scale} needs an optimiser "
+                    f"with a weight_decay setting; {type(optimizer).__name__} has none"
+                )
+            optimizer.param_groups[1]["weight_decay"] = decay * self.ssim_weight_decay_scale
         if self.scheduler_factory is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}

@@ -121,6 +121,11 @@ class PackedClassifierModule(ClassifierModule):
                 ("has an LR scheduler (a pack shares one optimiser)", m.scheduler_factory),
                 ("has another model name", m.name != first.name),
                 ("has other hyperparameters", dict(m.hparams) != dict(first.hparams)),
+                (
+                    "sets ssim_weight_decay_scale (a pack keeps one optimiser parameter group; "
+                    "train such runs alone)",
+                    m.hparams.get("ssim_weight_decay_scale", 1.0) != 1.0,
+                ),
             )
             if bad
         ]
