@@ -34,6 +34,7 @@ from ssimlayer.lightning.safety import NonFiniteLossError
 from ssimlayer.memory import retain_freed_memory
 from ssimlayer.utils import CONF_DIR, PROJECT_ROOT, register_resolvers, write_provenance
 from ssimlayer.utils.config_checks import check_config
+from ssimlayer.utils.paths import program_name
 
 log = logging.getLogger(__name__)
 
@@ -91,10 +92,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     model = instantiate(cfg.model)
     callbacks = build_callbacks(cfg)
     ckpt_path = resolve_ckpt_path(cfg)
-    if ckpt_path not in (None, "last", "hpc"):
+    from_file = ckpt_path not in (None, "last", "hpc")  # Lightning's own names are not files
+    if from_file:
         check_checkpoint_matches(ckpt_path, model, OmegaConf.to_container(cfg.model, resolve=True))
     write_provenance(cfg, cfg.paths.output_dir, PROJECT_ROOT)
-    if ckpt_path not in (None, "last", "hpc"):
+    if from_file:
         (Path(cfg.paths.output_dir) / "resumed_from.txt").write_text(f"{ckpt_path}\n")
     loggers = build_loggers(cfg.get("logger"), fallback_dir=cfg.paths.output_dir)
     try:
@@ -127,12 +129,6 @@ def main(cfg: DictConfig) -> float | None:
     return metrics.get("best_val_top1_pct")  # for Hydra sweepers that optimise a return value
 
 
-def _program() -> str:
-    """``ssimlayer.train``, ``ssimlayer.pack`` or the console script's name, for messages."""
-    name = Path(sys.argv[0]).stem
-    return name if name.startswith("ssimlayer") else f"ssimlayer.{name}"
-
-
 def _hydra_files_only(run_dir: Path) -> bool:
     """Whether ``run_dir`` holds only what Hydra writes before a job starts (``.hydra/`` and the
     job's log): a run that stops with only these was rejected before it began."""
@@ -155,7 +151,7 @@ def report_error(e: BaseException, run_dir: Path) -> None:
         (run_dir / "error.txt").write_text(msg + "\n")
         where = f"run dir {run_dir}, earlier outputs untouched"
     print(
-        f"{_program()}: error: {msg}\n({where}; HYDRA_FULL_ERROR=1 shows the full traceback)",
+        f"{program_name(sys.argv[0])}: error: {msg}\n({where}; HYDRA_FULL_ERROR=1 shows the full traceback)",
         file=sys.stderr,
     )
 

@@ -13,6 +13,8 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
+from ssimlayer.utils.runs import percent
+
 __all__ = ["RunSummary"]
 
 KEYS = ("train/loss", "train/top1", "train/top5", "val/loss", "val/top1", "val/top5")
@@ -30,10 +32,8 @@ EXTRA_PREFIXES = ("health/",)
 
 
 def _in_file(key: str, value):
-    """An accuracy of :data:`KEYS` (a fraction) in percent; anything else as it is."""
-    if value in (None, "") or key not in COLUMNS or key.endswith("loss"):
-        return value
-    return round(100 * float(value), 6)
+    """An accuracy of :data:`KEYS` (a fraction) in percent; a loss or anything else as it is."""
+    return value if key not in COLUMNS or key.endswith("loss") else percent(value)
 
 
 def _train_images(trainer: pl.Trainer) -> int | None:

@@ -19,7 +19,7 @@ from pathlib import Path
 from ssimlayer.report.claims import CLAIMS, PAPER, TABLE2_CLAIMS, TABLE2_PAPER
 from ssimlayer.report.plots import convergence_plot, fgsm_plot, layer_health_plot
 from ssimlayer.report.verdict import RULE, compare
-from ssimlayer.utils.paths import relative_to_root
+from ssimlayer.utils.paths import program_name, relative_to_root
 from ssimlayer.utils.runs import Run, find_runs, mean_std
 
 __all__ = ["build_report", "main"]
@@ -494,8 +494,7 @@ RUN_FIELDS = [
 def _command(argv: list[str]) -> str:
     """The command that made a run, from its recorded ``argv``: ``python -m ssimlayer.train ...``
     (or ``ssimlayer.pack``, whose members record the pack's command), paths relative to the root."""
-    entry = Path(argv[0]).stem if argv else "train"
-    module = entry if entry.startswith("ssimlayer") else f"ssimlayer.{entry}"
+    module = program_name(argv[0]) if argv else "ssimlayer.train"
     return " ".join([f"python -m {module}", *(relative_to_root(a) for a in argv[1:])])
 
 

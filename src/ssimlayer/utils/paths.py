@@ -12,7 +12,14 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["PROJECT_ROOT", "CONF_DIR", "compose_config", "register_resolvers", "relative_to_root"]
+__all__ = [
+    "PROJECT_ROOT",
+    "CONF_DIR",
+    "compose_config",
+    "program_name",
+    "register_resolvers",
+    "relative_to_root",
+]
 
 PROJECT_ROOT = Path(os.environ.get("SSIMLAYER_ROOT", Path(__file__).resolve().parents[3]))
 CONF_DIR = PROJECT_ROOT / "conf"
@@ -25,6 +32,14 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
     if not OmegaConf.has_resolver("run_label"):
         OmegaConf.register_new_resolver("run_label", run_label)
+
+
+def program_name(argv0: str) -> str:
+    """The entry point as ``python -m`` names it, from a process's ``argv[0]``:
+    ``.../ssimlayer/train.py`` -> ``ssimlayer.train``; a console script keeps its own name
+    (``ssimlayer-train``)."""
+    name = Path(argv0).stem
+    return name if name.startswith("ssimlayer") else f"ssimlayer.{name}"
 
 
 def relative_to_root(text: str | Path) -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-__all__ = ["Run", "find_runs", "in_percent", "mean_std", "read_csv"]
+__all__ = ["Run", "find_runs", "in_percent", "mean_std", "percent", "read_csv"]
 
 #: An accuracy column as runs before the unit was stated wrote it, a fraction under a bare name
 #: (``top1``, ``val/top1``, ``final_val_top1``, ``clean_top5``); files now hold percent under
@@ -44,10 +44,13 @@ def in_percent(row: dict, keys: Iterable[str] = ("top1", "top5")) -> dict:
     {'eps': 0.007, 'top1_pct': 32.52, 'top5_pct': 90.0}
     """
     keys = set(keys)
-    return {(f"{k}_pct" if k in keys else k): (_pct(v) if k in keys else v) for k, v in row.items()}
+    return {
+        (f"{k}_pct" if k in keys else k): (percent(v) if k in keys else v) for k, v in row.items()
+    }
 
 
-def _pct(fraction) -> float | None:
+def percent(fraction) -> float | None:
+    """A fraction as files write it: percent, rounded to 6 decimals (``None`` for no value)."""
     return None if fraction in (None, "") else round(100 * float(fraction), 6)
 
 
@@ -57,7 +60,7 @@ def _current(row: dict) -> dict:
     out = {}
     for k, v in row.items():
         if _OLD_ACCURACY.match(k):
-            out[k.replace("/", "_") + "_pct"] = _pct(v)
+            out[k.replace("/", "_") + "_pct"] = percent(v)
         elif k.endswith("/loss"):
             out[k.replace("/", "_")] = v
         else:
