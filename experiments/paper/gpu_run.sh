@@ -29,6 +29,7 @@ case $PROFILE in
   paper)
     COMMON="trainer=gpu speed=gpu_graphs"  # CUDA graphs, 8 steps per iteration, data on the GPU
     COMMON+=" callbacks.last_checkpoint.every_n_seconds=60"
+    COMMON+=" callbacks.layer_health.plot_every_n_epochs=null"  # plot at the end: 50 redraws per member cost minutes
     WIDTHS_FIG4="" WIDTHS_SHALLOW=""
     EVAL="device=cuda" ;;
   smoke)
