@@ -96,3 +96,22 @@ def test_an_archive_of_another_config_is_refused_naming_both(repo, written):
     with pytest.raises(ArchiveError, match="another config") as err:
         archive.check(written, "profile=paper seeds=[0,1,2]", root=repo)
     assert "profile=smoke" in str(err.value) and "profile=paper" in str(err.value)
+
+
+def test_install_and_cache_files_do_not_change_the_code_hash(repo, written):
+    # pip install -e leaves src/<pkg>.egg-info here but not on the GPU machine (issue 30, window 1)
+    (repo / "src/ssimlayer.egg-info").mkdir()
+    (repo / "src/ssimlayer.egg-info/PKG-INFO").write_text("Name: ssimlayer")
+    (repo / "src/__pycache__").mkdir()
+    (repo / "src/__pycache__/a.cpython-311.pyc").write_bytes(b"\0")
+    assert archive.check(written, CONFIG, root=repo)["sequence"] == 4
+    (repo / "src/a.py").write_text("changed")
+    with pytest.raises(ArchiveError, match="other code"):
+        archive.check(written, CONFIG, root=repo)
+
+
+def test_a_snapshot_records_its_commit_and_a_whole_archive_reads_under_any_code(repo, written):
+    (repo / "COMMIT").write_text("0123abcd\n")
+    assert archive.git_commit(repo) == "0123abcd"
+    (repo / "src/a.py").write_text("changed")
+    assert archive.whole(written)["sequence"] == 4  # progress.py reads it; resuming would refuse

@@ -51,13 +51,18 @@ def code_hash(root: Path = ROOT) -> str:
     h = hashlib.sha256()
     for d in CODE_DIRS:
         for path in sorted((root / d).rglob("*")):
-            if not path.is_file() or "__pycache__" in path.parts or path.suffix == ".pyc":
+            skip = any(part == "__pycache__" or part.endswith(".egg-info") for part in path.parts)
+            if skip or not path.is_file() or path.suffix == ".pyc":  # pip's and Python's
                 continue
             h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()
 
 
 def git_commit(root: Path = ROOT) -> str | None:
+    """The commit of the code: ``COMMIT`` in a snapshot (``gpu_run.sh snapshot``), else git's HEAD
+    (on the GPU machine git's metadata can be older than the tree that travelled)."""
+    if (root / "COMMIT").is_file():
+        return (root / "COMMIT").read_text().strip()
     try:
         out = subprocess.run(
             ["git", "-C", str(root), "rev-parse", "HEAD"],
@@ -107,8 +112,8 @@ def _skip_partial(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
     return None if info.name.endswith(".partial") else info
 
 
-def check(archive: Path, config: str, root: Path = ROOT) -> dict:
-    """The archive's manifest, if the archive is whole and made by this config and code."""
+def whole(archive: Path) -> dict:
+    """The archive's manifest, if its manifest and every part are there, intact."""
     path = archive / MANIFEST
     if not path.is_file():
         raise ArchiveError(f"resume archive {archive}: missing {MANIFEST}")
@@ -129,6 +134,12 @@ def check(archive: Path, config: str, root: Path = ROOT) -> dict:
                 f"resume archive {archive}: {name} is truncated or corrupted ({len(data)} bytes, "
                 f"the manifest says {want['bytes']}; or its SHA-256 differs)"
             )
+    return manifest
+
+
+def check(archive: Path, config: str, root: Path = ROOT) -> dict:
+    """The archive's manifest, if the archive is whole and made by this config and code."""
+    manifest = whole(archive)
     if manifest.get("config_sha256") != _sha256(config.encode()):
         raise ArchiveError(
             f"resume archive {archive} was made by another config:\n  archive: "

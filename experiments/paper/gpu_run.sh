@@ -4,6 +4,7 @@
 #
 #   bash experiments/paper/gpu_run.sh prepare   # here: wheels in .whl/, CIFAR-10 as xz parts in
 #                                               # outputs/paper/send/{1,2,3}/
+#   bash experiments/paper/gpu_run.sh snapshot COMMIT  # here: that commit's code in .paper_code/
 #   bash experiments/paper/gpu_run.sh window    # on the GPU machine, in every command
 #
 # A window: install the carried wheels; take the data parts this command carried; restore the state
@@ -68,6 +69,25 @@ prepare() {
   ln "$parts"/data_batch_{3,4}.bin.xz "$CARRY/send/2/"
   ln "$parts"/{data_batch_5,test_batch}.bin.xz "$CARRY/send/3/"
   du -sh "$CARRY"/send/* "$ROOT/.whl"
+}
+
+snapshot() {  # here: the code of a commit in .paper_code/, so windows resume while main moves on
+  local commit=${1:-} dest=$ROOT/.paper_code
+  [ -n "$commit" ] || { echo "usage: $0 snapshot COMMIT (the commit that made outputs/paper/state)" >&2; exit 2; }
+  commit=$(git -C "$ROOT" rev-parse --verify "$commit^{commit}") || exit 2
+  rm -rf "$dest"; mkdir -p "$dest/outputs/paper"
+  git -C "$ROOT" archive "$commit" src conf experiments/paper | tar -x -C "$dest"
+  echo "$commit" >"$dest/COMMIT"
+  cp -r "$ROOT/.whl" "$dest/"
+  [ -d "$CARRY/send" ] && cp -al "$CARRY/send" "$dest/outputs/paper/"
+  if [ -d "$CARRY/state" ]; then
+    cp -r "$CARRY/state" "$dest/outputs/paper/"
+    "$PY" "$dest/experiments/paper/archive.py" check --archive "$dest/outputs/paper/state" \
+      --config "$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["config"])' \
+                 "$CARRY/state/manifest.json")" || exit 2
+  fi
+  log "code of $commit in $dest; on the GPU machine: bash .paper_code/experiments/paper/gpu_run.sh window," \
+      "carry .paper_code/{src,conf,experiments,.whl} and .paper_code/outputs/paper/{send/N,state}"
 }
 
 install_wheels() {
@@ -186,6 +206,7 @@ window() {
 
 case ${1:-} in
   prepare) prepare ;;
+  snapshot) snapshot "${2:-}" ;;
   window) window ;;
-  *) echo "usage: $0 prepare|window (see experiments/paper/README.md)" >&2; exit 2 ;;
+  *) echo "usage: $0 prepare|snapshot COMMIT|window (see experiments/paper/README.md)" >&2; exit 2 ;;
 esac
