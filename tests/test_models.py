@@ -71,12 +71,19 @@ def test_standardize_false_feeds_the_images_as_they_are():
     assert ConvNet([nn.Conv2d], **kwargs).state_dict().keys() == net.state_dict().keys()
 
 
-@pytest.mark.parametrize("name", ["shallow_conv", "fig4_plain"])
-def test_standardize_is_on_by_default_and_overridable(make_cfg, name):
-    on = instantiate(make_cfg(f"model={name}").model).net.normalize
-    off = instantiate(make_cfg(f"model={name}", "model.net.standardize=false").model).net.normalize
-    assert on.std.flatten().tolist() != [1.0, 1.0, 1.0]
-    assert off.mean.flatten().tolist() == [0.0] * 3 and off.std.flatten().tolist() == [1.0] * 3
+@pytest.mark.parametrize(
+    ("name", "default"),
+    [("fig4_plain", True), ("fig4_ssim", True), ("shallow_conv", False), ("shallow_ssim", False)],
+)
+def test_standardize_default_per_model_and_overridable(make_cfg, name, default):
+    # issue 28: the shallow pair takes [0, 1] images (its conv model diverged standardised)
+    net = instantiate(make_cfg(f"model={name}").model).net
+    assert (net.normalize.std.flatten().tolist() != [1.0, 1.0, 1.0]) is default
+    for value, identity in (("true", False), ("false", True)):
+        cfg = make_cfg(f"model={name}", f"model.net.standardize={value}")
+        normalize = instantiate(cfg.model).net.normalize
+        assert (normalize.mean.flatten().tolist() == [0.0] * 3) is identity
+        assert (normalize.std.flatten().tolist() == [1.0] * 3) is identity
 
 
 @pytest.mark.parametrize(("name", "index"), [("shallow_ssim", 0), ("fig4_ssim", 2)])

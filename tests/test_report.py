@@ -77,9 +77,11 @@ def test_report_from_run_dirs(tmp_path):
         _write_run(outputs / f"a/{seed}_plain", "fig4_plain", seed, plain, 0.20)
         _write_run(outputs / f"a/{seed}_ssim", "fig4_ssim", seed, ssim, 0.20 + 0.001 * seed)
     _write_run(outputs / "smoke/x", "fig4_ssim", 0, 0.99, 0.99, data="SyntheticDataModule")
+    _write_run(outputs / "ablations/cpu_short/x/fig4_ssim_seed0", "fig4_ssim", 0, 0.99, 0.99)
     report = build_report(outputs).read_text()
     assert "CIFAR-10 (JPEG-derived copy)" in report
-    assert "| fig4_ssim | 3 |" in report and "| fig4_plain | 3 |" in report  # smoke run left out
+    # the smoke run and the ablation run are left out
+    assert "| fig4_ssim | 3 |" in report and "| fig4_plain | 3 |" in report
     assert "71.00 ± 1.00 (n=3)" in report  # SSIM validation mean ± std, in percent
     assert "| 78 / 73.8 |" in report  # the paper's Table 1 numbers, as a paper column
     claims = (outputs / "report" / "claims.csv").read_text()
