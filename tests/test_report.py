@@ -173,3 +173,30 @@ def test_report_paper_protocol_section_only_for_500_epochs_on_50000_images(tmp_p
     images = {(r["schedule"], r["model"]): r["train_images"] for r in rows}
     assert images[("cpu_short", "fig4_plain")] == "10000"
     assert images[("paper", "fig4_ssim")] == "50000"
+
+
+def test_readings_section_pairs_each_setting_with_the_other_models_baseline(tmp_path):
+    from ssimlayer.report.build import _readings_section
+
+    path = tmp_path / "results.csv"
+    rows = [  # setting, model, seed, final, best, diverged
+        ("default", "fig4_plain", 0, 60.0, 61.0, "no"),
+        ("default", "fig4_plain", 1, 62.0, 63.0, "no"),
+        ("default", "fig4_ssim", 0, 40.0, 40.0, "no"),
+        ("default", "fig4_ssim", 1, 42.0, 42.0, "no"),
+        ("init_std_0.1", "fig4_ssim", 0, 50.0, 51.0, "no"),
+        ("init_std_0.1", "fig4_ssim", 1, 52.0, 53.0, "yes"),
+    ]
+    lines = ["setting,model,seed,schedule,final_val_top1_pct,best_val_top1_pct,diverged"]
+    lines += [f"{s},{m},{seed},cpu_medium,{f},{b},{d}" for s, m, seed, f, b, d in rows]
+    path.write_text("\n".join(lines) + "\n")
+    section = "\n".join(_readings_section(path))
+    assert "## Readings of the paper (issue 28 ablations, `cpu_medium`)" in section
+    assert (
+        "| fig4_ssim vs fig4_plain | default | 41.00 ± 1.41 (n=2) / 41.00 ± 1.41 (n=2) "
+        "| 61.00 ± 1.41 (n=2) / 62.00 ± 1.41 (n=2) | -20.00 |" in section
+    )
+    # the setting changes the SSIM model only: the plain model keeps its baseline
+    assert "| init_std_0.1 | 51.00 ± 1.41 (n=2) / 52.00 ± 1.41 (n=2), 1 NaN | 61.00" in section
+    assert "| +" not in section and "-10.00" in section
+    assert _readings_section(tmp_path / "missing.csv") == []

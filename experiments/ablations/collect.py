@@ -1,7 +1,8 @@
 """Gather the ablation runs under outputs/ablations/<schedule>/ into results.csv and a plot.
 
 Usage: .venv/bin/python experiments/ablations/collect.py [outputs/ablations/cpu_medium]
-Each run dir is <root>/<factor>_<value>/<model>_seed<seed>/ (see run_shallow_slice.sh).
+Each run dir is <root>/<setting>/<model>_seed<seed>/ (see run.sh); the setting is the folder's name
+(``standardize_on`` and ``default``: the defaults the other settings change one factor of).
 """
 
 from __future__ import annotations
@@ -12,12 +13,23 @@ import re
 import statistics
 import sys
 from pathlib import Path
+from types import SimpleNamespace
+
+from ssimlayer.report.plots import layer_health_plot
+from ssimlayer.utils.runs import Run
 
 HERE = Path(__file__).parent
-LABELS = {("standardize", "on"): "default (standardize on; conv: no first ReLU)"}
+MODELS = ("shallow_conv", "shallow_ssim", "fig4_plain", "fig4_ssim")
+# the layer each pair differs in (the SSIM layer and the conv it replaces)
+LAYER = {
+    "shallow_conv": "conv1",
+    "shallow_ssim": "ssim1",
+    "fig4_plain": "conv3",
+    "fig4_ssim": "ssim3",
+}
+BASELINES = ("standardize_on", "default")  # the shallow slices' default, the Fig. 4 slice's
 FIELDS = [
-    "factor",
-    "value",
+    "setting",
     "model",
     "seed",
     "schedule",
@@ -31,12 +43,13 @@ FIELDS = [
     "nan_step",
     "wall_time_s",
     "max_conv2_out_std",
+    "final_ssim_w_std",
+    "final_ssim_out_std",
     "run_dir",
 ]
 
 
 def read_run(run: Path) -> dict:
-    factor, value = run.parent.name.rsplit("_", 1)
     m = json.loads((run / "metrics.json").read_text())
     error = run / "error.txt"
     nan = (
@@ -45,8 +58,7 @@ def read_run(run: Path) -> dict:
         else None
     )
     return {
-        "factor": factor,
-        "value": value,
+        "setting": run.parent.name,
         "model": m["model"],
         "seed": m["seed"],
         "schedule": m["schedule"],
@@ -61,6 +73,11 @@ def read_run(run: Path) -> dict:
         "wall_time_s": round(m["wall_time_s"]),
         # the second layer's pre-ReLU output std on the LayerHealth probe, largest over epochs
         "max_conv2_out_std": round(max(column(run, "health/conv2/out_std")), 3),
+        # the SSIM layer's filter std and output std after the last epoch ("" without one)
+        **{
+            f"final_ssim_{s}": round(v[-1], 4) if (v := ssim_column(run, s)) else ""
+            for s in ("w_std", "out_std")
+        },
         "run_dir": str(run),
     }
 
@@ -70,6 +87,13 @@ def column(run: Path, name: str) -> list[float]:
         return [float(r[name]) for r in csv.DictReader(f) if r.get(name)]
 
 
+def ssim_column(run: Path, stat: str) -> list[float]:
+    with (run / "epochs.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    keys = [k for k in rows[0] if k.startswith("health/ssim") and k.endswith(f"/{stat}")]
+    return [float(r[keys[0]]) for r in rows if r.get(keys[0])] if keys else []
+
+
 def curves(run: Path) -> list[float]:
     return column(run, "val_top1_pct")
 
@@ -77,20 +101,25 @@ def curves(run: Path) -> list[float]:
 def main(root: Path) -> None:
     runs = sorted(p.parent for p in root.glob("*/*/metrics.json"))
     rows = [read_run(r) for r in runs]
+    # a run neither finished nor stopped by the NaN guard is still training (or was killed)
+    rows = [r for r in rows if r["finished"] == "yes" or r["diverged"] == "yes"]
     with (HERE / "results.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, FIELDS, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
-        groups.setdefault((row["model"], row["factor"], row["value"]), []).append(row)
-    print("| model | factor = value | seeds | final val top-1 % | best val top-1 % | NaN (step) |")
+        groups.setdefault((row["model"], row["setting"]), []).append(row)
+    order = {m: i for i, m in enumerate(MODELS)}
+    print("| model | setting | seeds | final val top-1 % | best val top-1 % | NaN (step) |")
     print("|---|---|---|---|---|---|")
-    for (model, factor, value), g in sorted(groups.items()):
+    for (model, setting), g in sorted(
+        groups.items(), key=lambda kv: (order.get(kv[0][0], 9), kv[0][1] not in BASELINES, kv[0][1])
+    ):
 
         def ms(key, g=g):
             xs = [r[key] for r in g]
-            sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
+            sd = statistics.stdev(xs) if len(xs) > 1 else float("nan")
             return f"{statistics.mean(xs):.2f} ± {sd:.2f}"
 
         nans = ", ".join(
@@ -98,7 +127,7 @@ def main(root: Path) -> None:
         )
         seeds = len(g)
         print(
-            f"| {model} | {factor} = {value} | {seeds} | {ms('final_val_top1_pct')} | "
+            f"| {model} | {setting} | {seeds} | {ms('final_val_top1_pct')} | "
             f"{ms('best_val_top1_pct')} | {nans} |"
         )
     import matplotlib
@@ -106,23 +135,26 @@ def main(root: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    models = sorted({r["model"] for r in rows})
-    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4), sharey=True)
-    for ax, model in zip(axes if len(models) > 1 else [axes], models):
-        keys = sorted({(r["factor"], r["value"]) for r in rows if r["model"] == model})
-        for i, key in enumerate(keys):
-            for j, run in enumerate(
-                Path(r["run_dir"])
-                for r in rows
-                if r["model"] == model and key == (r["factor"], r["value"])
-            ):
-                ys = curves(run)
+    models = [m for m in MODELS if any(r["model"] == m for r in rows)]
+    cols = min(len(models), 2)
+    rows_n = -(-len(models) // cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(6.5 * cols, 4.2 * rows_n), squeeze=False)
+    for ax, model in zip(axes.flat, models):
+        settings = sorted(
+            {r["setting"] for r in rows if r["model"] == model},
+            key=lambda s: (s not in BASELINES, s),
+        )
+        for i, setting in enumerate(settings):
+            group = [r for r in rows if r["model"] == model and r["setting"] == setting]
+            for j, r in enumerate(group):
+                ys = curves(Path(r["run_dir"]))
+                label = f"{setting} (default)" if setting in BASELINES else setting
                 ax.plot(
                     range(1, len(ys) + 1),
                     ys,
                     color=f"C{i}",
                     marker=".",
-                    label=LABELS.get(key, f"{key[0]} = {key[1]}") if j == 0 else None,
+                    label=label if j == 0 else None,
                 )
         ax.set(
             title=f"{model} ({rows[0]['schedule']}; one line per seed)",
@@ -130,9 +162,28 @@ def main(root: Path) -> None:
             ylabel="val top-1 %",
         )
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=8)
+    for ax in axes.flat[len(models) :]:
+        ax.axis("off")
     fig.tight_layout()
     fig.savefig(HERE / "val_top1.png", dpi=100)
+    for model in models:  # LayerHealth's curves of the layer the pair differs in, mean over seeds
+        layer = f"/{LAYER[model]}/"
+        by_setting = {
+            setting: [
+                SimpleNamespace(
+                    epochs=[
+                        {k: v for k, v in row.items() if "/" not in k or layer in k}
+                        for row in Run(Path(r["run_dir"])).epochs
+                    ]
+                )
+                for r in rows
+                if r["model"] == model and r["setting"] == setting
+            ]
+            for setting in sorted({r["setting"] for r in rows if r["model"] == model})
+        }
+        title = f"{model}: layer {LAYER[model]}, {rows[0]['schedule']}"
+        layer_health_plot(by_setting, HERE / f"layer_health_{model}.png", title)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from pathlib import Path
 from ssimlayer.report.claims import CLAIMS, PAPER, TABLE2_CLAIMS, TABLE2_PAPER
 from ssimlayer.report.plots import convergence_plot, fgsm_plot, layer_health_plot
 from ssimlayer.report.verdict import RULE, compare
-from ssimlayer.utils.paths import program_name, relative_to_root
+from ssimlayer.utils.paths import PROJECT_ROOT, program_name, relative_to_root
 from ssimlayer.utils.runs import Run, find_runs, mean_std
 
 __all__ = ["build_report", "main"]
@@ -336,6 +336,61 @@ def _table2_section(runs: list[Run], out_dir: Path, claim_rows: list[dict]) -> l
 
 
 ABLATIONS = "ablations"  # outputs/ablations/: experiments/ablations/run.sh's runs
+ABLATION_RESULTS = PROJECT_ROOT / "experiments" / "ablations" / "results.csv"
+PAIRS = (("shallow_ssim", "shallow_conv"), ("fig4_ssim", "fig4_plain"))  # (SSIM, conv)
+BASELINES = ("default", "standardize_on")  # the runs' unchanged reading (Fig. 4, shallow)
+
+
+def _readings_section(path: Path = ABLATION_RESULTS) -> list[str]:
+    """The shallow and Fig. 4 claims under each reading of experiments/ablations/ (issue 28):
+    a setting changes one model's reading (or both); the other model keeps its default."""
+    if not path.is_file():
+        return []
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    cells: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for row in rows:
+        cells[(row["model"], row["setting"])].append(row)
+
+    def stat(runs: list[dict], key: str) -> list[float]:
+        return [float(r[key]) for r in runs]
+
+    def cell(runs: list[dict]) -> str:
+        nan = sum(r["diverged"] == "yes" for r in runs)
+        final, best = _fmt(stat(runs, "final_val_top1_pct")), _fmt(stat(runs, "best_val_top1_pct"))
+        return f"{final} / {best}" + (f", {nan} NaN" if nan else "")
+
+    def baseline(model: str) -> list[dict]:
+        return next((cells[(model, b)] for b in BASELINES if (model, b) in cells), [])
+
+    schedules = ", ".join(sorted({r["schedule"] for r in rows}))
+    lines = [
+        f"## Readings of the paper (issue 28 ablations, `{schedules}`)",
+        "",
+        "Each row changes one reading (`experiments/ablations/README.md`) against the runs' "
+        "baseline (`default`; for the shallow pair `standardize_on`, its default until issue 28 "
+        "chose `standardize_off`); a model the setting does not apply to keeps its baseline. "
+        "Validation top-1 (%), final / best epoch, mean ± std over seeds; SSIM − conv is the "
+        "difference of the final means (± its standard error), the verdict the rule above.",
+        "",
+        "| pair | setting | SSIM model | conv model | SSIM − conv | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
+    for ssim, conv in PAIRS:
+        settings = {s for (m, s) in cells if m in (ssim, conv)}
+        for setting in sorted(settings, key=lambda s: (s not in BASELINES, s)):
+            a = cells.get((ssim, setting)) or baseline(ssim)
+            b = cells.get((conv, setting)) or baseline(conv)
+            if not a or not b:
+                continue
+            fa, fb = stat(a, "final_val_top1_pct"), stat(b, "final_val_top1_pct")
+            v = compare(fa, fb)
+            diff = f"{mean_std(fa)[0] - mean_std(fb)[0]:+.2f}"
+            diff += "" if math.isnan(v.standard_error) else f" ± {v.standard_error:.2f}"
+            lines.append(
+                f"| {ssim} vs {conv} | {setting} | {cell(a)} | {cell(b)} | {diff} | {v.verdict} |"
+            )
+    return lines + [""]
 
 
 def _under(path: Path, folder: Path) -> bool:
@@ -470,6 +525,7 @@ def build_report(
         lines += _robustness_section(by_model) + _pruning_section(by_model) + [""]
 
     lines += _table2_section(table2, out_dir, claim_rows)
+    lines += _readings_section()
     (out_dir / "report.md").write_text("\n".join(lines))
     _write_runs_csv(runs, outputs, out_dir / "runs.csv")
     with open(out_dir / "claims.csv", "w", newline="") as f:
