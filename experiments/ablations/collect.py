@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+from ssimlayer.lightning.layer_health import first_column
+from ssimlayer.report.build import BASELINES  # the runs' unchanged reading per slice
 from ssimlayer.report.plots import layer_health_plot
 from ssimlayer.utils.runs import Run
 
@@ -27,7 +29,6 @@ LAYER = {
     "fig4_plain": "conv3",
     "fig4_ssim": "ssim3",
 }
-BASELINES = ("standardize_on", "default")  # the shallow slices' default, the Fig. 4 slice's
 FIELDS = [
     "setting",
     "model",
@@ -89,9 +90,8 @@ def column(run: Path, name: str) -> list[float]:
 
 def ssim_column(run: Path, stat: str) -> list[float]:
     with (run / "epochs.csv").open() as f:
-        rows = list(csv.DictReader(f))
-    keys = [k for k in rows[0] if k.startswith("health/ssim") and k.endswith(f"/{stat}")]
-    return [float(r[keys[0]]) for r in rows if r.get(keys[0])] if keys else []
+        key = first_column(next(csv.reader(f)), "ssim", stat)
+    return column(run, key) if key else []
 
 
 def curves(run: Path) -> list[float]:

@@ -24,26 +24,21 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from archive import read_state, whole  # noqa: E402
 
+from ssimlayer.lightning.layer_health import first_column  # noqa: E402
+from ssimlayer.lightning.run_summary import COLUMNS  # noqa: E402
 from ssimlayer.report.plots import convergence_plot, layer_health_plot  # noqa: E402
 from ssimlayer.utils import PROJECT_ROOT  # noqa: E402
 from ssimlayer.utils.runs import find_runs, mean_std  # noqa: E402
 
-CURVE_KEYS = (
-    "train_loss",
-    "train_top1_pct",
-    "train_top5_pct",
-    "val_loss",
-    "val_top1_pct",
-    "val_top5_pct",
-)
+CURVE_KEYS = tuple(COLUMNS.values())  # epochs.csv's losses and accuracies
 SSIM_HEALTH = ("w_std", "out_std")  # of the SSIM layer: its filters' std, its output's std
 
 
 def _ssim_health(row: dict) -> dict:
     out = {}
     for stat in SSIM_HEALTH:
-        keys = [k for k in row if k.startswith("health/ssim") and k.endswith(f"/{stat}")]
-        out[f"ssim_{stat}"] = row[keys[0]] if keys else ""
+        key = first_column(list(row), "ssim", stat)
+        out[f"ssim_{stat}"] = row[key] if key else ""
     return out
 
 

@@ -59,6 +59,12 @@ def health_columns(keys: Sequence[str]) -> list[str]:
     return [k for k in keys if k.startswith(PREFIX)]
 
 
+def first_column(keys: Sequence[str], layer: str, stat: str) -> str | None:
+    """The first ``health/<layer>.../<stat>`` key among ``keys`` (``layer="ssim"``: the first
+    SSIM layer's), or ``None``."""
+    return next((k for k in keys if k.startswith(PREFIX + layer) and k.endswith(f"/{stat}")), None)
+
+
 class LayerHealth(pl.Callback):
     """Per epoch, each watched layer's output and filter statistics and its gradient scale.
 

@@ -393,10 +393,6 @@ def _readings_section(path: Path = ABLATION_RESULTS) -> list[str]:
     return lines + [""]
 
 
-def _under(path: Path, folder: Path) -> bool:
-    return folder == path or folder in path.parents
-
-
 def _protocol_section(runs: list[Run]) -> list[str]:
     """The paper's own protocol (§3.1), only when such runs exist: 500 epochs on all 50,000
     training images (``experiments/paper/``)."""
@@ -431,7 +427,7 @@ def build_report(
     runs = find_runs(outputs, finished=True, include_synthetic=include_synthetic, required=False)
     runs = [r for r in runs if out_dir not in r.path.parents]
     # one factor changed per run: experiments/ablations/collect.py compares them, not the report
-    runs = [r for r in runs if not _under(r.path, outputs.resolve() / ABLATIONS)]
+    runs = [r for r in runs if not r.path.is_relative_to(outputs.resolve() / ABLATIONS)]
     by_schedule: dict[str, list[Run]] = defaultdict(list)
     for run in runs:
         if not is_table2(run):  # Table 2's runs are on other data: their own section
