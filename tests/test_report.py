@@ -3,6 +3,7 @@
 import csv
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +16,9 @@ def test_verdict_rule_greater():
     assert compare([70, 71, 72], [80, 81, 82]).verdict == "does not hold"
     assert compare([70, 75, 80], [71, 76, 79]).verdict == "inconclusive"
     assert compare([80, 81], [70, 71, 72]).verdict.startswith("inconclusive (fewer than 3")
+    # the ablations' 2-seed screen: the same rule from 2 seeds on, never from 1 (no spread)
+    assert compare([80, 81], [70, 71, 72], min_seeds=2).verdict == "holds"
+    assert compare([80], [70, 71], min_seeds=1).verdict.startswith("inconclusive (fewer than 2")
     v = compare([80, 81, 82], [70, 71, 72])
     assert v.difference == pytest.approx(10.0) and v.standard_error == pytest.approx(
         math.sqrt(2 / 3)
@@ -194,9 +198,25 @@ def test_readings_section_pairs_each_setting_with_the_other_models_baseline(tmp_
     assert "## Readings of the paper (issue 28 ablations, `cpu_medium`)" in section
     assert (
         "| fig4_ssim vs fig4_plain | default | 41.00 ± 1.41 (n=2) / 41.00 ± 1.41 (n=2) "
-        "| 61.00 ± 1.41 (n=2) / 62.00 ± 1.41 (n=2) | -20.00 |" in section
+        "| 61.00 ± 1.41 (n=2) / 62.00 ± 1.41 (n=2) | -20.00 ± 1.41 | does not hold |" in section
     )
+    # the 2-seed screen, summed up per outcome
+    assert "- The claim does not hold under: fig4 `default`, fig4 `init_std_0.1`." in section
     # the setting changes the SSIM model only: the plain model keeps its baseline
     assert "| init_std_0.1 | 51.00 ± 1.41 (n=2) / 52.00 ± 1.41 (n=2), 1 NaN | 61.00" in section
     assert "| +" not in section and "-10.00" in section
     assert _readings_section(tmp_path / "missing.csv") == []
+
+
+def test_no_committed_run_ended_diverged():
+    """Issue 28: a run that diverged (NaN guard) ends at chance; none may stand in the report."""
+    committed = Path(__file__).parents[1] / "experiments" / "report" / "runs.csv"
+    with open(committed) as f:
+        rows = list(csv.DictReader(f))
+    assert rows
+    at_chance = [
+        (r["model"], r["schedule"], r["seed"])
+        for r in rows
+        if not float(r["final_val_top1_pct"]) > 15.0  # CIFAR-10 chance 10 %, Table 2's 14.3 %
+    ]
+    assert at_chance == []

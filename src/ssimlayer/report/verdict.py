@@ -33,14 +33,18 @@ class Verdict:
     n_b: int
 
 
-def compare(a: list[float], b: list[float], kind: str = "greater") -> Verdict:
-    """Verdict on "a > b" (``kind="greater"``) or "a and b do not differ" (``kind="equal"``)."""
+def compare(
+    a: list[float], b: list[float], kind: str = "greater", min_seeds: int = MIN_SEEDS
+) -> Verdict:
+    """Verdict on "a > b" (``kind="greater"``) or "a and b do not differ" (``kind="equal"``).
+    ``min_seeds`` below 3 turns the rule into a screen (the ablations' 2 seeds per cell)."""
     if kind not in ("greater", "equal"):
         raise ValueError(f"kind must be 'greater' or 'equal', got {kind!r}")
     (mean_a, std_a), (mean_b, std_b) = mean_std(a), mean_std(b)
     d = mean_a - mean_b
-    if len(a) < MIN_SEEDS or len(b) < MIN_SEEDS:
-        return Verdict("inconclusive (fewer than 3 seeds)", d, math.nan, len(a), len(b))
+    need = max(min_seeds, 2)  # one seed has no spread
+    if len(a) < need or len(b) < need:
+        return Verdict(f"inconclusive (fewer than {need} seeds)", d, math.nan, len(a), len(b))
     se = math.sqrt(std_a**2 / len(a) + std_b**2 / len(b))
     if kind == "greater":
         verdict = "holds" if d > 2 * se else "does not hold" if d < -2 * se else "inconclusive"
