@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import json
 import re
-import statistics
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,7 +17,7 @@ from types import SimpleNamespace
 from ssimlayer.lightning.layer_health import first_column
 from ssimlayer.report.build import BASELINES  # the runs' unchanged reading per slice
 from ssimlayer.report.plots import layer_health_plot
-from ssimlayer.utils.runs import Run
+from ssimlayer.utils.runs import Run, mean_std
 
 HERE = Path(__file__).parent
 MODELS = ("shallow_conv", "shallow_ssim", "fig4_plain", "fig4_ssim")
@@ -118,9 +117,7 @@ def main(root: Path) -> None:
     ):
 
         def ms(key, g=g):
-            xs = [r[key] for r in g]
-            sd = statistics.stdev(xs) if len(xs) > 1 else float("nan")
-            return f"{statistics.mean(xs):.2f} ± {sd:.2f}"
+            return "{:.2f} ± {:.2f}".format(*mean_std(r[key] for r in g))
 
         nans = ", ".join(
             f"s{r['seed']}: " + (f"yes ({r['nan_step']})" if r["nan_step"] else "no") for r in g

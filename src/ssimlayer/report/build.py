@@ -47,10 +47,8 @@ SCHEDULES = {
     "paper": "§3.1: 50,000 training images, up to 500 epochs",
     "cpu_short": "first training batch file (10,000 images), 4 epochs, validation on 5,024 test "
     "images, FGSM sweep on 1,024 images per split",
-    "cpu_medium": "as cpu_short, 12 epochs (the Table 1 pair, the SSIM network without ReLU, and "
-    "the shallow SSIM model: the shallow conv model diverged to NaN at epoch 6, see "
-    "experiments/shallow/README.md)",
-    "cpu_long": "as cpu_short, 40 epochs (the Table 1 pair and the SSIM network without ReLU)",
+    "cpu_medium": "as cpu_short, 12 epochs",
+    "cpu_long": "as cpu_short, 40 epochs",
     "cpu_table2": "Table 2 on the 2-core CPU (conf/schedule/cpu_table2.yaml): all 6,160 "
     "training images, 40 epochs, validation on all 1,540, FGSM sweep on 1,536 images of each split "
     "(48 batches of a fixed, class-mixed permutation)",
