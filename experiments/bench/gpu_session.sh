@@ -4,7 +4,6 @@
 #
 #   bash experiments/bench/gpu_session.sh layer     # at most 4.5 min: layer bench, GPU tests
 #   bash experiments/bench/gpu_session.sh train     # at most 5 min: Lightning vs the bare loop, k = 1 and 8
-#   bash experiments/bench/gpu_session.sh compiled  # at most 4 min: train bench, model.compile=reduce-overhead
 #
 # `make gpu-check` and `make gpu-check-train` run the first two with OUT=outputs/gpu_check.
 # On a lent machine without this project installed: its python3 holds torch, Triton and Lightning;
@@ -37,14 +36,6 @@ part() {
     tail -n 30 "$OUT/$name.log"
 }
 
-# The train bench with model.compile=reduce-overhead: the step replayed from CUDA graphs.
-compiled() {
-    part train_compiled 240 "$PY" experiments/bench/train.py --device cuda --warmup 64 --steps 800 \
-        --steps-per-execution 1,8 --models fig4_ssim shallow_ssim --batch-sizes 32 \
-        --out "$OUT/train_compiled.json" data=synthetic data.num_train=50000 data.num_val=1000 \
-        logger=csv model.compile=reduce-overhead
-}
-
 case "${1:-layer}" in
 layer)
     part layer_bench 150 "$PY" experiments/bench/layer.py --device cuda --repeats 8 \
@@ -60,11 +51,8 @@ train)
         --repeats 2 --steps-per-execution 1,8 --models fig4_plain fig4_ssim shallow_ssim \
         --out "$OUT/train.json" data=synthetic data.num_train=50000 data.num_val=1000 logger=csv
     ;;
-compiled)
-    compiled
-    ;;
 *)
-    echo "usage: $0 layer|train|compiled" >&2
+    echo "usage: $0 layer|train" >&2
     exit 2
     ;;
 esac

@@ -37,19 +37,14 @@ filter wide, 8x8 images, batch 2 (unless ``--batch-sizes`` is given), on whateve
 configured. On a CPU this is how the pipeline's own cost per step shows (with real widths the
 model's compute hides it).
 
-``--replay-stand-in`` measures, on any device, what each side's host spends per step around a
-``model.cuda_graph=true`` replay: both sides train through ``GraphedTrainStep`` (``model.cuda_graph``
-is set), with the capture replaced by a stand-in that runs the step once and whose replay does
-nothing. What is timed is the rest: the loader, the copies into the graph's inputs and, on the
-Lightning side, its loop, hooks and metric bookkeeping. On a GPU a replay is queued and the host
-goes on, so these are the per-step host costs that must stay below the GPU's step time. Use it
-with ``--overhead`` (the stand-in's one real step is then negligible).
+(``--replay-stand-in``, the host's cost per step around a no-op CUDA-graph replay on both sides,
+was a one-off investigation; its findings are in experiments/bench/README.md and the script in
+commit d3aebc9.)
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import platform
@@ -71,8 +66,8 @@ from omegaconf import DictConfig  # noqa: E402
 
 from ssimlayer import retain_freed_memory  # noqa: E402
 from ssimlayer.data import DeviceLoader  # noqa: E402
-from ssimlayer.lightning import ClassifierModule, build_callbacks, build_loggers  # noqa: E402
-from ssimlayer.lightning.graphed_step import GraphedTrainStep, _Captured, cuda_capture  # noqa: E402
+from ssimlayer.lightning import build_callbacks, build_loggers  # noqa: E402
+from ssimlayer.lightning.graphed_step import GraphedTrainStep  # noqa: E402
 from ssimlayer.lightning.loggers import finish_wandb  # noqa: E402
 from ssimlayer.utils import compose_config  # noqa: E402
 
@@ -124,25 +119,6 @@ class StepTimer(pl.Callback):
         elif self.t1 is None and self.t0 is not None and step >= self.warmup + self.steps:
             sync(pl_module.device)
             self.t1, self.step1, self.faults1 = time.perf_counter(), step, page_faults()
-
-
-def replay_stand_in(step, zero_grad, x, y) -> _Captured:
-    """``--replay-stand-in``'s capture: runs the step once (for its outputs); a replay does nothing."""
-    zero_grad()
-    return _Captured(x, y, lambda: None, step(x, y))
-
-
-@contextlib.contextmanager
-def replay_stand_in_in_lightning():
-    """Inside the block, ``ClassifierModule(cuda_graph=True)`` uses :func:`replay_stand_in`, on any
-    device."""
-    saved = ClassifierModule.__dict__["_graph_capture"], ClassifierModule._graph_device_types
-    ClassifierModule._graph_capture = staticmethod(replay_stand_in)
-    ClassifierModule._graph_device_types = ("cpu", "cuda")
-    try:
-        yield
-    finally:
-        ClassifierModule._graph_capture, ClassifierModule._graph_device_types = saved
 
 
 def page_faults() -> int:
@@ -197,10 +173,9 @@ def time_lightning(
 
 
 def time_bare(
-    cfg: DictConfig, warmup: int, steps: int, device: torch.device, stand_in: bool = False
+    cfg: DictConfig, warmup: int, steps: int, device: torch.device
 ) -> tuple[float, float]:
-    """Seconds and page faults per step over ``steps`` steps after ``warmup`` (``stand_in``: through
-    ``GraphedTrainStep`` with :func:`replay_stand_in`, on any device)."""
+    """Seconds and page faults per step over ``steps`` steps after ``warmup``."""
     pl.seed_everything(cfg.seed)
     dm, model = instantiate(cfg.data), instantiate(cfg.model)
     dm.setup("fit")
@@ -233,12 +208,9 @@ def time_bare(
     def zero_grad():
         opt.zero_grad(set_to_none=True)
 
-    if stand_in or (cfg.model.get("cuda_graph", False) and device.type == "cuda"):
+    if cfg.model.get("cuda_graph", False) and device.type == "cuda":
         graphed = GraphedTrainStep(  # as ClassifierModule does
-            lambda x, y: (None, train_step(x, y)),
-            zero_grad,
-            cfg.model.cuda_graph_warmup,
-            capture=replay_stand_in if stand_in else cuda_capture,
+            lambda x, y: (None, train_step(x, y)), zero_grad, cfg.model.cuda_graph_warmup
         )
     else:
         graphed = None
@@ -297,12 +269,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
         help="one-filter layers, 8x8 images, batch 2: the pipeline's own cost per step",
     )
     parser.add_argument(
-        "--replay-stand-in",
-        action="store_true",
-        help="model.cuda_graph=true with a replay that does nothing, on both sides: the host's "
-        "cost per step around a replay (see the docstring)",
-    )
-    parser.add_argument(
         "--device",
         choices=["auto", "cpu", "cuda"],
         default="auto",
@@ -316,8 +282,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.device == "cuda" and not any(o.startswith("trainer=") for o in overrides):
         overrides = ["trainer=gpu", *overrides]
     batch_sizes = args.batch_sizes or ([2] if args.overhead else [32, 128])
-    if args.replay_stand_in:
-        overrides = [*overrides, "model.cuda_graph=true"]
 
     rows = []
 
@@ -333,8 +297,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2))
 
-    stand_in = replay_stand_in_in_lightning() if args.replay_stand_in else contextlib.nullcontext()
-    with tempfile.TemporaryDirectory() as tmp, stand_in:
+    with tempfile.TemporaryDirectory() as tmp:
         for model_name in args.models:
             model_overrides = (
                 overhead_overrides(overrides, model_name) if args.overhead else overrides
@@ -371,7 +334,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     for k in ks:
                         t, faults, callbacks, profiler = time_lightning(cfgs[k], warmup, steps)
                         light[k] = min(light[k], (t, faults))
-                    bare = min(bare, time_bare(cfg, warmup, steps, device, args.replay_stand_in))
+                    bare = min(bare, time_bare(cfg, warmup, steps, device))
                 setting = {
                     "steps_timed": steps,
                     "warmup_steps": warmup,
@@ -384,9 +347,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     "precision": str(cfg.trainer.precision),
                     "compile": cfg.model.get("compile", False),
                     "cuda_graph": bool(cfg.model.get("cuda_graph", False)),
-                    "cuda_graph_replay": (
-                        "no-op stand-in (host cost only)" if args.replay_stand_in else "real"
-                    ),
                     "channels_last": bool(cfg.model.get("channels_last", False)),
                     "overhead_mode": args.overhead,
                     "retain_freed_memory": retained,
