@@ -1,11 +1,13 @@
 """``model.cuda_graph``: training steps replayed from a CUDA graph train as eager steps do.
 
-A CUDA graph needs a GPU, so on the CPU these tests replace the capture by a stand-in whose
-"replay" runs the captured step eagerly on the graph's input buffers, with the gradients set to
-None first (as the real graph, captured with no gradients, writes fresh ones). Everything else runs
-as on a GPU: the eager warm-up steps per batch shape, the copies into the input buffers, Lightning's
-step counts and hooks, the metrics. What only a GPU checks (the capture itself) runs in
-``tests/test_gpu.py``.
+A CUDA graph needs a GPU, so on the CPU these tests replace the capture by a stand-in that behaves
+as one towards the rest of the program: its "replay" runs the captured step eagerly on the graph's
+input buffers, writes fresh gradients into gradient buffers of its own (as the real graph, captured
+with no gradients, does) and leaves every ``.grad`` attribute as it found it (a replay does not
+touch Python objects). Everything else runs as on a GPU: the eager warm-up steps per batch shape,
+the copies into the input buffers, Lightning's step counts and hooks (and its setting the
+gradients to None before each validation), the metrics. What only a GPU checks (the capture itself)
+runs in ``tests/test_gpu.py``.
 """
 
 from __future__ import annotations
@@ -26,13 +28,24 @@ from tests.test_reliability import compose_cfg, rows, stable
 from tests.test_steps_per_execution import RESIDENT, final_weights
 
 
-def eager_capture(step, zero_grad, x, y):
-    """Stand-in for ``cuda_capture``: nothing runs at capture; each replay runs the step."""
-    captured = _Captured(x, y, None, None)
+def eager_capture(step, params, x, y):
+    """Stand-in for ``cuda_capture``: nothing runs at capture, which leaves each ``.grad`` a buffer
+    of the graph's; each replay runs the step with its gradients written (fresh) into those buffers
+    and leaves the ``.grad`` attributes as they were."""
+    grads = [torch.zeros_like(p) for p in params]
+    for p, grad in zip(params, grads):
+        p.grad = grad
+    captured = _Captured(x, y, None, None, grads)
 
     def replay():
-        zero_grad()
+        seen = [p.grad for p in params]
+        for p, grad in zip(params, grads):
+            p.grad = grad.zero_()
         captured.outputs = step(captured.x, captured.y)
+        for p, grad, before in zip(params, grads, seen):
+            if p.grad is not grad:  # the backward added into the buffer in place, as a graph does
+                grad.copy_(p.grad)
+            p.grad = before
 
     captured.replay = replay
     return captured
@@ -75,7 +88,7 @@ def test_replayed_steps_update_as_eager_steps():
     expected = [p.detach().clone() for p in model.parameters()]
 
     model, opt, step = _linear_and_step()
-    graphed = GraphedTrainStep(step, lambda: opt.zero_grad(set_to_none=True), 2, eager_capture)
+    graphed = GraphedTrainStep(step, model.parameters(), 2, eager_capture)
     losses = [graphed(x, y)[1].clone() for x, y in batches]
     for got, want in zip(model.parameters(), expected, strict=True):
         torch.testing.assert_close(got.detach(), want)
@@ -84,9 +97,32 @@ def test_replayed_steps_update_as_eager_steps():
     assert all(torch.isfinite(loss) for loss in losses)
 
 
+def test_after_a_replay_each_grad_is_that_steps_gradient():
+    # A replay leaves .grad as it was; GraphedTrainStep makes it the replayed step's gradient, also
+    # where something set it to None in between (Lightning does before each validation, which made
+    # LayerHealth's gradient ratio NaN after epoch 1 on an H200) or another shape's graph ran last.
+    batches = _batches([5, 5, 2, 2, 5, 2])
+    model, opt, step = _linear_and_step()
+    alone, alone_opt, alone_step = _linear_and_step()
+    graphed = GraphedTrainStep(step, model.parameters(), 1, eager_capture)
+    for x, y in batches:
+        opt.zero_grad(set_to_none=True)
+        graphed(x, y)
+        alone_opt.zero_grad(set_to_none=True)
+        alone_step(x, y)
+        for p, q in zip(model.parameters(), alone.parameters(), strict=True):
+            torch.testing.assert_close(p.grad, q.grad)
+    assert graphed.replays == 4
+
+
+def test_params_must_be_tensors():
+    with pytest.raises(TypeError, match=r"params must be the tensors the step updates"):
+        GraphedTrainStep(lambda x, y: (x, y), lambda: None)
+
+
 def test_replays_return_the_graphs_output_buffers():
     model, opt, step = _linear_and_step()
-    graphed = GraphedTrainStep(step, lambda: opt.zero_grad(set_to_none=True), 1, eager_capture)
+    graphed = GraphedTrainStep(step, model.parameters(), 1, eager_capture)
     (x, y), (x2, y2) = _batches([4, 4])
     graphed(x, y)  # eager
     first = graphed(x, y)
@@ -105,11 +141,11 @@ def test_a_failed_capture_warns_and_trains_on_eagerly():
         step(x, y)
     expected = [p.detach().clone() for p in model.parameters()]
 
-    def failing_capture(step, zero_grad, x, y):
+    def failing_capture(step, params, x, y):
         raise RuntimeError("operation not permitted when stream is capturing")
 
     model, opt, step = _linear_and_step()
-    graphed = GraphedTrainStep(step, lambda: opt.zero_grad(set_to_none=True), 2, failing_capture)
+    graphed = GraphedTrainStep(step, model.parameters(), 2, failing_capture)
     with pytest.warns(RuntimeWarning, match="operation not permitted when stream is capturing"):
         for x, y in batches:
             graphed(x, y)
@@ -120,7 +156,7 @@ def test_a_failed_capture_warns_and_trains_on_eagerly():
 
 def test_warmup_must_be_positive():
     with pytest.raises(ValueError, match="warmup must be >= 1"):
-        GraphedTrainStep(lambda x, y: (x, y), lambda: None, warmup=0)
+        GraphedTrainStep(lambda x, y: (x, y), [], warmup=0)
 
 
 # --- through Lightning ----------------------------------------------------------------------
@@ -131,9 +167,9 @@ def cpu_graphs(monkeypatch):
     """The graphed path on the CPU, with the stand-in capture; counts captures and replays."""
     counts = {"captures": 0, "replays": 0}
 
-    def counting_capture(step, zero_grad, x, y):
+    def counting_capture(step, params, x, y):
         counts["captures"] += 1
-        captured = eager_capture(step, zero_grad, x, y)
+        captured = eager_capture(step, params, x, y)
         replay = captured.replay
 
         def counted():

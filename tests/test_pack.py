@@ -148,3 +148,26 @@ def test_pack_from_the_command_line_writes_runs_the_report_reads(tmp_path):
         assert run.metrics["epochs"] == 1 and run.metrics["pack_members"] == 3
         assert run.fgsm and run.filters and (run.path / "checkpoints" / "last.ckpt").is_file()
         assert Path(run.metrics["pack_dir"]) == run.path.parent
+
+
+def test_a_graphed_pack_logs_its_members_gradient_ratios_in_every_epoch(tmp_path, monkeypatch):
+    # On an H200 the graphed pack's gradient ratios were NaN after epoch 1: Lightning sets the
+    # gradients to None before each validation and a CUDA-graph replay left them None. The tests'
+    # stand-in capture behaves as a graph towards .grad (tests/test_graphed_step.py).
+    from ssimlayer.lightning import ClassifierModule
+    from tests.test_graphed_step import eager_capture
+
+    monkeypatch.setattr(ClassifierModule, "_graph_capture", staticmethod(eager_capture))
+    monkeypatch.setattr(ClassifierModule, "_graph_device_types", ("cpu",))
+    rows = {}
+    for graph in ("false", "true"):
+        out = tmp_path / graph
+        overrides = ["model=fig4_ssim", "seeds=[0,1]", f"paths.output_dir={out}"]
+        overrides += ["data.device_resident=true", "model.cuda_graph_warmup=1"]
+        train_pack(_compose("pack", *overrides, f"model.cuda_graph={graph}"))
+        rows[graph] = [read_csv(out / f"{i}_fig4_ssim_seed{i}" / "epochs.csv") for i in (0, 1)]
+    for eager, graphed in zip(rows["false"], rows["true"], strict=True):
+        assert len(eager) == len(graphed) == 2
+        for row_e, row_g in zip(eager, graphed):
+            for key in ("health/ssim3/grad_ratio", "health/conv1/grad_ratio", "train_loss"):
+                assert float(row_g[key]) == pytest.approx(float(row_e[key]), rel=RTOL, abs=ATOL)

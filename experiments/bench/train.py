@@ -210,7 +210,7 @@ def time_bare(
 
     if cfg.model.get("cuda_graph", False) and device.type == "cuda":
         graphed = GraphedTrainStep(  # as ClassifierModule does
-            lambda x, y: (None, train_step(x, y)), zero_grad, cfg.model.cuda_graph_warmup
+            lambda x, y: (None, train_step(x, y)), model.parameters(), cfg.model.cuda_graph_warmup
         )
     else:
         graphed = None

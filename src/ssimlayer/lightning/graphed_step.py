@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -32,21 +32,35 @@ Step = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
 
 class _Captured:
-    """A captured step: its input buffers, its replay and its outputs (valid after a replay)."""
+    """A captured step: its input buffers, its replay, its outputs and the buffers its replays
+    write the parameters' gradients into (both valid after a replay)."""
 
-    def __init__(self, x: Tensor, y: Tensor, replay: Callable[[], Any], outputs: Any) -> None:
-        self.x, self.y, self.replay, self.outputs = x, y, replay, outputs
+    def __init__(
+        self,
+        x: Tensor,
+        y: Tensor,
+        replay: Callable[[], Any],
+        outputs: Any,
+        grads: list[Tensor | None],
+    ) -> None:
+        self.x, self.y, self.replay, self.outputs, self.grads = x, y, replay, outputs, grads
 
 
-def cuda_capture(step: Step, zero_grad: Callable[[], None], x: Tensor, y: Tensor) -> _Captured:
+def set_grads_to_none(params: Iterable[Tensor]) -> None:
+    for p in params:
+        p.grad = None
+
+
+def cuda_capture(step: Step, params: list[Tensor], x: Tensor, y: Tensor) -> _Captured:
     """Record ``step(x, y)`` in a CUDA graph (nothing runs until the first replay).
 
     The gradients are None when the capture starts, so the captured backward writes fresh gradients
-    into the graph's own memory at every replay instead of adding to the previous step's. Autocast's
-    cache of cast weights is cleared and kept off while capturing: a cast cached by an eager step
-    would otherwise be baked into the graph and replayed with the old weights.
+    into buffers of the graph's own memory at every replay instead of adding to the previous
+    step's; those buffers are the ``.grad`` of ``params`` when it returns. Autocast's cache of cast
+    weights is cleared and kept off while capturing: a cast cached by an eager step would otherwise
+    be baked into the graph and replayed with the old weights.
     """
-    zero_grad()
+    set_grads_to_none(params)
     torch.clear_autocast_cache()
     graph = torch.cuda.CUDAGraph()
     device = x.device.type
@@ -61,7 +75,7 @@ def cuda_capture(step: Step, zero_grad: Callable[[], None], x: Tensor, y: Tensor
     # pinned memory, say) would otherwise make the capture fail.
     with torch.cuda.graph(graph, capture_error_mode="thread_local"), autocast:
         outputs = step(x, y)
-    return _Captured(x, y, graph.replay, outputs)
+    return _Captured(x, y, graph.replay, outputs, [p.grad for p in params])
 
 
 class GraphedTrainStep:
@@ -70,10 +84,15 @@ class GraphedTrainStep:
     Args:
         step: ``step(x, y) -> (logits, loss)`` runs the forward, the loss, ``loss.backward()`` and
             the optimiser's own ``step()``; the gradients are None when it is called.
-        zero_grad: sets every gradient the optimiser reads to None.
+        params: the tensors whose gradients the step writes and the optimiser reads (the model's
+            parameters). After a replay each ``.grad`` is the buffer that replay wrote the step's
+            gradient into, as after an eager step, for whoever reads it next (the backward and
+            optimiser hooks, say). A replay by itself leaves ``.grad`` as it was: None where
+            something set it to None since the capture (Lightning does before every validation),
+            or another batch shape's buffer.
         warmup: eager steps per batch shape before it is captured (on a side stream, as CUDA
             graphs need; cuDNN, cuBLAS and this package's first-use checks initialise there).
-        capture: ``capture(step, zero_grad, x, y)`` records the step; :func:`cuda_capture` by
+        capture: ``capture(step, params, x, y)`` records the step; :func:`cuda_capture` by
             default. Tests pass a stand-in that replays by running the step eagerly.
 
     Calling it with a batch returns ``(logits, loss)``: for a replayed step these are the graph's
@@ -92,7 +111,7 @@ class GraphedTrainStep:
             opt.step()
             return logits, loss
 
-        train_step = GraphedTrainStep(step, lambda: opt.zero_grad(set_to_none=True))
+        train_step = GraphedTrainStep(step, model.parameters())
         for x, y in loader:
             logits, loss = train_step(x, y)
     """
@@ -100,7 +119,7 @@ class GraphedTrainStep:
     def __init__(
         self,
         step: Step,
-        zero_grad: Callable[[], None],
+        params: Iterable[Tensor],
         warmup: int = 3,
         capture: Callable[..., _Captured] = cuda_capture,
     ) -> None:
@@ -108,7 +127,12 @@ class GraphedTrainStep:
             raise ValueError(
                 f"GraphedTrainStep: warmup must be >= 1 eager step before a capture, got {warmup}"
             )
-        self.step, self.zero_grad, self.warmup, self.capture = step, zero_grad, warmup, capture
+        if callable(params) or isinstance(params, Tensor):
+            raise TypeError(
+                f"GraphedTrainStep: params must be the tensors the step updates, e.g. "
+                f"model.parameters(), got {type(params).__name__}"
+            )
+        self.step, self.params, self.warmup, self.capture = step, list(params), warmup, capture
         self._eager_steps: Counter = Counter()  # per batch shape
         self._graphs: dict[tuple, _Captured] = {}
         self.replays = 0  # counted for tests and benchmarks
@@ -126,7 +150,7 @@ class GraphedTrainStep:
                 self._eager_steps[key] += 1
                 return self._eager(x, y)
             try:
-                captured = self.capture(self.step, self.zero_grad, x.clone(), y.clone())
+                captured = self.capture(self.step, self.params, x.clone(), y.clone())
             except Exception as err:  # any failure: the eager step is always right
                 self.failed = err
                 warnings.warn(
@@ -141,13 +165,16 @@ class GraphedTrainStep:
         captured.x.copy_(x, non_blocking=True)
         captured.y.copy_(y, non_blocking=True)
         captured.replay()
+        for p, grad in zip(self.params, captured.grads):  # see params in the docstring
+            if p.grad is not grad:
+                p.grad = grad
         self.replays += 1
         return captured.outputs
 
     def _eager(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         # The side stream only matters before a capture; after a failed one every step is eager.
         with _side_stream(x.device) if self.failed is None else contextlib.nullcontext():
-            self.zero_grad()
+            set_grads_to_none(self.params)
             return self.step(x, y)
 
 

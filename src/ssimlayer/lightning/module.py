@@ -406,7 +406,7 @@ class ClassifierModule(pl.LightningModule):
         self._graph_metric_states = [vars(m) for m in self._train_accumulators().values()]
         self._graphed = GraphedTrainStep(
             self._graph_body,
-            lambda: raw.zero_grad(set_to_none=True),
+            [p for group in raw.param_groups for p in group["params"]],
             warmup=self.cuda_graph_warmup,
             capture=self._graph_capture,
         )

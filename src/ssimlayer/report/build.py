@@ -396,8 +396,11 @@ def _readings_section(path: Path = ABLATION_RESULTS) -> list[str]:
             why = f" (the conv model diverged in {nan} of {len(b)} runs)" if nan else ""
             screens[v.verdict].append(f"{ssim.split('_')[0]} `{setting}`{why}")
     lines.append("")
-    for verdict, says in (("holds", "holds"), ("does not hold", "does not hold"),
-                          ("inconclusive", "is inconclusive")):
+    for verdict, says in (
+        ("holds", "holds"),
+        ("does not hold", "does not hold"),
+        ("inconclusive", "is inconclusive"),
+    ):
         if screens[verdict]:
             lines.append(f"- The claim {says} under: " + ", ".join(screens[verdict]) + ".")
     return lines + [""]
