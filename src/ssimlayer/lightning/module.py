@@ -59,6 +59,9 @@ class WeightedMean(Metric):
     the mean NaN, which is what the epoch's loss should show. The states have ``MeanMetric``'s
     names, so the running sums in checkpoints written with it load here.
 
+    Each value is a scalar (a batch's mean loss, weighted by its batch size); with ``members=k``
+    (a pack of k runs) it is ``(k,)``, one per member, and so is the mean.
+
     Examples:
         >>> m = WeightedMean()
         >>> m.update(torch.tensor(1.0), 3); m.update(torch.tensor(3.0), 1)
@@ -68,10 +71,11 @@ class WeightedMean(Metric):
 
     full_state_update = False
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, members: int | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.add_state("mean_value", default=torch.tensor(0.0), dist_reduce_fx="sum")  # sum w*x
-        self.add_state("weight", default=torch.tensor(0.0), dist_reduce_fx="sum")
+        shape = () if members is None else (members,)
+        self.add_state("mean_value", default=torch.zeros(shape), dist_reduce_fx="sum")  # sum w*x
+        self.add_state("weight", default=torch.zeros(()), dist_reduce_fx="sum")
 
     def update(self, value: Tensor, weight: int = 1) -> None:
         self.accumulate(value, weight)
@@ -79,8 +83,8 @@ class WeightedMean(Metric):
     def accumulate(self, value: Tensor, weight: int = 1) -> None:
         """``update``'s arithmetic alone, without torchmetrics' bookkeeping (for a CUDA graph)."""
         # in place: no nn.Module.__setattr__ per step
-        self.mean_value.add_(value.detach().sum(), alpha=weight)
-        self.weight.add_(weight * value.numel())
+        self.mean_value.add_(value.detach(), alpha=weight)
+        self.weight.add_(weight)
 
     def reset(self) -> None:
         _reset_in_place(self)
@@ -97,10 +101,12 @@ class TopKAccuracy(Metric):
 
     Args:
         k: how many of the highest logits count, ``>= 1``.
+        members: for a pack of this many runs: logits ``(B, members, C)``, targets
+            ``(B, members)``, one accuracy per member.
 
     Shape:
         - ``update(logits, target)``: ``(B, C)`` with ``C >= k``, and ``(B,)`` class indices.
-        - ``compute()``: a scalar.
+        - ``compute()``: a scalar (``(members,)`` for a pack).
 
     Examples:
         >>> m = TopKAccuracy(k=2)
@@ -111,20 +117,21 @@ class TopKAccuracy(Metric):
 
     full_state_update = False
 
-    def __init__(self, k: int = 1, **kwargs: Any) -> None:
+    def __init__(self, k: int = 1, members: int | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if k < 1:
             raise ValueError(f"TopKAccuracy: k must be >= 1, got {k}")
         self.k = k
-        self.add_state("correct", default=torch.tensor(0.0), dist_reduce_fx="sum")
-        self.add_state("total", default=torch.tensor(0.0), dist_reduce_fx="sum")
+        shape = () if members is None else (members,)
+        self.add_state("correct", default=torch.zeros(shape), dist_reduce_fx="sum")
+        self.add_state("total", default=torch.zeros(()), dist_reduce_fx="sum")
 
     def update(self, logits: Tensor, target: Tensor) -> None:
         self.accumulate(logits, target)
 
     def accumulate(self, logits: Tensor, target: Tensor) -> None:
         """``update``'s arithmetic alone, without torchmetrics' bookkeeping (for a CUDA graph)."""
-        self.correct.add_(topk_hits(logits.detach(), target, self.k).sum())
+        self.correct.add_(topk_hits(logits.detach(), target, self.k).sum(dim=0))
         self.total.add_(len(target))
 
     def reset(self) -> None:

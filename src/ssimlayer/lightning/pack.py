@@ -26,76 +26,22 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics import Metric
 
 from ssimlayer.data.device_loader import DeviceLoader, DeviceSampler
 from ssimlayer.data.groups import BatchGroups
 from ssimlayer.lightning.fgsm_sweep import FGSMSweep
 from ssimlayer.lightning.filters import FilterVisualisation
 from ssimlayer.lightning.layer_health import LayerHealth, first_images, tracked_layers
-from ssimlayer.lightning.module import ClassifierModule, _reset_in_place
+from ssimlayer.lightning.module import ClassifierModule, TopKAccuracy, WeightedMean
 from ssimlayer.lightning.run_summary import RunSummary
 from ssimlayer.models.packed import PackedConvNet
-from ssimlayer.robustness.accuracy import topk_hits
 
 __all__ = [
-    "MemberMean",
-    "MemberTopK",
     "PackMembers",
     "PackedClassifierModule",
     "PackedDataModule",
     "PackedDeviceLoader",
 ]
-
-
-class MemberMean(Metric):
-    """Per-member weighted means: ``WeightedMean`` with a ``(k,)`` state, one entry per member."""
-
-    full_state_update = False
-
-    def __init__(self, k: int, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.add_state("mean_value", default=torch.zeros(k), dist_reduce_fx="sum")
-        self.add_state("weight", default=torch.zeros(k), dist_reduce_fx="sum")
-
-    def update(self, value: Tensor, weight: int = 1) -> None:
-        self.accumulate(value, weight)
-
-    def accumulate(self, value: Tensor, weight: int = 1) -> None:
-        self.mean_value.add_(value.detach(), alpha=weight)  # value: (k,)
-        self.weight.add_(weight)
-
-    def reset(self) -> None:
-        _reset_in_place(self)
-
-    def compute(self) -> Tensor:
-        return self.mean_value / self.weight
-
-
-class MemberTopK(Metric):
-    """Per-member top-k accuracy: ``TopKAccuracy`` over ``(B, k, C)`` logits, a ``(k,)`` result."""
-
-    full_state_update = False
-
-    def __init__(self, members: int, k: int = 1, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.k = k
-        self.add_state("correct", default=torch.zeros(members), dist_reduce_fx="sum")
-        self.add_state("total", default=torch.zeros(members), dist_reduce_fx="sum")
-
-    def update(self, logits: Tensor, target: Tensor) -> None:
-        self.accumulate(logits, target)
-
-    def accumulate(self, logits: Tensor, target: Tensor) -> None:
-        # logits (B, members, C), each member's own targets (B, members): hits (B, members)
-        self.correct.add_(topk_hits(logits.detach(), target, self.k).sum(dim=0))
-        self.total.add_(len(target))
-
-    def reset(self) -> None:
-        _reset_in_place(self)
-
-    def compute(self) -> Tensor:
-        return self.correct / self.total
 
 
 class PackedClassifierModule(ClassifierModule):
@@ -148,9 +94,9 @@ class PackedClassifierModule(ClassifierModule):
         self.members = list(members)  # a plain list: not parameters of the pack
         k = self.k = len(members)
         ks = [t for t in (1, 5) if t <= h.num_classes]
-        self.train_metrics = nn.ModuleDict({f"top{t}": MemberTopK(k, t) for t in ks})
-        self.val_metrics = nn.ModuleDict({f"top{t}": MemberTopK(k, t) for t in ks})
-        self.train_loss, self.val_loss = MemberMean(k), MemberMean(k)
+        self.train_metrics = nn.ModuleDict({f"top{t}": TopKAccuracy(t, members=k) for t in ks})
+        self.val_metrics = nn.ModuleDict({f"top{t}": TopKAccuracy(t, members=k) for t in ks})
+        self.train_loss, self.val_loss = WeightedMean(k), WeightedMean(k)
 
     def _expand(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         if y.ndim == 2:
