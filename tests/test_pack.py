@@ -1,5 +1,6 @@
 """A pack of runs (ssimlayer.pack) trains each member as that run would train alone."""
 
+import json
 import os
 import subprocess
 import sys
@@ -171,3 +172,18 @@ def test_a_graphed_pack_logs_its_members_gradient_ratios_in_every_epoch(tmp_path
         for row_e, row_g in zip(eager, graphed):
             for key in ("health/ssim3/grad_ratio", "health/conv1/grad_ratio", "train_loss"):
                 assert float(row_g[key]) == pytest.approx(float(row_e[key]), rel=RTOL, abs=ATOL)
+
+
+def test_pack_members_leave_val_empty_in_epochs_without_validation(tmp_path):
+    # Without validation in epoch 1 a member's row once showed the sanity check's numbers
+    # (Lightning's default: 2 validation batches before training).
+    out = tmp_path / "pack"
+    every_2nd = ["trainer.max_epochs=3", "trainer.check_val_every_n_epoch=2"]
+    train_pack(
+        _compose("pack", "model=fig4_plain", "seeds=[0,1]", f"paths.output_dir={out}", *every_2nd)
+    )
+    for i in (0, 1):
+        run = out / f"{i}_fig4_plain_seed{i}"
+        rows = read_csv(run / "epochs.csv")
+        assert [r["val_top1_pct"] != "" for r in rows] == [False, True, False]
+        assert json.loads((run / "metrics.json").read_text())["best_val_top1_epoch"] == 2

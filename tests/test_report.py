@@ -220,3 +220,15 @@ def test_no_committed_run_ended_diverged():
         if not float(r["final_val_top1_pct"]) > 15.0  # CIFAR-10 chance 10 %, Table 2's 14.3 %
     ]
     assert at_chance == []
+
+
+def test_curves_put_each_validation_at_its_own_epoch():
+    from ssimlayer.report.plots import _mean_band
+
+    # validated every second epoch (empty cells elsewhere); the second run stopped after epoch 4
+    epochs, mean, low, high = _mean_band([{2: 50.0, 4: 40.0, 6: 35.0}, {2: 52.0, 4: 44.0}])
+    assert epochs == [2, 4]
+    assert mean == [51.0, 42.0]
+    assert low[1] == pytest.approx(42.0 - math.sqrt(8)) and high[1] == pytest.approx(
+        42 + math.sqrt(8)
+    )

@@ -180,3 +180,29 @@ def test_multirun_subprocess(tmp_path):
     assert proc.stderr.count("FGSM eps 0.007 top-1") == 0  # eps 0.007 is not in this sweep
     assert proc.stderr.count("  run dir ") == 4
     assert "FGSM train eps=" not in proc.stderr + proc.stdout
+
+
+def test_epochs_without_validation_have_empty_val_columns(make_cfg, tmp_path):
+    # trainer.check_val_every_n_epoch=2: validation after epochs 2 and 4 only. The other rows once
+    # repeated the previous validation (or, in a pack, the sanity check's), and the best epoch with
+    # them.
+    cfg = make_cfg(
+        "experiment=table1",
+        "debug=smoke",
+        "model.net.widths=[4,4,8]",
+        "data.num_train=64",
+        "data.num_val=32",
+        "logger=csv",
+        "trainer.max_epochs=5",
+        "trainer.check_val_every_n_epoch=2",
+        "callbacks.fgsm_sweep.max_batches=1",
+        "callbacks.fgsm_sweep.progress=false",
+    )
+    metrics = train(cfg)
+    rows = list(csv.DictReader(open(Path(cfg.paths.output_dir) / "epochs.csv")))
+    assert [r["epoch"] for r in rows] == ["1", "2", "3", "4", "5"]
+    validated = [r["epoch"] for r in rows if r["val_top1_pct"] != ""]
+    assert validated == ["2", "4"]
+    assert all(r["train_top1_pct"] != "" for r in rows)
+    assert metrics["best_val_top1_epoch"] in (2, 4)
+    assert metrics["final_val_top1_pct"] == pytest.approx(float(rows[3]["val_top1_pct"]))

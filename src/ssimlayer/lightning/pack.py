@@ -376,6 +376,10 @@ class PackMembers(pl.Callback):
                 ]
                 health.add_grads(grads)
 
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pack: PackedClassifierModule) -> None:
+        for summary in self.summaries:  # it only notes that validation ran (not the sanity check)
+            summary.on_validation_epoch_end(trainer, pack)
+
     def on_train_epoch_end(self, trainer: pl.Trainer, pack: PackedClassifierModule) -> None:
         views = self._views(trainer, pack)
         for i, (view, member) in enumerate(views):

@@ -51,13 +51,17 @@ class RunSummary(pl.Callback):
 
     The row holds :data:`KEYS` and every metric under :data:`EXTRA_PREFIXES` that a callback before
     this one has put into ``trainer.callback_metrics`` (``LayerHealth``'s ``health/...`` columns).
+    The ``val/`` columns stay empty in an epoch without validation
+    (``trainer.check_val_every_n_epoch > 1``): what ``callback_metrics`` holds then is an earlier
+    epoch's, or the sanity check's.
 
     Accuracies are written in percent, with the unit in the name (``val_top1_pct`` in
     ``epochs.csv``, ``final_val_top1_pct`` in ``metrics.json``); losses as they are.
 
-    ``metrics.json`` holds the final and best (max over epochs) train/val top-1 and top-5, the
-    epoch of the best val top-1 (counted from 1), epochs run, wall time, device and the model's parameter count;
-    ``extra`` (e.g. the seed and model name, set from config) is copied in.
+    ``metrics.json`` holds the final (the last epoch that has it) and best (max over epochs)
+    train/val top-1 and top-5, the epoch of the best val top-1 (counted from 1), epochs run, wall
+    time, device and the model's parameter count; ``extra`` (e.g. the seed and model name, set from
+    config) is copied in.
 
     Args:
         output_dir: the run dir.
@@ -71,6 +75,7 @@ class RunSummary(pl.Callback):
         self._start = time.perf_counter()
         self._fit_wall: float | None = None
         self._resumed_wall = 0.0  # fit time spent before the checkpoint this run resumed from
+        self._validated = False  # whether validation ran in the current training epoch
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -97,12 +102,16 @@ class RunSummary(pl.Callback):
         self.history = [dict(r) for r in state_dict.get("history", [])]
         self._resumed_wall = float(state_dict.get("wall_time_s", 0.0))
 
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._validated = self._validated or not trainer.sanity_checking
+
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Epochs counted from 1 (the number completed), as the progress bar and filter plots say.
         row: dict[str, float] = {"epoch": trainer.current_epoch + 1, "step": trainer.global_step}
         metrics = trainer.callback_metrics
+        validated, self._validated = self._validated, False
         for k in (*KEYS, *(k for k in metrics if k.startswith(EXTRA_PREFIXES))):
-            if k in metrics:
+            if k in metrics and (validated or not k.startswith("val/")):
                 row[k] = float(metrics[k])
         self.history.append(row)
         self._write_csv()
@@ -125,14 +134,14 @@ class RunSummary(pl.Callback):
     def write_json(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, finished: bool = False
     ) -> dict[str, Any]:
-        last = self.history[-1] if self.history else {}
         summary: dict[str, Any] = {**self.extra, "finished": finished}
         for k in KEYS:
             if k.endswith("loss"):
                 continue
             vals = [r[k] for r in self.history if k in r and not math.isnan(r[k])]
             split, metric = k.split("/")
-            summary[f"final_{split}_{metric}_pct"] = _in_file(k, last.get(k))
+            last = next((r[k] for r in reversed(self.history) if k in r), None)
+            summary[f"final_{split}_{metric}_pct"] = _in_file(k, last)
             summary[f"best_{split}_{metric}_pct"] = _in_file(k, max(vals) if vals else None)
         val = [(r["val/top1"], r["epoch"]) for r in self.history if "val/top1" in r]
         summary["best_val_top1_epoch"] = max(val)[1] if val else None

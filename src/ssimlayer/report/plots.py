@@ -18,12 +18,15 @@ from ssimlayer.utils.runs import Run, mean_std  # noqa: E402
 __all__ = ["convergence_plot", "fgsm_plot", "layer_health_plot"]
 
 
-def _mean_band(series: list[list[float]]) -> tuple[list[float], list[float], list[float]]:
-    length = min(len(s) for s in series)
-    cols = [[s[i] for s in series] for i in range(length)]
+def _mean_band(
+    series: list[dict[int, float]],
+) -> tuple[list[int], list[float], list[float], list[float]]:
+    """The epochs every run has a value at, and the mean and mean -/+ std over runs there."""
+    epochs = sorted(set.intersection(*(set(s) for s in series)))
+    cols = [[s[e] for s in series] for e in epochs]
     mean = [statistics.fmean(c) for c in cols]
     std = [statistics.stdev(c) if len(c) > 1 else 0.0 for c in cols]
-    return mean, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)]
+    return epochs, mean, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)]
 
 
 def convergence_plot(
@@ -37,19 +40,18 @@ def convergence_plot(
     drew = False
     for color, (model, runs) in zip(plt.cm.tab10.colors, runs_by_model.items()):
         for split, style in (("train", "--"), ("val", "-")):
-            series = [
-                [
-                    100 - float(row[f"{split}_top1_pct"])
+            series = [  # epochs without validation (check_val_every_n_epoch > 1) have no val value
+                {
+                    int(row["epoch"]): 100 - float(row[f"{split}_top1_pct"])
                     for row in run.epochs
                     if row.get(f"{split}_top1_pct") not in (None, "")
-                ]
+                }
                 for run in runs
             ]
             series = [s for s in series if s]
             if not series:
                 continue
-            mean, low, high = _mean_band(series)
-            epochs = range(1, len(mean) + 1)
+            epochs, mean, low, high = _mean_band(series)
             ax.plot(epochs, mean, style, color=color, label=f"{model} {split} (n={len(series)})")
             ax.fill_between(epochs, low, high, color=color, alpha=0.15)
             drew = True
