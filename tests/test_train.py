@@ -59,15 +59,19 @@ def test_fast_dev_run_every_model(make_cfg, model):
     assert (out / "fgsm_sweep.csv").exists() and (out / "filters_grid.png").exists()
 
 
+#: Table 1's smoke run, at 4-8 channels on 64 synthetic training images.
+SMALL_SMOKE = (
+    "experiment=table1",
+    "debug=smoke",
+    "model.net.widths=[4,4,8]",
+    "data.num_train=64",
+    "data.num_val=32",
+    "callbacks.fgsm_sweep.progress=false",
+)
+
+
 def test_smoke_run_writes_every_artefact_and_wandb_offline(make_cfg, tmp_path):
-    cfg = make_cfg(
-        "experiment=table1",
-        "debug=smoke",
-        "model.net.widths=[4,4,8]",
-        "data.num_train=64",
-        "data.num_val=32",
-        "callbacks.fgsm_sweep.progress=false",
-    )
+    cfg = make_cfg(*SMALL_SMOKE)
     assert cfg.logger.wandb.offline is True
     metrics = train(cfg)
     out = Path(cfg.paths.output_dir)
@@ -187,16 +191,11 @@ def test_epochs_without_validation_have_empty_val_columns(make_cfg, tmp_path):
     # repeated the previous validation (or, in a pack, the sanity check's), and the best epoch with
     # them.
     cfg = make_cfg(
-        "experiment=table1",
-        "debug=smoke",
-        "model.net.widths=[4,4,8]",
-        "data.num_train=64",
-        "data.num_val=32",
+        *SMALL_SMOKE,
         "logger=csv",
         "trainer.max_epochs=5",
         "trainer.check_val_every_n_epoch=2",
         "callbacks.fgsm_sweep.max_batches=1",
-        "callbacks.fgsm_sweep.progress=false",
     )
     metrics = train(cfg)
     rows = list(csv.DictReader(open(Path(cfg.paths.output_dir) / "epochs.csv")))
