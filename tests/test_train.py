@@ -11,6 +11,7 @@ import pytest
 from hydra.utils import instantiate
 
 from ssimlayer.train import train
+from ssimlayer.utils.runs import read_csv
 from tests.conftest import EXPERIMENTS, MODELS, TINY_WIDTHS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -198,7 +199,7 @@ def test_epochs_without_validation_have_empty_val_columns(make_cfg, tmp_path):
         "callbacks.fgsm_sweep.max_batches=1",
     )
     metrics = train(cfg)
-    rows = list(csv.DictReader(open(Path(cfg.paths.output_dir) / "epochs.csv")))
+    rows = read_csv(Path(cfg.paths.output_dir) / "epochs.csv")
     assert [r["epoch"] for r in rows] == ["1", "2", "3", "4", "5"]
     validated = [r["epoch"] for r in rows if r["val_top1_pct"] != ""]
     assert validated == ["2", "4"]
