@@ -27,8 +27,7 @@ so its timed span starts and ends at the first batch end at or after those steps
 divided by the optimiser steps it really covered. With ``--repeats R`` the sides alternate R times
 and each keeps its fastest run.
 Target: ``lightning_over_bare <= 1.25``. Each row also gives ``overhead_ms_per_step``, the
-Lightning time per step minus the bare one, and each side's minor page faults per step in its
-fastest run (fresh memory the kernel had to map; see ``retain_freed_memory``).
+Lightning time per step minus the bare one.
 ``--steps-per-execution 1,8`` times Lightning with each of those ``model.steps_per_execution``
 values, alternating in one process with one bare loop, and writes a row for each.
 
@@ -48,7 +47,6 @@ import argparse
 import json
 import math
 import platform
-import resource
 import sys
 import tempfile
 import time
@@ -109,21 +107,15 @@ class StepTimer(pl.Callback):
     def __init__(self, warmup: int, steps: int) -> None:
         self.warmup, self.steps = warmup, steps
         self.t0 = self.t1 = self.step0 = self.step1 = None
-        self.faults0 = self.faults1 = 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
         if self.t0 is None and step >= self.warmup:
             sync(pl_module.device)
-            self.t0, self.step0, self.faults0 = time.perf_counter(), step, page_faults()
+            self.t0, self.step0 = time.perf_counter(), step
         elif self.t1 is None and self.t0 is not None and step >= self.warmup + self.steps:
             sync(pl_module.device)
-            self.t1, self.step1, self.faults1 = time.perf_counter(), step, page_faults()
-
-
-def page_faults() -> int:
-    """Minor page faults of this process so far: fresh memory the kernel had to map and zero."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            self.t1, self.step1 = time.perf_counter(), step
 
 
 def overhead_overrides(overrides: list[str], model: str) -> list[str]:
@@ -140,8 +132,8 @@ def overhead_overrides(overrides: list[str], model: str) -> list[str]:
 
 def time_lightning(
     cfg: DictConfig, warmup: int, steps: int, extra_callbacks: Sequence[pl.Callback] = ()
-) -> tuple[float, float, list[str], str]:
-    """Seconds and page faults per step over about ``steps`` steps after ``warmup`` (see
+) -> tuple[float, list[str], str]:
+    """Seconds per step over about ``steps`` steps after ``warmup`` (see
     :class:`StepTimer`), the names of the callbacks that ran and the trainer's profiler."""
     pl.seed_everything(cfg.seed)
     dm, model = instantiate(cfg.data), instantiate(cfg.model)
@@ -166,16 +158,12 @@ def time_lightning(
     if timer.t0 is None or timer.t1 is None:
         raise RuntimeError("bench: Lightning stopped before the timed steps were done")
     callbacks = [type(c).__name__ for c in trainer.callbacks]
-    timed = timer.step1 - timer.step0
-    per_step = (timer.t1 - timer.t0) / timed
-    faults = (timer.faults1 - timer.faults0) / timed
-    return per_step, faults, callbacks, type(trainer.profiler).__name__
+    per_step = (timer.t1 - timer.t0) / (timer.step1 - timer.step0)
+    return per_step, callbacks, type(trainer.profiler).__name__
 
 
-def time_bare(
-    cfg: DictConfig, warmup: int, steps: int, device: torch.device
-) -> tuple[float, float]:
-    """Seconds and page faults per step over ``steps`` steps after ``warmup``."""
+def time_bare(cfg: DictConfig, warmup: int, steps: int, device: torch.device) -> float:
+    """Seconds per step over ``steps`` steps after ``warmup``."""
     pl.seed_everything(cfg.seed)
     dm, model = instantiate(cfg.data), instantiate(cfg.model)
     dm.setup("fit")
@@ -228,12 +216,12 @@ def time_bare(
             step += 1
             if step == warmup:
                 sync(device)
-                t0, faults0 = time.perf_counter(), page_faults()
+                t0 = time.perf_counter()
             if step == warmup + steps:
                 break
         epoch += 1
     sync(device)
-    return (time.perf_counter() - t0) / steps, (page_faults() - faults0) / steps
+    return (time.perf_counter() - t0) / steps
 
 
 def timing_fields(light: float, bare: float, per_epoch: int) -> dict[str, float]:
@@ -328,12 +316,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     )
                     for k in ks
                 }
-                # Fastest repeat of each side, with its page faults per step.
-                light, bare = dict.fromkeys(ks, (math.inf, 0.0)), (math.inf, 0.0)
+                # Fastest repeat of each side.
+                light, bare = dict.fromkeys(ks, math.inf), math.inf
                 for _ in range(args.repeats):  # every k and the bare loop alternate
                     for k in ks:
-                        t, faults, callbacks, profiler = time_lightning(cfgs[k], warmup, steps)
-                        light[k] = min(light[k], (t, faults))
+                        t, callbacks, profiler = time_lightning(cfgs[k], warmup, steps)
+                        light[k] = min(light[k], t)
                     bare = min(bare, time_bare(cfg, warmup, steps, device))
                 setting = {
                     "steps_timed": steps,
@@ -364,35 +352,21 @@ def main(argv: list[str] | None = None) -> list[dict]:
                             if on_gpu
                             else f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
                         ),
-                        **timing_fields(light[k][0], bare[0], per_epoch),
-                        "lightning_page_faults_per_step": round(light[k][1], 1),
-                        "bare_page_faults_per_step": round(bare[1], 1),
+                        **timing_fields(light[k], bare, per_epoch),
                         "steps_per_execution": k,
                         **setting,
                     }
                     rows.append(row)
+                    ratio = row["lightning_over_bare"]
                     print(
                         f"{model_name:17s} b{bs:<4d} k{k:<3d} lightning "
                         f"{row['lightning_epoch_s']:9.2f} s/epoch  bare {row['bare_epoch_s']:9.2f} "
-                        f"s/epoch  ratio {row['lightning_over_bare']:.2f}  overhead "
-                        f"{row['overhead_ms_per_step']:.3f} ms/step",
+                        f"s/epoch  ratio {ratio:.2f}{'' if ratio <= TARGET else f' > {TARGET}'}  "
+                        f"overhead {row['overhead_ms_per_step']:.3f} ms/step",
                         flush=True,
                     )
                 write()
 
-    write()
-    print(
-        f"\n{'model':17s} {'batch':>5s} {'k':>3s} {'device':24s} {'lightning s/ep':>14s} "
-        f"{'bare s/ep':>10s} {'ratio':>6s} {'overhead ms/step':>16s}"
-    )
-    for r in rows:
-        flag = "" if r["lightning_over_bare"] <= TARGET else f"  > {TARGET}"
-        print(
-            f"{r['model']:17s} {r['batch_size']:5d} {r['steps_per_execution']:3d} "
-            f"{r['device'][:24]:24s} "
-            f"{r['lightning_epoch_s']:14.2f} {r['bare_epoch_s']:10.2f} "
-            f"{r['lightning_over_bare']:6.2f} {r['overhead_ms_per_step']:16.3f}{flag}"
-        )
     print(f"wrote {args.out}")
     return rows
 
