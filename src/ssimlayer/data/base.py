@@ -10,11 +10,20 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from ssimlayer.data.device_loader import DeviceLoader, DeviceSampler
+from ssimlayer.data.device_loader import DeviceLoader, DeviceSampler, check_images
 from ssimlayer.data.groups import BatchGroups
 from ssimlayer.data.resumable import ResumableLoader
 
 __all__ = ["ArrayDataset", "ImageClassificationDataModule"]
+
+Transform = Callable[[Tensor], Tensor] | None
+Arrays = tuple[Tensor, Tensor]  # (uint8 images (N, C, H, W), labels (N,))
+
+
+def permuted(images: Tensor, labels: Tensor, generator: torch.Generator) -> Arrays:
+    """``(images, labels)`` in one random order drawn from ``generator``."""
+    perm = torch.randperm(len(labels), generator=generator)
+    return images[perm], labels[perm]
 
 
 class ArrayDataset(Dataset):
@@ -27,16 +36,8 @@ class ArrayDataset(Dataset):
         (torch.Size([3, 4, 4]), 1.0, 1)
     """
 
-    def __init__(
-        self, images: Tensor, labels: Tensor, transform: Callable[[Tensor], Tensor] | None = None
-    ) -> None:
-        if images.dtype != torch.uint8 or images.ndim != 4:
-            raise ValueError(
-                f"ArrayDataset: expected uint8 images (N, C, H, W), got {images.dtype} "
-                f"{tuple(images.shape)}"
-            )
-        if len(images) != len(labels):
-            raise ValueError(f"ArrayDataset: {len(images)} images but {len(labels)} labels")
+    def __init__(self, images: Tensor, labels: Tensor, transform: Transform = None) -> None:
+        check_images("ArrayDataset", images, labels)
         self.images, self.labels, self.transform = images, labels.long(), transform
 
     def __len__(self) -> int:
@@ -83,16 +84,26 @@ class ImageClassificationDataModule(pl.LightningDataModule):
         self.val_set: Dataset | None = None
         self.train_eval_set: Dataset | None = None
 
-    def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader:
+    def _shard(self) -> tuple[int, int]:
+        return (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+
+    def _loader(self, dataset: Dataset | None, train: bool = False) -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}: call setup() before asking for a loader")
-        return DataLoader(
-            dataset,
+        kwargs = dict(
             batch_size=self.batch_size,
-            shuffle=shuffle,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
+        )
+        if not train:
+            return DataLoader(dataset, shuffle=False, **kwargs)
+        # Resumable mid-epoch: order and flips follow the run's seed (set by seed_everything) and
+        # the epoch, so a run resumed from a mid-epoch checkpoint sees the same batches. Under DDP
+        # it shards each epoch itself (Lightning leaves its sampler in place).
+        rank, world = self._shard()
+        return ResumableLoader(
+            dataset, seed=torch.initial_seed(), rank=rank, world_size=world, **kwargs
         )
 
     def _device_loader(self, dataset: Dataset | None, shuffle: bool) -> DeviceLoader:
@@ -107,53 +118,39 @@ class ImageClassificationDataModule(pl.LightningDataModule):
                 f"{type(self).__name__}: device_resident supports only a random "
                 f"horizontal flip, not {t}"
             )
-        trainer = getattr(self, "trainer", None)
-        device, rank, world = torch.device("cpu"), 0, 1
-        if trainer is not None:  # the model is already on its device when loaders are built
-            device = trainer.strategy.root_device
-            rank, world = trainer.global_rank, trainer.world_size
-        sampler = DeviceSampler(len(dataset), shuffle=shuffle, rank=rank, world_size=world)
+        # The model is already on its device when loaders are built.
+        device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
+        rank, world = self._shard()
         return DeviceLoader(
             dataset.images,
             dataset.labels,
             self.batch_size,
-            sampler=sampler,
+            sampler=DeviceSampler(len(dataset), shuffle=shuffle, rank=rank, world_size=world),
             flip=t.p if t is not None else 0.0,
             device=device,
         )
 
+    def _set_arrays(
+        self, train: Arrays, val: Arrays, augment: Transform = None, plain: Transform = None
+    ) -> None:
+        """The three splits from in-memory ``(images, labels)``; ``augment`` on ``train_set`` only."""
+        self.train_set = ArrayDataset(*train, augment)
+        self.train_eval_set = ArrayDataset(*train, plain)
+        self.val_set = ArrayDataset(*val, plain)
+
     def train_dataloader(self) -> DataLoader | DeviceLoader | BatchGroups:
-        loader = self._train_loader()
-        trainer = getattr(self, "trainer", None)
-        module = trainer.lightning_module if trainer is not None else None
+        if self.device_resident:
+            loader = self._device_loader(self.train_set, shuffle=True)
+        else:
+            loader = self._loader(self.train_set, train=True)
+        module = self.trainer.lightning_module if self.trainer else None
         k = getattr(module, "steps_per_execution", 1)
         return BatchGroups(loader, k) if k > 1 else loader
-
-    def _train_loader(self) -> DataLoader | DeviceLoader:
-        if self.device_resident:
-            return self._device_loader(self.train_set, shuffle=True)
-        if self.train_set is None:
-            raise RuntimeError(f"{type(self).__name__}: call setup() before asking for a loader")
-        # Resumable mid-epoch: order and flips follow the run's seed (set by seed_everything) and
-        # the epoch, so a run resumed from a mid-epoch checkpoint sees the same batches. Under DDP
-        # it shards each epoch itself (Lightning leaves its sampler in place).
-        trainer = getattr(self, "trainer", None)
-        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        return ResumableLoader(
-            self.train_set,
-            batch_size=self.batch_size,
-            seed=torch.initial_seed(),
-            rank=rank,
-            world_size=world,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
-        )
 
     def val_dataloader(self) -> DataLoader | DeviceLoader:
         if self.device_resident:
             return self._device_loader(self.val_set, shuffle=False)
-        return self._loader(self.val_set, shuffle=False)
+        return self._loader(self.val_set)
 
     def eval_dataloader(self, split: str) -> DataLoader:
         """Un-augmented, unshuffled loader of ``split`` (``"train"`` or ``"val"``) for evaluation."""
@@ -164,4 +161,4 @@ class ImageClassificationDataModule(pl.LightningDataModule):
             raise ValueError(
                 f"eval_dataloader: unknown split {split!r}; choose one of {list(sets)}"
             )
-        return self._loader(sets[split], shuffle=False)
+        return self._loader(sets[split])

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torchvision.transforms import v2
 
-from ssimlayer.data.base import ArrayDataset, ImageClassificationDataModule
+from ssimlayer.data.base import ImageClassificationDataModule, permuted
 from ssimlayer.data.cifar10_files import (
     ALL_TRAIN_BATCHES,
     DatasetNotFoundError,
@@ -87,12 +87,6 @@ class CIFAR10DataModule(ImageClassificationDataModule):
             len(data["train"][1]),
             len(data["test"][1]),
         )
-        train_x, train_y = data["train"]
-        perm = torch.randperm(
-            len(data["test"][1]), generator=torch.Generator().manual_seed(self.val_shuffle_seed)
-        )
-        test_x, test_y = data["test"][0][perm], data["test"][1][perm]
+        test = permuted(*data["test"], torch.Generator().manual_seed(self.val_shuffle_seed))
         flip = v2.RandomHorizontalFlip(p=0.5) if self.flip else None
-        self.train_set = ArrayDataset(train_x, train_y, transform=flip)
-        self.train_eval_set = ArrayDataset(train_x, train_y)
-        self.val_set = ArrayDataset(test_x, test_y)
+        self._set_arrays(data["train"], test, augment=flip)

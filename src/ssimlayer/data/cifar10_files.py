@@ -50,19 +50,15 @@ class DatasetNotFoundError(FileNotFoundError):
 ALL_TRAIN_BATCHES = (1, 2, 3, 4, 5)
 
 
-def _train_names(train_batches: Sequence[int]) -> list[str]:
-    bad = [b for b in train_batches if b not in ALL_TRAIN_BATCHES]
-    if bad or not train_batches:
+def _files(fmt: str, train_batches: Sequence[int] = ALL_TRAIN_BATCHES) -> list[str]:
+    """The file names of the training batches ``train_batches``, then of the test batch."""
+    if any(b not in ALL_TRAIN_BATCHES for b in train_batches) or not train_batches:
         raise ValueError(
             f"data.train_batches must list training batch numbers from 1 to 5, got "
             f"{list(train_batches)}"
         )
-    return [TRAIN_FILES[b - 1] for b in train_batches]
-
-
-def _files(fmt: str, train_batches: Sequence[int] = ALL_TRAIN_BATCHES) -> list[str]:
     suffix = ".bin" if fmt == "binary" else ""
-    return [name + suffix for name in _train_names(train_batches) + TEST_FILES]
+    return [name + suffix for name in [TRAIN_FILES[b - 1] for b in train_batches] + TEST_FILES]
 
 
 def find_cifar10(
@@ -225,9 +221,7 @@ def verify_cifar10(
         from torchvision.datasets.utils import check_integrity
 
         for name, md5 in CIFAR10.train_list + CIFAR10.test_list:
-            if name not in files:
-                continue
-            if not check_integrity(str(folder / name), md5):
+            if name in files and not check_integrity(str(folder / name), md5):
                 raise ValueError(
                     f"{folder / name}: MD5 differs from the official CIFAR-10 python version; "
                     f"re-download it (data.verify=false skips this check)"
@@ -241,11 +235,7 @@ def load_cifar10(
 ) -> dict[str, tuple[Tensor, Tensor]]:
     """``{"train": (images, labels), "test": (images, labels)}`` from a folder found by
     :func:`find_cifar10`; the training split concatenates ``train_batches`` in that order."""
-    folder = Path(folder)
     read = read_cifar_binary if fmt == "binary" else read_cifar_pickle
-    suffix = ".bin" if fmt == "binary" else ""
-    out = {}
-    for split, names in (("train", _train_names(train_batches)), ("test", TEST_FILES)):
-        parts = [read(folder / (n + suffix)) for n in names]
-        out[split] = (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
-    return out
+    *train, test = [read(Path(folder) / name) for name in _files(fmt, train_batches)]
+    images, labels = zip(*train)
+    return {"train": (torch.cat(images), torch.cat(labels)), "test": test}

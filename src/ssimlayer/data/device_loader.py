@@ -19,16 +19,27 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
+from ssimlayer.data.resumable import EpochPosition, shard
+
 __all__ = ["DeviceLoader", "DeviceSampler"]
+
+
+def check_images(owner: str, images: Tensor, labels: Tensor) -> None:
+    """``ValueError`` (naming ``owner``) unless ``images`` is ``uint8 (N, C, H, W)`` with ``N`` labels."""
+    if images.dtype != torch.uint8 or images.ndim != 4:
+        raise ValueError(
+            f"{owner}: expected uint8 images (N, C, H, W), got {images.dtype} {tuple(images.shape)}"
+        )
+    if len(images) != len(labels):
+        raise ValueError(f"{owner}: {len(images)} images but {len(labels)} labels")
 
 
 class DeviceSampler:
     """Each epoch's order: a permutation seeded by ``seed + epoch``, sharded over ranks.
 
     Lightning calls ``loader.sampler.set_epoch(epoch)`` at the start of every epoch (as for a
-    ``DistributedSampler``), so a resumed run draws the same orders as an uninterrupted one. With
-    ``world_size > 1`` the order is padded by wrapping around to a multiple of ``world_size`` and
-    rank ``r`` takes every ``world_size``-th index from ``r``, as ``DistributedSampler`` does.
+    ``DistributedSampler``), so a resumed run draws the same orders as an uninterrupted one. Each
+    rank takes its :func:`~ssimlayer.data.resumable.shard` of the order, as ``DistributedSampler``.
 
     Args:
         n: dataset size.
@@ -65,13 +76,10 @@ class DeviceSampler:
             order = torch.randperm(self.n, generator=g)  # on the CPU: same order on every device
         else:
             order = torch.arange(self.n)
-        total = len(self) * self.world_size
-        if total > self.n:
-            order = torch.cat([order, order[: total - self.n]])
-        return order[self.rank :: self.world_size].to(device, non_blocking=True)
+        return shard(order, self.rank, self.world_size).to(device, non_blocking=True)
 
 
-class DeviceLoader:
+class DeviceLoader(EpochPosition):
     """Batches of a ``uint8`` image tensor held on ``device``; flips drawn on the device.
 
     Args:
@@ -105,13 +113,7 @@ class DeviceLoader:
         drop_last: bool = False,
         device: torch.device | str | None = None,
     ) -> None:
-        if images.dtype != torch.uint8 or images.ndim != 4:
-            raise ValueError(
-                f"DeviceLoader: expected uint8 images (N, C, H, W), got "
-                f"{images.dtype} {tuple(images.shape)}"
-            )
-        if len(images) != len(labels):
-            raise ValueError(f"DeviceLoader: {len(images)} images but {len(labels)} labels")
+        check_images("DeviceLoader", images, labels)
         if batch_size < 1:
             raise ValueError(f"DeviceLoader: batch_size must be >= 1, got {batch_size}")
         if not 0.0 <= flip <= 1.0:
@@ -123,43 +125,22 @@ class DeviceLoader:
         self.sampler = sampler if sampler is not None else DeviceSampler(len(images))
         # Flips come from the device's own generator, seeded per epoch like the order.
         self._flip_gen = torch.Generator(device=self.device)
-        self._consumed = 0  # batches of the current epoch handed out so far
-        self._resume: tuple[int, int] | None = None  # (epoch, batches to skip) from a checkpoint
 
     def __len__(self) -> int:
         n = len(self.sampler)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        return self._epoch_batches()
-
-    def _epoch_batches(self) -> Iterator[tuple[Tensor, Tensor]]:
-        # Runs at the first next(), after Lightning's set_epoch: the skip applies only to the epoch
-        # that was interrupted.
-        resume, self._resume = self._resume, None
-        skip = resume[1] if resume is not None and resume[0] == self.sampler.epoch else 0
+    def _batches(self, skip: int) -> Iterator[tuple[Tensor, Tensor]]:
         order = self.sampler.indices(self.device)
         flips = None
         if self.flip > 0:
             s = self.sampler
             self._flip_gen.manual_seed((s.seed + s.epoch) * 1_000_003 + s.rank + 1)
             flips = torch.rand(len(order), device=self.device, generator=self._flip_gen) < self.flip
-        self._consumed = skip
         for b in range(skip, len(self)):
-            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+            batch = slice(b * self.batch_size, (b + 1) * self.batch_size)
+            idx = order[batch]
             x = self.images[idx].float().div_(255.0)  # (B, C, H, W) in [0, 1]
             if flips is not None:
-                f = flips[b * self.batch_size : (b + 1) * self.batch_size].view(-1, 1, 1, 1)
-                x = torch.where(f, x.flip(-1), x)
-            self._consumed += 1
+                x = torch.where(flips[batch].view(-1, 1, 1, 1), x.flip(-1), x)
             yield x, self.labels[idx]
-
-    def state_dict(self) -> dict[str, int]:
-        """The epoch and how many of its batches were handed out (Lightning saves this)."""
-        return {"epoch": self.sampler.epoch, "batches_consumed": self._consumed}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        """Continue the saved epoch after its consumed batches at the next iteration."""
-        epoch = int(state["epoch"])
-        self.sampler.set_epoch(epoch)
-        self._resume = (epoch, int(state["batches_consumed"]))

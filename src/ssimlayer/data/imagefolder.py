@@ -19,7 +19,7 @@ from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import v2
 
-from ssimlayer.data.base import ArrayDataset, ImageClassificationDataModule
+from ssimlayer.data.base import ImageClassificationDataModule, permuted
 from ssimlayer.data.cifar10_files import DatasetNotFoundError
 
 __all__ = [
@@ -208,8 +208,7 @@ class ImageFolderSplitsDataModule(ImageClassificationDataModule):
         self.eval_transform = v2.Compose(_eval_ops(image_size))
         self.classes: list[str] = []
 
-    def _classes(self) -> list[str]:
-        root = self.root.expanduser().resolve()
+    def _classes(self, root: Path) -> list[str]:
         found = {}
         for split in (self.train_dir, self.val_dir):
             folder = root / split
@@ -240,15 +239,9 @@ class ImageFolderSplitsDataModule(ImageClassificationDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.val_set is not None:
             return
-        self.classes = self._classes()
         root = self.root.expanduser().resolve()
+        self.classes = self._classes(root)
         g = torch.Generator().manual_seed(self.shuffle_seed)
-        train_x, train_y = read_image_folder(root / self.train_dir, self.classes)
-        perm = torch.randperm(len(train_y), generator=g)
-        train_x, train_y = train_x[perm], train_y[perm]
-        val_x, val_y = read_image_folder(root / self.val_dir, self.classes)
-        perm = torch.randperm(len(val_y), generator=g)
-        val_x, val_y = val_x[perm], val_y[perm]
-        self.train_set = ArrayDataset(train_x, train_y, self.train_transform)
-        self.train_eval_set = ArrayDataset(train_x, train_y, self.eval_transform)
-        self.val_set = ArrayDataset(val_x, val_y, self.eval_transform)
+        train = permuted(*read_image_folder(root / self.train_dir, self.classes), g)
+        val = permuted(*read_image_folder(root / self.val_dir, self.classes), g)
+        self._set_arrays(train, val, self.train_transform, self.eval_transform)

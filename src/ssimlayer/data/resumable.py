@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 __all__ = ["ResumableLoader"]
@@ -28,13 +29,49 @@ __all__ = ["ResumableLoader"]
 _MIX = 0x9E3779B1  # odd 32-bit constant: spreads (seed, epoch) over distinct generator seeds
 
 
+def shard(order: Tensor, rank: int, world_size: int) -> Tensor:
+    """Rank ``rank``'s share of ``order``, as ``DistributedSampler``: padded by wrapping around to a
+    multiple of ``world_size``, then every ``world_size``-th entry from ``rank``."""
+    return torch.cat([order, order[: -len(order) % world_size]])[rank::world_size]
+
+
+class EpochPosition:
+    """The module docstring's ``state_dict``/``load_state_dict``, for a loader whose ``sampler`` has
+    ``epoch`` and ``set_epoch``, and whose ``_batches(skip)`` yields the epoch's batches from the
+    ``skip``-th on."""
+
+    _consumed = 0  # batches of the current epoch handed out so far
+    _resume: tuple[int, int] | None = None  # (epoch, batches to skip) from a checkpoint
+    sampler: Any
+
+    def _batches(self, skip: int) -> Iterator[Any]:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[Any]:
+        # Runs at the first next(), after Lightning's set_epoch: the skip applies only to the epoch
+        # that was interrupted, never to the one after an end-of-epoch checkpoint.
+        resume, self._resume = self._resume, None
+        skip = resume[1] if resume is not None and resume[0] == self.sampler.epoch else 0
+        self._consumed = skip
+        for batch in self._batches(skip):
+            self._consumed += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.sampler.epoch, "batches_consumed": self._consumed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        epoch = int(state["epoch"])
+        self.sampler.set_epoch(epoch)
+        self._resume = (epoch, int(state["batches_consumed"]))
+
+
 class _EpochSampler(DistributedSampler):
     """Yields ``(index, item_seed)`` in the order fixed by ``(seed, epoch)``, from ``start`` on.
 
-    With ``world_size > 1`` the order is padded by wrapping around to a multiple of ``world_size``
-    and rank ``r`` takes every ``world_size``-th position from ``r``, as ``DistributedSampler``.
-    It subclasses ``DistributedSampler`` only so that Lightning keeps it under DDP (Lightning
-    replaces any other sampler with its own); ``DistributedSampler.__init__`` is not called.
+    Each rank takes its :func:`shard` of that order. It subclasses ``DistributedSampler`` only so
+    that Lightning keeps it under DDP (Lightning replaces any other sampler with its own);
+    ``DistributedSampler.__init__`` is not called.
     """
 
     def __init__(self, n: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
@@ -56,14 +93,8 @@ class _EpochSampler(DistributedSampler):
         g = torch.Generator().manual_seed((self.seed * _MIX + self.epoch) % 2**63)
         order = torch.randperm(self.n, generator=g)
         item_seeds = torch.randint(0, 2**62, (self.n,), generator=g)
-        pad = self.total_size - self.n
-        if pad:
-            order, item_seeds = (
-                torch.cat([order, order[:pad]]),
-                torch.cat([item_seeds, item_seeds[:pad]]),
-            )
-        order = order[self.rank :: self.num_replicas].tolist()
-        item_seeds = item_seeds[self.rank :: self.num_replicas].tolist()
+        order = shard(order, self.rank, self.num_replicas).tolist()
+        item_seeds = shard(item_seeds, self.rank, self.num_replicas).tolist()
         start, self.start = self.start, 0
         for p in range(start, len(order)):
             yield order[p], item_seeds[p]
@@ -91,7 +122,7 @@ class _SeededItems(Dataset):
             return self.dataset[index]
 
 
-class ResumableLoader(DataLoader):
+class ResumableLoader(EpochPosition, DataLoader):
     """A shuffling ``DataLoader`` whose position can be saved and restored mid-epoch.
 
     Args:
@@ -128,28 +159,7 @@ class ResumableLoader(DataLoader):
             generator=torch.Generator().manual_seed(seed),
             **kwargs,
         )
-        self._consumed = 0  # batches of the current epoch handed out so far
-        self._resume: tuple[int, int] | None = None  # (epoch, batches to skip) from a checkpoint
 
-    def __iter__(self) -> Iterator[Any]:
-        return self._epoch_batches()
-
-    def _epoch_batches(self) -> Iterator[Any]:
-        # Runs at the first next(), after Lightning's set_epoch: the skip applies only to the epoch
-        # that was interrupted, never to the one after an end-of-epoch checkpoint.
-        epoch = self.sampler.epoch  # type: ignore[attr-defined]
-        resume, self._resume = self._resume, None
-        skip = resume[1] if resume is not None and resume[0] == epoch else 0
-        self.sampler.start = skip * self.batch_size  # type: ignore[attr-defined]
-        self._consumed = skip
-        for batch in super().__iter__():
-            self._consumed += 1
-            yield batch
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.sampler.epoch, "batches_consumed": self._consumed}  # type: ignore[attr-defined]
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        epoch = int(state["epoch"])
-        self.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
-        self._resume = (epoch, int(state["batches_consumed"]))
+    def _batches(self, skip: int) -> Iterator[Any]:
+        self.sampler.start = skip * self.batch_size
+        return DataLoader.__iter__(self)  # not super(): that is EpochPosition's, which calls this

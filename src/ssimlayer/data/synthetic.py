@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
-from ssimlayer.data.base import ArrayDataset, ImageClassificationDataModule
+from ssimlayer.data.base import Arrays, ImageClassificationDataModule
 
 __all__ = ["SyntheticDataModule"]
 
@@ -50,10 +50,10 @@ class SyntheticDataModule(ImageClassificationDataModule):
         self.image_size, self.channels, self.noise, self.seed = image_size, channels, noise, seed
         self.flip = flip
 
-    def _make(self, n: int, g: torch.Generator, templates: torch.Tensor) -> ArrayDataset:
+    def _make(self, n: int, g: torch.Generator, templates: torch.Tensor) -> Arrays:
         y = torch.randint(0, self.num_classes, (n,), generator=g)
         x = templates[y] + self.noise * torch.randn(n, *templates.shape[1:], generator=g)
-        return ArrayDataset(x.clamp(0, 1).mul(255).round().to(torch.uint8), y)
+        return x.clamp(0, 1).mul(255).round().to(torch.uint8), y
 
     def setup(self, stage: str | None = None) -> None:
         if self.val_set is not None:
@@ -64,7 +64,6 @@ class SyntheticDataModule(ImageClassificationDataModule):
             coarse, size=self.image_size, mode="bilinear", align_corners=False
         )  # (K, C, H, W), smooth, in [0, 1]
         train = self._make(self.num_train, g, templates)
-        self.val_set = self._make(self.num_val, g, templates)
-        self.train_eval_set = train
+        val = self._make(self.num_val, g, templates)
         flip = v2.RandomHorizontalFlip(p=0.5) if self.flip else None
-        self.train_set = ArrayDataset(train.images, train.labels, transform=flip)
+        self._set_arrays(train, val, augment=flip)
