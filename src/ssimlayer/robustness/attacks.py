@@ -13,8 +13,8 @@ white-box PGD examples of each model to the other one (the transfer check of ``m
 
 from __future__ import annotations
 
-import contextlib
 import math
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -23,18 +23,15 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ssimlayer.robustness.accuracy import topk_correct
-from ssimlayer.robustness.fgsm import _check_images, check_eps, fgsm, input_gradient_sign
+from ssimlayer.robustness.fgsm import (
+    _check_images,
+    _eval_mode,
+    check_eps,
+    fgsm,
+    input_gradient_sign,
+)
 
-__all__ = [
-    "AttackSpec",
-    "default_specs",
-    "pgd",
-    "square",
-    "run_attack",
-    "robustness_sweep",
-]
-
-#: The issue's L-inf budgets in [0, 1] pixel units: Fig. 9's levels and 8/255.
+__all__ = ["AttackSpec", "default_specs", "pgd", "square", "run_attack", "robustness_sweep"]
 
 ATTACKS = ("clean", "fgsm", "pgd", "square")
 
@@ -144,16 +141,6 @@ def _margin(logits: Tensor, y: Tensor) -> Tensor:
     return true - others
 
 
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
-
-
 @torch.no_grad()
 def square(
     model: nn.Module,
@@ -228,12 +215,29 @@ def run_attack(model: nn.Module, spec: AttackSpec, x: Tensor, y: Tensor, seed: i
 
 @torch.no_grad()
 def _logits(model: nn.Module, x: Tensor) -> Tensor:
-    was_training = model.training
-    model.eval()
-    try:
+    with _eval_mode(model):
         return model(x)
-    finally:
-        model.train(was_training)
+
+
+def _first(
+    batches: Iterable[tuple[Tensor, Tensor]], num_examples: int | None, device: torch.device | str
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """The batches on ``device``, cut to the first ``num_examples`` images (``None``: all)."""
+    seen = 0
+    for x, y in batches:
+        if num_examples is not None:
+            if seen >= num_examples:
+                return
+            x, y = x[: num_examples - seen], y[: num_examples - seen]
+        seen += len(y)
+        yield x.to(device), y.to(device)
+
+
+def _row(cols: Sequence[str], key: tuple, correct: Counter[int], n: int, num_classes: int) -> dict:
+    """The row of ``key`` (its fields named by ``cols``), with ``top1``, ``top5`` (NaN under 5
+    classes) and ``n`` from the counts of correct images."""
+    top5 = correct[5] / n if num_classes >= 5 else math.nan
+    return {**dict(zip(cols, key, strict=True)), "top1": correct[1] / n, "top5": top5, "n": n}
 
 
 def robustness_sweep(
@@ -255,7 +259,7 @@ def robustness_sweep(
         num_examples: stop after this many images (``None``: all).
         device: where to run.
         seed: seeds PGD's random start and Square, per batch (``seed + batch index``).
-        progress: tqdm bar over batches.
+        progress: show a tqdm bar over the images.
 
     Returns:
         name -> rows ``{"attack", "eps", "steps", "top1", "top5", "n"}``, in ``specs`` order, then
@@ -267,54 +271,27 @@ def robustness_sweep(
         raise ValueError(f"robustness_sweep: num_examples must be >= 1, got {num_examples!r}")
     names = list(models)
     other = {a: b for a in names for b in names if a != b}
-    transfer = [s for s in specs if s.transfer] if other else []
     keys = [(s.attack, s.eps, s.steps) for s in specs]
-    keys += [(f"{s.attack}_transfer", s.eps, s.steps) for s in transfer]
-    counts = {n: {k: {1: 0, 5: 0} for k in keys} for n in names}
+    keys += [(f"{s.attack}_transfer", s.eps, s.steps) for s in specs if s.transfer and other]
+    counts = {n: {k: Counter() for k in keys} for n in names}
     seen = 0
     bar = tqdm(total=num_examples, desc="robustness", unit="img", disable=not progress, leave=False)
-    for b, (x, y) in enumerate(batches):
-        if num_examples is not None:
-            if seen >= num_examples:
-                break
-            x, y = x[: num_examples - seen], y[: num_examples - seen]
-        x, y = x.to(device), y.to(device)
-        for name in names:
-            model = models[name]
+    for b, (x, y) in enumerate(_first(batches, num_examples, device)):
+        for name, model in models.items():
             for spec in specs:
                 bar.set_postfix_str(f"{name} {spec.attack} eps={spec.eps:.4f} steps={spec.steps}")
                 adv = run_attack(model, spec, x, y, seed=seed + b)
                 key = (spec.attack, spec.eps, spec.steps)
-                for k, c in topk_correct(_logits(model, adv), y).items():
-                    counts[name][key][k] += c
+                counts[name][key].update(topk_correct(_logits(model, adv), y))
                 if spec.transfer and name in other:
+                    victim = other[name]
                     tkey = (f"{spec.attack}_transfer", spec.eps, spec.steps)
-                    for k, c in topk_correct(_logits(models[other[name]], adv), y).items():
-                        counts[other[name]][tkey][k] += c
+                    counts[victim][tkey].update(topk_correct(_logits(models[victim], adv), y))
         seen += len(y)
         bar.update(len(y))
     bar.close()
     if seen == 0:
         raise ValueError("robustness_sweep: no images (the loader is empty)")
-    num_classes = _num_classes(models[names[0]], x)
-    out = {}
-    for name in names:
-        rows = []
-        for attack, eps, steps in keys:
-            c = counts[name][(attack, eps, steps)]
-            rows.append(
-                {
-                    "attack": attack,
-                    "eps": eps,
-                    "steps": steps,
-                    "top1": c[1] / seen,
-                    "top5": c[5] / seen if num_classes >= 5 else math.nan,
-                    "n": seen,
-                }
-            )
-        out[name] = rows
-    return out
-
-
-def _num_classes(model: nn.Module, x: Tensor) -> int:
-    return _logits(model, x[:1]).shape[1]
+    num_classes = _logits(models[names[0]], x[:1]).shape[1]
+    cols = ("attack", "eps", "steps")
+    return {m: [_row(cols, k, counts[m][k], seen, num_classes) for k in keys] for m in names}

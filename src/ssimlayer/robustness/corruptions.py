@@ -10,7 +10,7 @@ As CIFAR-10-C stores uint8 images, every corrupted image is quantised to 8 bits.
 
 from __future__ import annotations
 
-import math
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
@@ -20,7 +20,7 @@ from torchvision.io import decode_jpeg, encode_jpeg
 from tqdm.auto import tqdm
 
 from ssimlayer.robustness.accuracy import topk_correct
-from ssimlayer.robustness.attacks import _logits
+from ssimlayer.robustness.attacks import _first, _logits, _row
 
 __all__ = [
     "SEVERITIES",
@@ -160,46 +160,21 @@ def corruption_sweep(
         if n not in CORRUPTIONS:
             raise ValueError(f"unknown corruption {n!r}; choose from {list(CORRUPTIONS)}")
     keys = [("clean", 0)] + [(n, s) for n in names for s in severities]
-    counts = {k: {1: 0, 5: 0} for k in keys}
+    counts = {k: Counter() for k in keys}
     seen, num_classes = 0, 0
-    for b, (x, y) in enumerate(
-        tqdm(batches, desc="corruptions", disable=not progress, leave=False)
-    ):
-        if num_examples is not None:
-            if seen >= num_examples:
-                break
-            x, y = x[: num_examples - seen], y[: num_examples - seen]
-        x, y = x.to(device), y.to(device)
+    bar = tqdm(batches, desc="corruptions", disable=not progress, leave=False)
+    for b, (x, y) in enumerate(_first(bar, num_examples, device)):
         g = torch.Generator().manual_seed(seed + b)
         for name, sev in keys:
             xc = x if name == "clean" else corrupt(x, name, sev, generator=g)
             logits = _logits(model, xc)
             num_classes = logits.shape[1]
-            for k, c in topk_correct(logits, y).items():
-                counts[(name, sev)][k] += c
+            counts[(name, sev)].update(topk_correct(logits, y))
         seen += len(y)
     if seen == 0:
         raise ValueError("corruption_sweep: no images (the loader is empty)")
-    rows: list[dict[str, float | int | str]] = []
-    for name, sev in keys:
-        c = counts[(name, sev)]
-        rows.append(
-            {
-                "corruption": name,
-                "severity": sev,
-                "top1": c[1] / seen,
-                "top5": c[5] / seen if num_classes >= 5 else math.nan,
-                "n": seen,
-            }
-        )
+    cols = ("corruption", "severity")
+    rows = [_row(cols, k, counts[k], seen, num_classes) for k in keys]
     corrupted = rows[1:]
-    rows.append(
-        {
-            "corruption": "mean",
-            "severity": "",
-            "top1": sum(r["top1"] for r in corrupted) / max(len(corrupted), 1),
-            "top5": sum(r["top5"] for r in corrupted) / max(len(corrupted), 1),
-            "n": seen,
-        }
-    )
-    return rows
+    mean = {m: sum(r[m] for r in corrupted) / max(len(corrupted), 1) for m in ("top1", "top5")}
+    return rows + [{"corruption": "mean", "severity": "", **mean, "n": seen}]

@@ -6,8 +6,9 @@ Images live in [0, 1] pixel space (the models normalise internally), so ``eps`` 
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +17,6 @@ from torchmetrics.classification import MulticlassAccuracy
 from tqdm.auto import tqdm
 
 __all__ = ["fgsm", "fgsm_sweep", "check_eps"]
-
 
 Loss = Callable[[Tensor, Tensor], Tensor]
 
@@ -45,22 +45,25 @@ def _check_images(x: Tensor) -> None:
         )
 
 
-def input_gradient_sign(
-    model: nn.Module, x: Tensor, y: Tensor, loss_fn: Loss = F.cross_entropy
-) -> Tensor:
-    """``sign(grad_x J(theta, x, y))`` (Eqs. 20-21), without touching the parameters' ``.grad``.
-
-    The model is put in eval mode for the pass and its previous mode is restored.
-    """
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """The model in eval mode for the block, then back in the mode it was given in."""
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode(False), torch.enable_grad():
-            x_ = x.detach().clone().requires_grad_(True)
-            loss = loss_fn(model(x_), y)
-            (grad,) = torch.autograd.grad(loss, x_)
+        yield
     finally:
         model.train(was_training)
+
+
+def input_gradient_sign(
+    model: nn.Module, x: Tensor, y: Tensor, loss_fn: Loss = F.cross_entropy
+) -> Tensor:
+    """``sign(grad_x J(theta, x, y))`` (Eqs. 20-21) in eval mode, without touching the parameters'
+    ``.grad``."""
+    with _eval_mode(model), torch.inference_mode(False), torch.enable_grad():
+        x_ = x.detach().clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(loss_fn(model(x_), y), x_)
     return grad.sign()  # torch.sign is 0 where the gradient is 0, as Eq. 21
 
 
@@ -94,12 +97,6 @@ def fgsm(
     return (x + eps * input_gradient_sign(model, x, y, loss_fn)).clamp_(0.0, 1.0).detach()
 
 
-@torch.no_grad()
-def _update(metrics: dict[int, MulticlassAccuracy], logits: Tensor, y: Tensor) -> None:
-    for metric in metrics.values():
-        metric.update(logits, y)
-
-
 def fgsm_sweep(
     model: nn.Module,
     batches: Iterable[tuple[Tensor, Tensor]],
@@ -126,8 +123,7 @@ def fgsm_sweep(
         max_batches: stop after this many batches (``None``: all).
         device: where to run; the model's device by default.
         loss_fn: the attacked loss.
-        progress: show a tqdm bar.
-        desc: the bar's label.
+        progress, desc: show a tqdm bar, with this label.
     """
     eps = check_eps(eps)
     ks = [k for k in top_k if k <= num_classes]
@@ -137,15 +133,12 @@ def fgsm_sweep(
         e: {k: MulticlassAccuracy(num_classes, top_k=k, average="micro").to(device) for k in ks}
         for e in eps
     }
-    was_training = model.training
-    model.eval()
-    try:
-        total = len(batches) if hasattr(batches, "__len__") else None  # type: ignore[arg-type]
-        if max_batches is not None:
-            total = max_batches if total is None else min(total, max_batches)
-        for i, (x, y) in enumerate(
-            tqdm(batches, total=total, desc=desc, disable=not progress, leave=False)
-        ):
+    total = len(batches) if hasattr(batches, "__len__") else None  # type: ignore[arg-type]
+    if max_batches is not None:
+        total = max_batches if total is None else min(total, max_batches)
+    bar = tqdm(batches, total=total, desc=desc, disable=not progress, leave=False)
+    with _eval_mode(model):
+        for i, (x, y) in enumerate(bar):
             if max_batches is not None and i >= max_batches:
                 break
             x, y = x.to(device), y.to(device)
@@ -153,13 +146,11 @@ def fgsm_sweep(
             sign = input_gradient_sign(model, x, y, loss_fn)
             with torch.no_grad():
                 for e in eps:
-                    _update(acc[e], model((x + e * sign).clamp_(0.0, 1.0)), y)
-    finally:
-        model.train(was_training)
-    rows = []
-    for e in eps:
-        row = {"eps": e}
-        for k in ks:
-            row[f"top{k}"] = acc[e][k].compute().item() if acc[e][k].update_count else float("nan")
-        rows.append(row)
-    return rows
+                    logits = model((x + e * sign).clamp_(0.0, 1.0))
+                    for metric in acc[e].values():
+                        metric.update(logits, y)
+
+    def value(metric: MulticlassAccuracy) -> float:
+        return metric.compute().item() if metric.update_count else float("nan")
+
+    return [{"eps": e, **{f"top{k}": value(m) for k, m in acc[e].items()}} for e in eps]

@@ -58,24 +58,24 @@ def _pairs(
     steps_b: int | None,
     tol: float,
     a_below_b: bool,
+    labels: tuple[str, str] | None = None,
 ) -> list[Row]:
-    """Compare attack a with attack b at every eps both have: ok if a <= b + tol (a_below_b) or
-    a >= b - tol."""
+    """Compare attack a with attack b at every eps > 0 both have: ok if a <= b + tol (a_below_b) or
+    a >= b - tol. ``labels`` name a and b in the details (default: the attacks)."""
+    la, lb = labels or (attack_a, attack_b)
     out = []
     eps_a = {e: s for (a, e, s) in idx if a == attack_a and (steps_a is None or s == steps_a)}
     eps_b = {e: s for (a, e, s) in idx if a == attack_b and (steps_b is None or s == steps_b)}
-    for e in sorted(set(eps_a) & set(eps_b)):
-        if e == 0:
-            continue
+    for e in sorted(e for e in eps_a.keys() & eps_b.keys() if e != 0):
         va, vb = idx[(attack_a, e, eps_a[e])], idx[(attack_b, e, eps_b[e])]
         ok = va <= vb + tol if a_below_b else va >= vb - tol
         out.append(
             {
                 "eps": e,
-                f"{attack_a}_steps": eps_a[e],
-                f"{attack_a}_top1": va,
-                f"{attack_b}_steps": eps_b[e],
-                f"{attack_b}_top1": vb,
+                f"{la}_steps": eps_a[e],
+                f"{la}_top1": va,
+                f"{lb}_steps": eps_b[e],
+                f"{lb}_top1": vb,
                 "ok": bool(ok),
             }
         )
@@ -112,17 +112,8 @@ def masking_checks(
 
     details = []
     for fewer, more in zip(pgd_steps, pgd_steps[1:], strict=False):
-        for d in _pairs(idx, "pgd", "pgd", more, fewer, tol, a_below_b=True):
-            details.append(
-                {
-                    "eps": d["eps"],
-                    "more_steps": more,
-                    "more_top1": idx[("pgd", d["eps"], more)],
-                    "fewer_steps": fewer,
-                    "fewer_top1": idx[("pgd", d["eps"], fewer)],
-                    "ok": d["ok"],
-                }
-            )
+        labels = ("more", "fewer")
+        details += _pairs(idx, "pgd", "pgd", more, fewer, tol, a_below_b=True, labels=labels)
     out["more_steps_le_fewer"] = _verdict("more_steps_le_fewer", details, tol)
 
     # The largest-eps curve: PGD with the fewest steps is the one run at every eps.
@@ -157,10 +148,8 @@ def masking_checks(
             )
     out["large_eps_to_zero"] = _verdict("large_eps_to_zero", details, tol, large_eps=large_eps)
 
-    details = []
-    if pgd_steps:
-        strongest = pgd_steps[-1]
-        details = _pairs(idx, "square", "pgd", None, strongest, tol, a_below_b=False)
+    strongest = max(pgd_steps, default=None)  # None only where there is no PGD row to compare
+    details = _pairs(idx, "square", "pgd", None, strongest, tol, a_below_b=False)
     out["blackbox_le_whitebox"] = _verdict("blackbox_le_whitebox", details, tol)
 
     details = []

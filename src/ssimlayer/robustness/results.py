@@ -22,42 +22,37 @@ def write_csv(path: Path, rows: list[dict], cols: list[str]) -> None:
         w.writerows(rows)
 
 
-def plot_attacks(path: Path, rows: list[dict], title: str) -> None:
+def _plot(path: Path, series: dict[str, list[tuple]], xlabel: str, title: str) -> None:
+    """Top-1 (%) against ``xlabel``, one line per ``series`` entry."""
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
-    series: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for label, pts in series.items():
+        ax.plot(*zip(*pts, strict=True), marker="o", label=label)
+    ax.set(xlabel=xlabel, ylabel="top-1 accuracy (%)", ylim=(0, 100), title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+
+
+def plot_attacks(path: Path, rows: list[dict], title: str) -> None:
+    series: dict[str, list[tuple]] = defaultdict(list)
     clean = next((r["top1_pct"] for r in rows if r["attack"] == "clean"), None)
     for r in rows:
         if r["attack"] != "clean":
             series[f"{r['attack']}-{r['steps']}"].append((r["eps"], r["top1_pct"]))
-    for label, pts in series.items():
-        pts = sorted(([(0.0, clean)] if clean is not None else []) + pts)
-        ax.plot(*zip(*pts, strict=True), marker="o", label=label)
-    ax.set(
-        xlabel="eps ([0, 1] pixel units)", ylabel="top-1 accuracy (%)", ylim=(0, 100), title=title
-    )
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    start = [(0.0, clean)] if clean is not None else []
+    series = {label: sorted(start + pts) for label, pts in series.items()}
+    _plot(path, series, "eps ([0, 1] pixel units)", title)
 
 
 def plot_corruptions(path: Path, rows: list[dict], title: str) -> None:
-    fig = Figure(figsize=(6, 4))
-    ax = fig.subplots()
     clean = next(r["top1_pct"] for r in rows if r["corruption"] == "clean")
     names = [n for n in dict.fromkeys(r["corruption"] for r in rows) if n not in ("clean", "mean")]
-    for n in names:
-        pts = [(0, clean)] + [(r["severity"], r["top1_pct"]) for r in rows if r["corruption"] == n]
-        ax.plot(*zip(*pts, strict=True), marker="o", label=n)
-    ax.set(
-        xlabel="CIFAR-10-C severity (0 = clean)",
-        ylabel="top-1 accuracy (%)",
-        ylim=(0, 100),
-        title=title,
-    )
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    series = {
+        n: [(0, clean)] + [(r["severity"], r["top1_pct"]) for r in rows if r["corruption"] == n]
+        for n in names
+    }
+    _plot(path, series, "CIFAR-10-C severity (0 = clean)", title)
 
 
 def summarise(results: list[dict], kind: str, keys: list[str]) -> list[dict]:
