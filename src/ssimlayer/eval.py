@@ -165,6 +165,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if ev.max_batches is not None:
         cap = ev.max_batches * ev.batch_size
         num_examples = cap if num_examples is None else min(num_examples, cap)
+    sweep_kw = dict(
+        num_examples=num_examples, device=cfg.device, seed=cfg.seed, progress=ev.progress
+    )
 
     results = []
     for group in pair_up(runs):
@@ -174,34 +177,16 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         )
         models = {n: r.load_model(cfg.device) for n, r in zip(names, group, strict=True)}
         loader = group[0].eval_loader(ev.split, ev.batch_size, ev.num_workers)
-        attack_rows = robustness_sweep(
-            models,
-            loader,
-            specs,
-            num_examples=num_examples,
-            device=cfg.device,
-            seed=cfg.seed,
-            progress=ev.progress,
-        )
+        attack_rows = robustness_sweep(models, loader, specs, **sweep_kw)
         for name, run in zip(names, group, strict=True):
             rows = attack_rows[name]
-            corr = corruption_sweep(
-                models[name],
-                loader,
-                ev.corruptions,
-                ev.severities,
-                num_examples=num_examples,
-                device=cfg.device,
-                seed=cfg.seed,
-                progress=ev.progress,
-            )
+            corr = corruption_sweep(models[name], loader, ev.corruptions, ev.severities, **sweep_kw)
             checks = masking_checks(rows, **ev.masking)  # on the fractions the sweeps return
             rows, corr = [in_percent(r) for r in rows], [in_percent(r) for r in corr]
             other = [r for r in group if r is not run]
+            about = {"model": run.model, "seed": run.seed, "run_dir": relative_to_root(run.path)}
             masking = {
-                "model": run.model,
-                "seed": run.seed,
-                "run_dir": relative_to_root(run.path),
+                **about,
                 "checkpoint": relative_to_root(run.ckpt),
                 "n_examples": rows[0]["n"],
                 "transfer_source": relative_to_root(other[0].path) if other else None,
@@ -214,31 +199,15 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             plot_attacks(run.path / "robustness.png", rows, name)
             plot_corruptions(run.path / "corruptions.png", corr, name)
             for r in rows:
-                log.info(
-                    "%s %s eps=%.4f steps=%d top-1 %.2f %%, top-5 %.2f %%",
-                    name,
-                    r["attack"],
-                    r["eps"],
-                    r["steps"],
-                    r["top1_pct"],
-                    r["top5_pct"],
-                )
+                msg = "%s %s eps=%.4f steps=%d top-1 %.2f %%, top-5 %.2f %%"
+                log.info(msg, name, *(r[c] for c in ATTACK_COLS))
             log.info(
                 "%s corruptions mean top-1 %.2f %%; masking checks: %s",
                 name,
                 corr[-1]["top1_pct"],
                 {k: c["verdict"] for k, c in checks.items()},
             )
-            results.append(
-                {
-                    "model": run.model,
-                    "seed": run.seed,
-                    "run_dir": relative_to_root(run.path),
-                    "attacks": rows,
-                    "corruptions": corr,
-                    "masking": masking,
-                }
-            )
+            results.append({**about, "attacks": rows, "corruptions": corr, "masking": masking})
 
     summary_attacks = summarise(results, "attacks", ["attack", "eps", "steps"])
     summary_corr = summarise(results, "corruptions", ["corruption", "severity"])

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 from pathlib import Path
 
 import torch
@@ -22,6 +21,7 @@ from tqdm import tqdm
 from ssimlayer.robustness.accuracy import topk_correct
 from ssimlayer.robustness.fgsm import check_eps, fgsm
 from ssimlayer.robustness.pruning import prune_ssim_filters, ssim_layers
+from ssimlayer.robustness.results import write_csv
 from ssimlayer.utils.runs import find_runs, in_percent
 
 SETTINGS = [
@@ -30,19 +30,10 @@ SETTINGS = [
     ("smallest25%", {"fraction": 0.25}),
     ("smallest50%", {"fraction": 0.5}),
 ]
-COLS = [
-    "setting",
-    "mode",
-    "pruned",
-    "total",
-    "share_removed",
-    "clean_top1_pct",
-    "clean_top5_pct",
-    "fgsm_top1_pct",
-    "fgsm_top5_pct",
-    "eps",
-    "num_images",
-]
+COLS = (
+    "setting,mode,pruned,total,share_removed,clean_top1_pct,clean_top5_pct,fgsm_top1_pct,"
+    "fgsm_top5_pct,eps,num_images"
+).split(",")
 
 
 def evaluate(model, batches, eps: float) -> dict[str, float]:
@@ -52,10 +43,9 @@ def evaluate(model, batches, eps: float) -> dict[str, float]:
         with torch.no_grad():
             clean = topk_correct(model(x), y)
         adv = topk_correct(model(fgsm(model, x, y, eps)).detach(), y)
-        counts["clean_top1"] += clean[1]
-        counts["clean_top5"] += clean[5]
-        counts["fgsm_top1"] += adv[1]
-        counts["fgsm_top5"] += adv[5]
+        for k in (1, 5):
+            counts[f"clean_top{k}"] += clean[k]
+            counts[f"fgsm_top{k}"] += adv[k]
         n += len(y)
     return in_percent({k: v / n for k, v in counts.items()}, counts) | {"num_images": n}
 
@@ -74,15 +64,11 @@ def prune_run(run, num_examples: int, eps: float) -> Path | None:
     for setting, kwargs in tqdm(SETTINGS, desc=f"pruning {run.path.name}"):
         for mode in ("channel", "weights") if kwargs else ("none",):
             model = copy.deepcopy(base)
-            stats = (
-                prune_ssim_filters(model, mode=mode, **kwargs)
-                if kwargs
-                else {
-                    "pruned": 0,
-                    "total": sum(m.out_channels for _, m in ssim_layers(model)),
-                    "share": 0.0,
-                }
-            )
+            if kwargs:
+                stats = prune_ssim_filters(model, mode=mode, **kwargs)
+            else:
+                total = sum(m.out_channels for _, m in ssim_layers(model))
+                stats = {"pruned": 0, "total": total, "share": 0.0}
             rows.append(
                 {
                     "setting": setting,
@@ -95,10 +81,7 @@ def prune_run(run, num_examples: int, eps: float) -> Path | None:
                 }
             )
     path = run.path / "pruning.csv"
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLS)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(path, rows, COLS)
     return path
 
 

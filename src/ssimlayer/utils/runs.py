@@ -59,12 +59,10 @@ def _current(row: dict) -> dict:
     version of the pipeline wrote it (see :data:`_OLD_ACCURACY`)."""
     out = {}
     for k, v in row.items():
-        if _OLD_ACCURACY.match(k):
-            out[k.replace("/", "_") + "_pct"] = percent(v)
-        elif k.endswith("/loss"):
-            out[k.replace("/", "_")] = v
-        else:
-            out[k] = v
+        accuracy = _OLD_ACCURACY.match(k)
+        if accuracy or k.endswith("/loss"):
+            k = k.replace("/", "_") + ("_pct" if accuracy else "")
+        out[k] = percent(v) if accuracy else v
     return out
 
 
@@ -217,8 +215,7 @@ class Run:
         module = instantiate(self.cfg.model)
         state = load_checkpoint(self.ckpt or self.checkpoint("last"), map_location=device)
         module.load_state_dict(state["state_dict"] if "state_dict" in state else state)
-        net = getattr(module, "net", module)
-        return net.to(device).eval()
+        return getattr(module, "net", module).to(device).eval()
 
     def eval_loader(self, split: str = "val", batch_size: int = 100, num_workers: int = 0):
         """A loader of the run's own data ``split`` without augmentation, in a fixed order."""
@@ -280,8 +277,7 @@ def find_runs(
         paths = [paths]
     runs: list[Run] = []
     for pattern in paths:
-        matches = sorted(glob.glob(os.path.expanduser(str(pattern)))) or [str(pattern)]
-        for m in matches:
+        for m in sorted(glob.glob(os.path.expanduser(str(pattern)))) or [str(pattern)]:
             root = Path(m).resolve()
             if not root.is_dir():
                 raise ValueError(f"run dir {str(pattern)!r} does not exist")
