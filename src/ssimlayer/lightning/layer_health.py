@@ -84,8 +84,7 @@ class LayerHealth(pl.Callback):
       over every ``grad_every_n_steps``-th optimiser step of the epoch, its first included (taken
       after backward, before the update), divided by the weight norm at the epoch's end (the
       same in every training path: eager, grouped steps, CUDA-graph replays, whose hooks run
-      after the update). SGD moves a layer by about
-      ``lr * grad_ratio`` of its size per step.
+      after the update). SGD moves a layer by about ``lr * grad_ratio`` of its size per step.
 
     The probe's statistics come from one forward of the probe batch at the end of each epoch
     (and once before the first step: epoch 0 in ``layer_health.csv`` and the plot), run eagerly
@@ -140,8 +139,7 @@ class LayerHealth(pl.Callback):
     # --- the pieces PackMembers also uses -------------------------------------------------------
 
     def due(self) -> bool:
-        """Count one optimiser step; whether its gradients are sampled (steps 0, n, 2n, ... of the
-        epoch)."""
+        """Count an optimiser step; whether its gradients are sampled (0, n, 2n, ... this epoch)."""
         due = self._steps % self.grad_every_n_steps == 0
         self._steps += 1
         return due
@@ -168,8 +166,7 @@ class LayerHealth(pl.Callback):
 
     def epoch_end(self, trainer: Any, pl_module: pl.LightningModule) -> dict[str, float]:
         """This epoch's statistics: into ``trainer.callback_metrics``, the loggers and the CSV."""
-        net = pl_module.net
-        values = self._read(net, grads=True)
+        values = self._read(pl_module.net, grads=True)
         self._grad_sum, self._grad_count, self._steps = None, 0, 0
         epoch = trainer.current_epoch + 1  # as epochs.csv counts
         self.history.append({"epoch": epoch, "step": trainer.global_step, **values})
@@ -178,8 +175,7 @@ class LayerHealth(pl.Callback):
         for logger in trainer.loggers:
             logger.log_metrics(values, step=trainer.global_step)
         self._write_csv()
-        n = self.plot_every_n_epochs
-        if n and epoch % n == 0:
+        if self.plot_every_n_epochs and epoch % self.plot_every_n_epochs == 0:
             self.draw()
         return values
 
@@ -252,36 +248,31 @@ class LayerHealth(pl.Callback):
         """Every statistic of every watched layer, with one read from the device."""
         layers = tracked_layers(net, self.layers)
         device = next(net.parameters()).device
-        probe = self._probe.to(device)
-        grad_sum = None if self._grad_sum is None else self._grad_sum.to(device)
-        outputs: dict[str, Tensor] = {}
+        outputs: dict[nn.Module, list[Tensor]] = {}  # the output and input statistics
 
-        def record(label: str):
-            def hook(module: nn.Module, inputs: tuple, output: Tensor) -> None:
-                y, x = output.detach().float(), inputs[0].detach().float()
-                var, mean = torch.var_mean(y, correction=0)
-                near0 = (y.abs() < self.near_zero).float().mean()
-                outputs[label] = torch.stack([mean, var.sqrt(), near0, x.std(correction=0)])
+        def hook(module: nn.Module, inputs: tuple, output: Tensor) -> None:
+            y, x = output.detach().float(), inputs[0].detach().float()
+            var, mean = torch.var_mean(y, correction=0)
+            near0 = (y.abs() < self.near_zero).float().mean()
+            outputs[module] = [mean, var.sqrt(), near0, x.std(correction=0)]
 
-            return hook
-
-        handles = [m.register_forward_hook(record(label)) for label, _, m in layers]
+        handles = [m.register_forward_hook(hook) for _, _, m in layers]
         try:
             with torch.no_grad():
-                net.forward(probe)  # eager, also when net is compiled (nn.Module.compile)
+                net.forward(self._probe.to(device))  # eager, also when compiled (nn.Module.compile)
         finally:
             for h in handles:
                 h.remove()
-        rows = []
-        for i, (label, _, m) in enumerate(layers):
-            w = m.weight.detach().float()
-            weight_norm = w.norm()
-            if grads and grad_sum is not None and self._grad_count:
-                ratio = (grad_sum[i] / self._grad_count).float() / weight_norm
-            else:
-                ratio = torch.full((), math.nan, device=w.device)
-            filters = w.flatten(1).norm(dim=1).mean()
-            rows.append(torch.cat([outputs[label], torch.stack([w.std(), filters, ratio])]))
+        weights = [m.weight.detach().float() for _, _, m in layers]
+        norms = torch.stack([w.norm() for w in weights])
+        if grads and self._grad_sum is not None and self._grad_count:
+            ratios = (self._grad_sum.to(device) / self._grad_count).float() / norms
+        else:
+            ratios = torch.full_like(norms, math.nan)
+        rows = [
+            torch.stack([*outputs[m], w.std(), w.flatten(1).norm(dim=1).mean(), ratio])
+            for (_, _, m), w, ratio in zip(layers, weights, ratios)
+        ]
         values = torch.stack(rows).cpu().tolist()  # (layers, stats): the one read
         return {
             f"{PREFIX}{label}/{stat}": float(f"{v:.6g}")
@@ -332,27 +323,24 @@ def plot_layer_health(
             key=lambda s: (int("".join(c for c in s if c.isdigit()) or 0), s),
         )
     ]
-    drew = False
     for ax, (stat, ylabel, log_scale) in zip(axes, PANELS):
         for color, (label, layer) in enumerate(lines):
             key = f"{PREFIX}{layer}/{stat}"
             points = [
-                (float(r["epoch"]), float(r[key]))
+                (float(r["epoch"]), v)
                 for r in curves[label]
-                if r.get(key) not in (None, "") and math.isfinite(float(r[key]))
+                if r.get(key) not in (None, "") and math.isfinite(v := float(r[key]))
+                if v > 0 or not log_scale  # a log axis shows only positive values
             ]
-            points = [(e, v) for e, v in points if v > 0 or not log_scale]
-            if not points:
-                continue
-            xs, ys = zip(*points)
-            name = f"{label} {layer}".strip()
-            ax.plot(xs, ys, "-o", ms=2.5, color=f"C{color % 10}", label=name)
-            drew = True
+            if points:
+                xs, ys = zip(*points)
+                name = f"{label} {layer}".strip()
+                ax.plot(xs, ys, "-o", ms=2.5, color=f"C{color % 10}", label=name)
         if log_scale:
             ax.set_yscale("log")
         ax.set(xlabel="epoch", ylabel=ylabel)
         ax.grid(alpha=0.3)
-    if not drew:
+    if not any(ax.lines for ax in axes):
         return None
     axes[0].legend(fontsize=7)
     fig.suptitle(title, fontsize=10)

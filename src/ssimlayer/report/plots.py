@@ -37,7 +37,6 @@ def convergence_plot(
     ``chance`` (top-1 accuracy in %, e.g. 100 / 7) adds a dotted line at its error.
     """
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    drew = False
     for color, (model, runs) in zip(plt.cm.tab10.colors, runs_by_model.items()):
         for split, style in (("train", "--"), ("val", "-")):
             series = [  # epochs without validation (check_val_every_n_epoch > 1) have no val value
@@ -49,13 +48,12 @@ def convergence_plot(
                 for run in runs
             ]
             series = [s for s in series if s]
-            if not series:
-                continue
-            epochs, mean, low, high = _mean_band(series)
-            ax.plot(epochs, mean, style, color=color, label=f"{model} {split} (n={len(series)})")
-            ax.fill_between(epochs, low, high, color=color, alpha=0.15)
-            drew = True
-    if not drew:
+            if series:
+                epochs, mean, low, high = _mean_band(series)
+                label = f"{model} {split} (n={len(series)})"
+                ax.plot(epochs, mean, style, color=color, label=label)
+                ax.fill_between(epochs, low, high, color=color, alpha=0.15)
+    if not ax.lines:
         plt.close(fig)
         return None
     if chance is not None:
@@ -81,11 +79,11 @@ def layer_health_plot(runs_by_model: dict[str, list[Run]], path: Path, title: st
             continue
         keys = health_columns(list(tables[0][0]))
         rows = []
-        for i in range(min(len(t) for t in tables)):
-            row: dict[str, float] = {"epoch": float(tables[0][i]["epoch"])}
+        for same in zip(*tables):  # row i of every run, up to the shortest run
+            row = {"epoch": float(same[0]["epoch"])}
             for key in keys:
-                vals = [float(t[i][key]) for t in tables if t[i].get(key) not in (None, "")]
-                row[key] = statistics.fmean(vals) if vals else float("nan")
+                vals = [float(r[key]) for r in same if r.get(key) not in (None, "")]
+                row[key] = statistics.fmean(vals) if vals else math.nan
             rows.append(row)
         curves[f"{model} (n={len(tables)})"] = rows
     return plot_layer_health(curves, path, title) if curves else None
@@ -103,13 +101,12 @@ def fgsm_plot(
     ``suptitle`` goes above both panels (e.g. which data); ``chance`` (top-1 %) adds a dotted line.
     """
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-    drew = False
     for ax, split in zip(axes, ("train", "val")):
         for color, (model, runs) in zip(plt.cm.tab10.colors, runs_by_model.items()):
+            eps_values = sorted(
+                {float(r["eps"]) for run in runs for r in run.fgsm if r["split"] == split}
+            )
             for k, style in ((1, "-o"), (5, "--s")):
-                eps_values = sorted(
-                    {float(r["eps"]) for run in runs for r in run.fgsm if r["split"] == split}
-                )
                 points = []
                 for eps in eps_values:
                     vals = [run.fgsm_top(split, eps, k) for run in runs]
@@ -117,27 +114,18 @@ def fgsm_plot(
                     if vals:
                         mean, sd = mean_std(vals)
                         points.append((eps, mean, 0.0 if math.isnan(sd) else sd))  # n=1: no bar
-                if not points:
-                    continue
-                xs, ys, sds = zip(*points)
-                ax.errorbar(
-                    xs,
-                    ys,
-                    yerr=sds,
-                    fmt=style,
-                    color=color,
-                    ms=3,
-                    capsize=2,
-                    label=f"{model} top-{k}",
-                )
-                drew = True
-        if chance is not None:
-            ax.axhline(chance, color="grey", ls=":", lw=1, label=f"top-1 chance ({chance:.1f} %)")
+                if points:
+                    xs, ys, sds = zip(*points)
+                    label = f"{model} top-{k}"
+                    ax.errorbar(xs, ys, sds, fmt=style, color=color, ms=3, capsize=2, label=label)
         ax.set(xlabel="FGSM eps ([0, 1] pixel units)", title=f"{title}: {split}")
         ax.grid(alpha=0.3)
-    if not drew:
+    if not any(ax.lines for ax in axes):
         plt.close(fig)
         return None
+    if chance is not None:  # after the check: only the models' lines count as drawn
+        for ax in axes:
+            ax.axhline(chance, color="grey", ls=":", lw=1, label=f"top-1 chance ({chance:.1f} %)")
     axes[0].set_ylabel("accuracy (%)")
     axes[1].legend(fontsize=7)
     if suptitle:
