@@ -1,16 +1,11 @@
 """Checkpoints a killed run can resume from, finding them again, and refusing the wrong one.
 
-- :class:`ResumeCheckpoint` writes ``<run dir>/checkpoints/last.ckpt`` every ``n`` seconds or ``n``
-  training steps (mid-epoch, with the loader position, see :mod:`ssimlayer.data.resumable`) and
-  after every epoch.
-  Each write goes to a temporary file first and is renamed over ``last.ckpt``, so a SIGKILL while
-  saving leaves the previous checkpoint intact.
+- :class:`ResumeCheckpoint` keeps ``<run dir>/checkpoints/last.ckpt`` current, mid-epoch too (with
+  the loader position, see :mod:`ssimlayer.data.resumable`). Each write goes to a temporary file
+  renamed over ``last.ckpt``, so a SIGKILL while saving leaves the previous checkpoint intact.
 - :func:`find_resume_checkpoint` picks the newest unfinished run of the same name, model and seed
-  (``resume=auto``).
-- :func:`check_checkpoint_matches` compares a checkpoint's weights with the model about to be
-  trained and raises :class:`CheckpointMismatchError` naming both model configs.
-- :func:`load_checkpoint` is the one way this project reads a checkpoint: ``weights_only=True``,
-  so a file from someone else can hold tensors, containers and numbers but never run code.
+  (``resume=auto``); :func:`check_checkpoint_matches` refuses one of another model.
+- :func:`load_checkpoint` is the one way this project reads a checkpoint (weights-only).
 """
 
 from __future__ import annotations
@@ -128,24 +123,17 @@ class ResumeCheckpoint(Checkpoint):
         every_n_train_steps: int | None = None,
         every_n_seconds: float | None = 120.0,
     ) -> None:
-        if every_n_train_steps is not None and every_n_train_steps < 0:
-            raise ValueError(
-                f"ResumeCheckpoint: every_n_train_steps must be >= 0 or null, got "
-                f"{every_n_train_steps}"
-            )
-        if every_n_seconds is not None and not every_n_seconds >= 0:
-            raise ValueError(
-                f"ResumeCheckpoint: every_n_seconds must be >= 0 or null, got {every_n_seconds}"
-            )
+        for name, value in [
+            ("every_n_train_steps", every_n_train_steps),
+            ("every_n_seconds", every_n_seconds),
+        ]:
+            if value is not None and not value >= 0:
+                raise ValueError(f"ResumeCheckpoint: {name} must be >= 0 or null, got {value}")
         self.dirpath = Path(dirpath)
         self.every_n_train_steps = every_n_train_steps or 0
         self.every_n_seconds = every_n_seconds
         self._last_saved_step = self._last_time_check = -1
         self._last_saved_time = time.monotonic()
-
-    @property
-    def last_path(self) -> Path:
-        return self.dirpath / LAST
 
     def _save(self, trainer: pl.Trainer) -> None:
         if trainer.fast_dev_run or trainer.sanity_checking:
@@ -157,7 +145,7 @@ class ResumeCheckpoint(Checkpoint):
         # Lightning otherwise logs that it chose so at every save
         trainer.save_checkpoint(tmp, weights_only=False)
         if trainer.is_global_zero:
-            os.replace(tmp, self.last_path)  # atomic: a kill mid-save keeps the previous one
+            os.replace(tmp, self.dirpath / LAST)  # atomic: a kill mid-save keeps the previous one
         self._last_saved_step = trainer.global_step
         self._last_saved_time = time.monotonic()
 
@@ -178,17 +166,11 @@ class ResumeCheckpoint(Checkpoint):
         self._last_saved_step = self._last_time_check = trainer.global_step
 
     def on_train_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any
     ) -> None:
         n, step = self.every_n_train_steps, trainer.global_step
-        if step == self._last_saved_step:
-            return
-        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+        last_batch = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        if step == self._last_saved_step or last_batch:
             return
         # a multiple of n reached since the last save: the global step advances several at a
         # time with steps_per_execution > 1, and may step over the multiple itself
@@ -197,10 +179,6 @@ class ResumeCheckpoint(Checkpoint):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._save(trainer)
-
-
-def _run_dir_of(ckpt: Path) -> Path:
-    return ckpt.parent.parent  # <run dir>/checkpoints/<file>.ckpt
 
 
 def find_resume_checkpoint(
@@ -230,8 +208,7 @@ def find_resume_checkpoint(
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
-def _model_cfg_of(ckpt: Path) -> dict[str, Any] | None:
-    cfg_file = _run_dir_of(ckpt) / "config_resolved.yaml"
+def _model_cfg_of(cfg_file: Path) -> dict[str, Any] | None:
     try:
         return (yaml.safe_load(cfg_file.read_text()) or {}).get("model")
     except (OSError, yaml.YAMLError):
@@ -242,8 +219,7 @@ def _describe(model_cfg: Any, name: str | None) -> str:
     if not isinstance(model_cfg, dict):
         return f"model={name}" if name else "an unknown model config"
     net = model_cfg.get("net") or {}
-    keys = ("widths", "kernel_sizes")
-    detail = ", ".join(f"net.{k}={net[k]}" for k in keys if k in net)
+    detail = ", ".join(f"net.{k}={net[k]}" for k in ("widths", "kernel_sizes") if k in net)
     return f"model={model_cfg.get('name', name)}" + (f" ({detail})" if detail else "")
 
 
@@ -278,8 +254,6 @@ def check_checkpoint_matches(
     missing = sorted(set(expected) - set(got))
     extra = sorted(set(got) - set(expected))
     shapes = sorted(k for k in set(expected) & set(got) if expected[k] != got[k])
-    if not (missing or extra or shapes):
-        return
     problems = []
     if missing:
         problems.append(f"{len(missing)} missing (e.g. {missing[0]})")
@@ -291,12 +265,14 @@ def check_checkpoint_matches(
             f"{len(shapes)} of another shape (e.g. {k}: {got[k]} in the checkpoint, "
             f"{expected[k]} in this model)"
         )
+    if not problems:
+        return
+    cfg_file = path.parent.parent / "config_resolved.yaml"  # <run dir>/checkpoints/<file>.ckpt
     ckpt_name = (ckpt.get("hyper_parameters") or {}).get("name")
-    theirs = _describe(_model_cfg_of(path), ckpt_name)
+    theirs = _describe(_model_cfg_of(cfg_file), ckpt_name)
     ours = _describe(model_cfg, model_cfg.get("name"))
     raise CheckpointMismatchError(
         f"checkpoint {path} was trained with {theirs}, but this run builds {ours}: its weights "
         f"do not fit ({'; '.join(problems)}). Resume it with the same model settings as that run "
-        f"(see {_run_dir_of(path) / 'config_resolved.yaml'}), or drop ckpt_path/resume to start "
-        f"this model from scratch"
+        f"(see {cfg_file}), or drop ckpt_path/resume to start this model from scratch"
     )

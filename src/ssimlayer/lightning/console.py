@@ -1,12 +1,5 @@
-"""What a training run prints: its plan and pace, and nothing a user cannot act on.
-
-- :func:`quiet_known_noise` drops the library messages a user of this pipeline cannot act on.
-- :class:`RunPlan` says at the start which run of how many this is and how long it will train, and,
-  after the first steps, how long the whole run will take at that pace; on a CPU it names the short
-  alternative when that is hours.
-- :func:`print_summary` is the run's last word: accuracies in percent, FGSM at eps 0.007, wall time,
-  the run dir.
-"""
+"""What a training run prints: its plan (:class:`RunPlan`) and pace, its closing summary
+(:func:`print_summary`), and nothing a user cannot act on (:func:`quiet_known_noise`)."""
 
 from __future__ import annotations
 
@@ -15,7 +8,7 @@ import math
 import sys
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +22,8 @@ __all__ = ["RunPlan", "format_duration", "print_summary", "quiet_known_noise"]
 LONG_CPU_RUN_S = 3600
 
 
-class _DropMessages(logging.Filter):
-    def __init__(self, *starts: str) -> None:
-        super().__init__()
-        self.starts = starts
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(self.starts)
+def _drop(start: str) -> Callable[[logging.LogRecord], bool]:
+    return lambda record: not str(record.msg).startswith(start)
 
 
 def quiet_known_noise() -> None:
@@ -45,8 +33,8 @@ def quiet_known_noise() -> None:
     - Lightning's use of a pytree API that torch deprecated (Lightning's to fix, not the user's);
     - torch's "No CUDA runtime is found, using CUDA_HOME" when Inductor compiles on a CPU machine.
     """
-    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_DropMessages("💡 Tip"))
-    logging.getLogger("torch.utils.cpp_extension").addFilter(_DropMessages("No CUDA runtime"))
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_drop("💡 Tip"))
+    logging.getLogger("torch.utils.cpp_extension").addFilter(_drop("No CUDA runtime"))
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
@@ -138,10 +126,9 @@ def print_summary(metrics: Mapping[str, Any], run_dir: str | Path) -> None:
     ``metrics`` as ``metrics.json`` holds it; the FGSM rows come from the run dir's
     ``fgsm_sweep.csv`` (both in percent).
     """
-    fgsm_rows = read_csv(Path(run_dir) / "fgsm_sweep.csv")
     fgsm = {
         r["split"]: r["top1_pct"]
-        for r in fgsm_rows
+        for r in read_csv(Path(run_dir) / "fgsm_sweep.csv")
         if math.isclose(float(r["eps"]), 0.007, abs_tol=1e-9)
     }
     lines = [

@@ -17,8 +17,7 @@ from ssimlayer.utils.runs import percent
 
 __all__ = ["RunSummary"]
 
-KEYS = ("train/loss", "train/top1", "train/top5", "val/loss", "val/top1", "val/top5")
-#: How epochs.csv names them: accuracies in percent, the unit in the name.
+#: The metrics of each epochs.csv row, as it names them: accuracies in percent, the unit in the name.
 COLUMNS = {
     "train/loss": "train_loss",
     "train/top1": "train_top1_pct",
@@ -27,6 +26,7 @@ COLUMNS = {
     "val/top1": "val_top1_pct",
     "val/top5": "val_top5_pct",
 }
+KEYS = tuple(COLUMNS)
 #: Also copied into epochs.csv: any metric under these prefixes (LayerHealth's ``health/...``).
 EXTRA_PREFIXES = ("health/",)
 
@@ -38,10 +38,8 @@ def _in_file(key: str, value):
 
 def _train_images(trainer: pl.Trainer) -> int | None:
     """How many images the training split holds (the run's data, whatever its reader)."""
-    dm = trainer.datamodule
-    dataset = getattr(dm, "train_set", None) if dm is not None else None
-    try:
-        return len(dataset) if dataset is not None else None
+    try:  # None when there is no train_set or it has no length
+        return len(getattr(trainer.datamodule, "train_set", None))
     except TypeError:
         return None
 
@@ -60,12 +58,11 @@ class RunSummary(pl.Callback):
 
     ``metrics.json`` holds the final (the last epoch that has it) and best (max over epochs)
     train/val top-1 and top-5, the epoch of the best val top-1 (counted from 1), epochs run, wall
-    time, device and the model's parameter count; ``extra`` (e.g. the seed and model name, set from
-    config) is copied in.
+    time, device and the model's parameter count, and ``extra``.
 
     Args:
         output_dir: the run dir.
-        extra: constant fields to add to ``metrics.json``.
+        extra: constant fields for ``metrics.json`` (e.g. the seed and model name, from config).
     """
 
     def __init__(self, output_dir: str, extra: dict[str, Any] | None = None) -> None:

@@ -17,7 +17,6 @@ non-finite step in its past is ever written by a checkpoint callback: they are c
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +60,6 @@ class NonFiniteLossGuard(Callback):
         self._kept: dict[str, Any] | None = None  # training state at the last clean check
         self._keeping = False
 
-    # --- per step: no host read --------------------------------------------------------------
-
     def on_before_backward(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Tensor
     ) -> None:
@@ -83,8 +80,6 @@ class NonFiniteLossGuard(Callback):
             # batch would resume without that epoch's validation and summary row.
             last = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
             self.check(trainer, keep=not last)
-
-    # --- checks --------------------------------------------------------------------------------
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._where = []
@@ -139,22 +134,20 @@ class NonFiniteLossGuard(Callback):
         step, epoch, batch = self._where[i]
         late = trainer.global_step - step - 1  # steps run after the bad one before this check
         path = self.dirpath / f"nonfinite-step{step:07d}.ckpt"
-        kept_step = self._kept["global_step"] if self._kept is not None else None
+        saved = "No state was kept (the guard had not started)."
         if self._kept is not None:
             if trainer.is_global_zero:
                 self.dirpath.mkdir(parents=True, exist_ok=True)
             trainer.strategy.save_checkpoint(self._kept, path)
             trainer.strategy.barrier("NonFiniteLossGuard")
+            saved = (
+                f"The last state with only finite losses before it (global step "
+                f"{self._kept['global_step']}) is in {path}; resume with ckpt_path={path} after "
+                f"changing the cause."
+            )
         self._where, self._kept = [], None
-        value_text = "nan" if math.isnan(value) else str(value)
-        saved = (
-            f"The last state with only finite losses before it (global step {kept_step}) is in "
-            f"{path}; resume with ckpt_path={path} after changing the cause."
-            if kept_step is not None
-            else "No state was kept (the guard had not started)."
-        )
         raise NonFiniteLossError(
-            f"training loss is {value_text} at global step {step} (epoch {epoch}, batch {batch}); "
+            f"training loss is {value} at global step {step} (epoch {epoch}, batch {batch}); "
             f"seen {late} step(s) later (losses are read every {self.check_every_n_steps} steps "
             f"and before every checkpoint). {saved} "
             f"Lower model.optimizer.lr, check the input data for NaN/Inf, or use "
