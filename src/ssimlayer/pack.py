@@ -72,8 +72,7 @@ def train_pack(cfg: DictConfig) -> list[dict[str, Any]]:
     check_config(cfg)
     if cfg.get("resume") is not None:
         raise ValueError(
-            f"a pack resumes from ckpt_path=<pack dir>/{PACK_CHECKPOINTS}/last.ckpt, "
-            f"not resume=auto"
+            f"a pack resumes from ckpt_path=<pack dir>/{PACK_CHECKPOINTS}/last.ckpt, not resume=auto"
         )
     configs = member_configs(cfg)
     write_provenance(cfg, cfg.paths.output_dir, PROJECT_ROOT)
@@ -122,8 +121,7 @@ def main(cfg: DictConfig) -> None:
         report_error(e, Path(cfg.paths.output_dir))
         sys.exit(2)
     for metrics, c in zip(summaries, member_configs(cfg)):
-        run_dir = Path(c.paths.output_dir)
-        print_summary(metrics, run_dir)
+        print_summary(metrics, Path(c.paths.output_dir))
 
 
 if __name__ == "__main__":

@@ -36,12 +36,7 @@ from ssimlayer.lightning.module import ClassifierModule, TopKAccuracy, WeightedM
 from ssimlayer.lightning.run_summary import RunSummary
 from ssimlayer.models.packed import PackedConvNet
 
-__all__ = [
-    "PackMembers",
-    "PackedClassifierModule",
-    "PackedDataModule",
-    "PackedDeviceLoader",
-]
+__all__ = ["PackMembers", "PackedClassifierModule", "PackedDataModule", "PackedDeviceLoader"]
 
 
 class PackedClassifierModule(ClassifierModule):
@@ -77,23 +72,15 @@ class PackedClassifierModule(ClassifierModule):
         ]
         if problems:
             raise ValueError("PackedClassifierModule: " + "; ".join(problems))
-        h = first.hparams
+        # the members' settings (equal, checked above)
         super().__init__(
-            PackedConvNet([m.net for m in members]),
-            first.optimizer_factory,
-            num_classes=h.num_classes,
-            name=first.name,
-            compile=h.compile,
-            channels_last=h.channels_last,
-            steps_per_execution=h.steps_per_execution,
-            cuda_graph=h.cuda_graph,
-            cuda_graph_warmup=h.cuda_graph_warmup,
+            PackedConvNet([m.net for m in members]), first.optimizer_factory, **first.hparams
         )
         for store in (self._hparams, self._hparams_initial):
             store.pop("members", None)
         self.members = list(members)  # a plain list: not parameters of the pack
         k = self.k = len(members)
-        ks = [t for t in (1, 5) if t <= h.num_classes]
+        ks = [t for t in (1, 5) if t <= first.hparams.num_classes]
         self.train_metrics = nn.ModuleDict({f"top{t}": TopKAccuracy(t, members=k) for t in ks})
         self.val_metrics = nn.ModuleDict({f"top{t}": TopKAccuracy(t, members=k) for t in ks})
         self.train_loss, self.val_loss = WeightedMean(k), WeightedMean(k)
@@ -134,8 +121,7 @@ class PackedClassifierModule(ClassifierModule):
         return logits, losses.sum()
 
     def _log_once(self, split: str) -> None:
-        # Per-member metrics are read by PackMembers at each epoch's end, not through self.log.
-        pass
+        """Nothing: PackMembers reads the per-member metrics at each epoch's end, not self.log."""
 
     def on_validation_epoch_start(self) -> None:
         for metric in (*self.val_metrics.values(), self.val_loss):
@@ -144,10 +130,8 @@ class PackedClassifierModule(ClassifierModule):
     def member_metrics(self) -> list[dict[str, float]]:
         """This epoch's ``{train,val}/{loss,top1,top5}`` of each member (what a solo run logs)."""
         values: dict[str, Tensor] = {}
-        for split, (accuracies, mean_loss) in (
-            ("train", (self.train_metrics, self.train_loss)),
-            ("val", (self.val_metrics, self.val_loss)),
-        ):
+        for split in ("train", "val"):
+            accuracies, mean_loss = self._metrics(split)
             for name, metric in (("loss", mean_loss), *accuracies.items()):
                 if metric._update_count:
                     values[f"{split}/{name}"] = metric.compute().float().cpu()
@@ -172,13 +156,8 @@ class PackedClassifierModule(ClassifierModule):
                 key: self.net.member_tensor(name, v, i)[1].clone() if v.shape == p.shape else v
                 for key, v in s.items()
             }
-        groups = [
-            {
-                **{k: v for k, v in g.items() if k != "params"},
-                "params": list(range(len(member_names))),
-            }
-            for g in opt.state_dict()["param_groups"]
-        ]
+        n = len(member_names)  # {**g, "params": ...} keeps "params" last, as a solo state_dict
+        groups = [{**g, "params": list(range(n))} for g in opt.state_dict()["param_groups"]]
         return {"state": state, "param_groups": groups}
 
 
@@ -381,8 +360,7 @@ class PackMembers(pl.Callback):
             summary.on_validation_epoch_end(trainer, pack)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pack: PackedClassifierModule) -> None:
-        views = self._views(trainer, pack)
-        for i, (view, member) in enumerate(views):
+        for i, (view, member) in enumerate(self._views(trainer, pack)):
             if self.healths[i] is not None and self.healths[i]._probe is not None:
                 self.healths[i].epoch_end(view, member)  # into view.callback_metrics: the row
             self.summaries[i].on_train_epoch_end(view, member)

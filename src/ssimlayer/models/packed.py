@@ -39,32 +39,27 @@ def _pack_layer(layers: Sequence[nn.Module]) -> nn.Module:
     first, k = layers[0], len(layers)
     if isinstance(first, _CHANNELWISE):
         return copy.deepcopy(first)
-    # k members side by side: k times the channels and groups, the member's own settings
-    common = {
-        "stride": first.stride,
-        "padding": first.padding,
-        "dilation": first.dilation,
-        "groups": k * first.groups,
-        "bias": first.bias is not None,
-    }
     if type(first) is nn.Conv2d:
-        packed = nn.Conv2d(
-            k * first.in_channels,
-            k * first.out_channels,
-            first.kernel_size,
-            padding_mode=first.padding_mode,
-            **common,
-        )
+        own = {"padding_mode": first.padding_mode}
     elif type(first) is SSIMConv2d:
-        eq1 = {n: getattr(first, n) for n in ("c1", "c2", "alpha", "beta", "gamma", "c3", "init")}
-        packed = SSIMConv2d(
-            k * first.in_channels, k * first.out_channels, first.kernel_size, **common, **eq1
-        )
+        own = {n: getattr(first, n) for n in ("c1", "c2", "alpha", "beta", "gamma", "c3", "init")}
     else:
         raise TypeError(
             f"PackedConvNet: cannot pack a {type(first).__name__}; it packs nn.Conv2d, SSIMConv2d, "
             f"ReLU and MaxPool2d stages"
         )
+    # k members side by side: k times the channels and groups, the member's own settings
+    packed = type(first)(
+        k * first.in_channels,
+        k * first.out_channels,
+        first.kernel_size,
+        stride=first.stride,
+        padding=first.padding,
+        dilation=first.dilation,
+        groups=k * first.groups,
+        bias=first.bias is not None,
+        **own,
+    )
     packed.to(first.weight.device, first.weight.dtype)
     with torch.no_grad():
         packed.weight.copy_(torch.cat([m.weight for m in layers]))  # (k C_out, C_in / g, kh, kw)
