@@ -14,6 +14,7 @@ import json
 import math
 import shutil
 from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
 
 from ssimlayer.report.claims import CLAIMS, PAPER, TABLE2_CLAIMS, TABLE2_PAPER
@@ -42,6 +43,10 @@ FIGURES = {
     "fig5": ("Fig. 5 (Table 1 pair)", ["fig4_plain", "fig4_ssim"]),
     "fig8": ("Fig. 8 (ReLU after the SSIM layer)", ["fig4_ssim", "fig4_ssim_norelu"]),
     "shallow": ("Shallow 7x7 pair", ["shallow_conv", "shallow_ssim"]),
+}
+FGSM_FIGURES = {
+    "fig9": ["fig4_plain", "fig4_ssim"],
+    "fgsm_shallow": ["shallow_conv", "shallow_ssim"],
 }
 SCHEDULES = {
     "paper": "§3.1: 50,000 training images, up to 500 epochs",
@@ -83,15 +88,26 @@ def _values(runs: list[Run], metric: str) -> list[float]:
     return [v for v in (metric_value(r, metric) for r in runs) if v is not None]
 
 
+def _floats(rows: list[dict], key: str) -> list[float]:
+    return [float(r[key]) for r in rows]
+
+
+def _table(header: str, rows: Iterable[str]) -> list[str]:
+    """A markdown table; ``header`` and each row are their cells joined by " | "."""
+    return [f"| {header} |", "|" + "---|" * (header.count(" | ") + 1), *(f"| {r} |" for r in rows)]
+
+
+def _by_model(runs: list[Run], models: Iterable[str] = MODELS, others: bool = False) -> dict:
+    """``runs`` grouped by model in the order of ``models`` (models without runs left out), then,
+    with ``others``, every other model in the order met."""
+    order = [*models, *(r.model for r in runs)] if others else models
+    return {m: rs for m in dict.fromkeys(order) if (rs := [r for r in runs if r.model == m])}
+
+
 def _model_table(by_model: dict[str, list[Run]], paper: dict = PAPER) -> list[str]:
     """One row per model: seeds, epochs, device, wall time, top-1 (train, val, best val) beside
     the paper's train / val, FGSM at 0.007, and the commits (``paper``: Table 1's or Table 2's)."""
-    lines = [
-        "| model | seeds | epochs | device | wall time / run (s) | train top-1 (%) | val top-1 (%) "
-        "| best val top-1 (%) | paper train / val top-1 (%) | FGSM 0.007 val top-1 / top-5 (%) "
-        "| FGSM 0.007 train top-1 (%) | commits |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    rows = []
     for model, runs in by_model.items():
         epochs = sorted({r.metrics.get("epochs") for r in runs})
         wall = [float(r.metrics["wall_time_s"]) for r in runs if "wall_time_s" in r.metrics]
@@ -99,25 +115,28 @@ def _model_table(by_model: dict[str, list[Run]], paper: dict = PAPER) -> list[st
             "–" if (v := paper.get((model, k))) is None else f"{v:g}"
             for k in ("train_top1", "val_top1")
         )
-        lines.append(
-            f"| {model} | {len(runs)} | {', '.join(map(str, epochs))} "
+        rows.append(
+            f"{model} | {len(runs)} | {', '.join(map(str, epochs))} "
             f"| {', '.join(sorted({r.device for r in runs}))} | {_fmt(wall)} "
             f"| {_fmt(_values(runs, 'final_train_top1'))} | {_fmt(_values(runs, 'final_val_top1'))} "
             f"| {_fmt(_values(runs, 'best_val_top1'))} | {paper_cell} "
             f"| {_fmt(_values(runs, 'fgsm:val:0.007:1'))} / {_fmt(_values(runs, 'fgsm:val:0.007:5'))} "
             f"| {_fmt(_values(runs, 'fgsm:train:0.007:1'))} "
-            f"| {', '.join(sorted({r.commit for r in runs}))} |"
+            f"| {', '.join(sorted({r.commit for r in runs}))}"
         )
-    return lines
+    return _table(
+        "model | seeds | epochs | device | wall time / run (s) | train top-1 (%) | val top-1 (%) "
+        "| best val top-1 (%) | paper train / val top-1 (%) | FGSM 0.007 val top-1 / top-5 (%) "
+        "| FGSM 0.007 train top-1 (%) | commits",
+        rows,
+    )
 
 
 def _claims_table(
-    by_model: dict[str, list[Run]], schedule: str, rows: list[dict], claims: list = CLAIMS
+    by_model: dict[str, list[Run]], schedule: str, csv_rows: list[dict], claims: list = CLAIMS
 ) -> list[str]:
-    lines = [
-        "| claim | paper A / B (%) | measured A (%) | measured B (%) | A − B ± se | verdict |",
-        "|---|---|---|---|---|---|",
-    ]
+    """The claims' table; appends each claim's row of claims.csv to ``csv_rows``."""
+    rows = []
     for claim in claims:
         a = _values(by_model.get(claim.model_a, []), claim.metric)
         b = _values(by_model.get(claim.model_b, []), claim.metric)
@@ -128,11 +147,12 @@ def _claims_table(
         diff = (
             "–" if math.isnan(v.standard_error) else f"{v.difference:+.2f} ± {v.standard_error:.2f}"
         )
-        lines.append(
-            f"| {claim.text} (A = {claim.model_a}, B = {claim.model_b}) | {paper} | {_fmt(a)} "
-            f"| {_fmt(b)} | {diff} | **{v.verdict}** |"
-        )
         rows.append(
+            f"{claim.text} (A = {claim.model_a}, B = {claim.model_b}) | {paper} | {_fmt(a)} "
+            f"| {_fmt(b)} | {diff} | **{v.verdict}**"
+        )
+        (mean_a, std_a), (mean_b, std_b) = mean_std(a), mean_std(b)
+        csv_rows.append(
             {
                 "schedule": schedule,
                 "claim": claim.name,
@@ -141,18 +161,20 @@ def _claims_table(
                 "metric": claim.metric,
                 "paper_a": claim.paper_a,
                 "paper_b": claim.paper_b,
-                "mean_a": mean_std(a)[0],
-                "std_a": mean_std(a)[1],
+                "mean_a": mean_a,
+                "std_a": std_a,
                 "n_a": len(a),
-                "mean_b": mean_std(b)[0],
-                "std_b": mean_std(b)[1],
+                "mean_b": mean_b,
+                "std_b": std_b,
                 "n_b": len(b),
                 "difference": v.difference,
                 "standard_error": v.standard_error,
                 "verdict": v.verdict,
             }
         )
-    return lines
+    return _table(
+        "claim | paper A / B (%) | measured A (%) | measured B (%) | A − B ± se | verdict", rows
+    )
 
 
 def _filters_section(
@@ -190,8 +212,10 @@ def _robustness_section(by_model: dict[str, list[Run]]) -> list[str]:
             for row in run.table("corruptions.csv"):
                 if row["corruption"] in ("clean", "mean"):
                     corr[(model, row["corruption"])].append(float(row["top1_pct"]))
-            for name, check in _load_checks(run.path / "masking_checks.json").items():
-                verdicts[(model, name)].append(check.get("verdict", "?"))
+            checks = run.path / "masking_checks.json"
+            if checks.is_file():
+                for name, check in json.loads(checks.read_text()).get("checks", {}).items():
+                    verdicts[(model, name)].append(check.get("verdict", "?"))
     if not table:
         return []
     lines = [
@@ -202,73 +226,52 @@ def _robustness_section(by_model: dict[str, list[Run]]) -> list[str]:
         "`masking_checks.json`); for `square` the steps column is the query budget, "
         "`pgd_transfer` is PGD-10 made on the other model of the pair.",
         "",
-        "| model | attack | eps | steps | top-1 (%) |",
-        "|---|---|---|---|---|",
     ]
-    for (model, attack, eps, steps), values in sorted(table.items()):
-        lines.append(f"| {model} | {attack} | {eps:.4f} | {steps} | {_fmt(values)} |")
+    rows = [f"{m} | {a} | {e:.4f} | {s} | {_fmt(v)}" for (m, a, e, s), v in sorted(table.items())]
+    lines += _table("model | attack | eps | steps | top-1 (%)", rows)
     if corr:
+        models = sorted({m for m, _ in corr})
+        rows = [f"{m} | {_fmt(corr[(m, 'clean')])} | {_fmt(corr[(m, 'mean')])}" for m in models]
         lines += [
             "",
             "Corruptions (Fig. 1's noise models and JPEG at the CIFAR-10-C severities 1-5), "
             "top-1 %: clean, and the mean over all corruptions and severities:",
             "",
-            "| model | clean | mean corrupted |",
-            "|---|---|---|",
+            *_table("model | clean | mean corrupted", rows),
         ]
-        for model in sorted({m for m, _ in corr}):
-            lines.append(
-                f"| {model} | {_fmt(corr[(model, 'clean')])} | {_fmt(corr[(model, 'mean')])} |"
-            )
     if verdicts:
-        lines += [
-            "",
-            "Gradient-masking checks (one verdict per seed):",
-            "",
-            "| model | check | verdicts |",
-            "|---|---|---|",
-        ]
-        for (model, name), vs in sorted(verdicts.items()):
-            lines.append(f"| {model} | {name} | {', '.join(vs)} |")
+        rows = [f"{m} | {name} | {', '.join(vs)}" for (m, name), vs in sorted(verdicts.items())]
+        lines += ["", "Gradient-masking checks (one verdict per seed):", ""]
+        lines += _table("model | check | verdicts", rows)
     return lines
 
 
-def _load_checks(path: Path) -> dict:
-    if not path.is_file():
-        return {}
-    return json.loads(path.read_text()).get("checks", {})
-
-
 def _pruning_section(by_model: dict[str, list[Run]]) -> list[str]:
-    table: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    cells: dict[tuple, list[dict]] = defaultdict(list)
     for model, runs in by_model.items():
         for run in runs:
             for row in run.table("pruning.csv"):
-                cell = table[(model, row["setting"], row["mode"])]
-                cell["share_removed"].append(100 * float(row["share_removed"]))
-                for key in ("clean_top1", "fgsm_top1"):
-                    cell[key].append(float(row[f"{key}_pct"]))
-                cell["eps"] = [float(row["eps"])]
-                cell["n"] = [int(row["num_images"])]
-    if not table:
+                cells[(model, row["setting"], row["mode"])].append(row)
+    if not cells:
         return []
-    lines = [
+    last = next(iter(cells.values()))[-1]  # its eps and image count stand for every row's
+    rows = (
+        f"{model} | {setting} | {mode} | {_fmt([100 * s for s in _floats(rs, 'share_removed')])} "
+        f"| {_fmt(_floats(rs, 'clean_top1_pct'))} | {_fmt(_floats(rs, 'fgsm_top1_pct'))}"
+        for (model, setting, mode), rs in cells.items()
+    )
+    return [
         "",
         "### Filter pruning (§3.2's suggestion; `python -m ssimlayer.prune`)",
         "",
         "Channel = the filter's map removed; weights = its weights zeroed (an SSIM filter of "
         "zeros still outputs C1 C2 / ((μx² + C1)(σx² + C2))). Validation images: first "
-        f"{next(iter(table.values()))['n'][0]}; FGSM eps = {next(iter(table.values()))['eps'][0]}.",
+        f"{int(last['num_images'])}; FGSM eps = {float(last['eps'])}.",
         "",
-        "| model | pruned | mode | filters removed (%) | clean top-1 (%) | FGSM top-1 (%) |",
-        "|---|---|---|---|---|---|",
+        *_table(
+            "model | pruned | mode | filters removed (%) | clean top-1 (%) | FGSM top-1 (%)", rows
+        ),
     ]
-    for (model, setting, mode), cell in table.items():
-        lines.append(
-            f"| {model} | {setting} | {mode} | {_fmt(cell['share_removed'])} "
-            f"| {_fmt(cell['clean_top1'])} | {_fmt(cell['fgsm_top1'])} |"
-        )
-    return lines
 
 
 def is_table2(run: Run) -> bool:
@@ -291,8 +294,7 @@ def _table2_section(runs: list[Run], out_dir: Path, claim_rows: list[dict]) -> l
         groups[(str(run.metrics.get("data", "?")), run.schedule)].append(run)
     for (data, schedule), gruns in sorted(groups.items()):
         label, chance = TABLE2_DATA.get(data, (data, None))
-        by_model = {m: [r for r in gruns if r.model == m] for m in ("fig4_plain", "fig4_ssim")}
-        by_model = {m: rs for m, rs in by_model.items() if rs}
+        by_model = _by_model(gruns, ("fig4_plain", "fig4_ssim"))
         tag = f"table2_{schedule}"
         lines += [
             f"### Data: **{label}**, schedule `{schedule}`",
@@ -350,12 +352,10 @@ def _readings_section(path: Path = ABLATION_RESULTS) -> list[str]:
     for row in rows:
         cells[(row["model"], row["setting"])].append(row)
 
-    def stat(runs: list[dict], key: str) -> list[float]:
-        return [float(r[key]) for r in runs]
-
     def cell(runs: list[dict]) -> str:
         nan = sum(r["diverged"] == "yes" for r in runs)
-        final, best = _fmt(stat(runs, "final_val_top1_pct")), _fmt(stat(runs, "best_val_top1_pct"))
+        final = _fmt(_floats(runs, "final_val_top1_pct"))
+        best = _fmt(_floats(runs, "best_val_top1_pct"))
         return f"{final} / {best}" + (f", {nan} NaN" if nan else "")
 
     def baseline(model: str) -> list[dict]:
@@ -374,9 +374,8 @@ def _readings_section(path: Path = ABLATION_RESULTS) -> list[str]:
         "(the paper's claim: §3.2 for the shallow pair, Table 1 for the Fig. 4 pair), does not "
         "hold or is inconclusive at this schedule, not a verdict of the report's kind.",
         "",
-        "| pair | setting | SSIM model | conv model | SSIM − conv | screen (2 seeds) |",
-        "|---|---|---|---|---|---|",
     ]
+    table = []
     screens: dict[str, list[str]] = defaultdict(list)
     for ssim, conv in PAIRS:
         settings = {s for (m, s) in cells if m in (ssim, conv)}
@@ -385,30 +384,29 @@ def _readings_section(path: Path = ABLATION_RESULTS) -> list[str]:
             b = cells.get((conv, setting)) or baseline(conv)
             if not a or not b:
                 continue
-            fa, fb = stat(a, "final_val_top1_pct"), stat(b, "final_val_top1_pct")
+            fa, fb = _floats(a, "final_val_top1_pct"), _floats(b, "final_val_top1_pct")
             v = compare(fa, fb, min_seeds=2)
             diff = f"{v.difference:+.2f}"
             diff += "" if math.isnan(v.standard_error) else f" ± {v.standard_error:.2f}"
-            lines.append(
-                f"| {ssim} vs {conv} | {setting} | {cell(a)} | {cell(b)} | {diff} | {v.verdict} |"
+            table.append(
+                f"{ssim} vs {conv} | {setting} | {cell(a)} | {cell(b)} | {diff} | {v.verdict}"
             )
             nan = sum(r["diverged"] == "yes" for r in b)
             why = f" (the conv model diverged in {nan} of {len(b)} runs)" if nan else ""
             screens[v.verdict].append(f"{ssim.split('_')[0]} `{setting}`{why}")
+    lines += _table(
+        "pair | setting | SSIM model | conv model | SSIM − conv | screen (2 seeds)", table
+    )
     lines.append("")
-    for verdict, says in (
-        ("holds", "holds"),
-        ("does not hold", "does not hold"),
-        ("inconclusive", "is inconclusive"),
-    ):
+    for verdict in ("holds", "does not hold", "inconclusive"):
+        says = "is inconclusive" if verdict == "inconclusive" else verdict
         if screens[verdict]:
             lines.append(f"- The claim {says} under: " + ", ".join(screens[verdict]) + ".")
     return lines + [""]
 
 
 def _protocol_section(runs: list[Run]) -> list[str]:
-    """The paper's own protocol (§3.1), only when such runs exist: 500 epochs on all 50,000
-    training images (``experiments/paper/``)."""
+    """The paper's own protocol (§3.1), only when such runs exist (``experiments/paper/``)."""
     full = [
         r
         for r in runs
@@ -416,7 +414,7 @@ def _protocol_section(runs: list[Run]) -> list[str]:
     ]
     if not full:
         return []
-    by_model = {m: rs for m in MODELS if (rs := [r for r in full if r.model == m])}
+    by_model = _by_model(full)
     seeds = min(len(rs) for rs in by_model.values())
     devices = ", ".join(sorted({r.device for r in full}))
     return [
@@ -427,6 +425,52 @@ def _protocol_section(runs: list[Run]) -> list[str]:
         *_claims_table(by_model, "paper protocol", []),
         "",
     ]
+
+
+def _schedule_section(
+    schedule: str, runs: list[Run], out_dir: Path, claim_rows: list[dict]
+) -> list[str]:
+    by_model = _by_model(runs, others=True)
+    lines = [
+        f"## Schedule `{schedule}`",
+        "",
+        SCHEDULES.get(schedule, "(see the runs' config_resolved.yaml)") + ".",
+        "",
+        "### Models",
+        "",
+    ] + _model_table(by_model)
+    lines += ["", "### Claims", ""] + _claims_table(by_model, schedule, claim_rows)
+    lines += ["", "### Figures", ""]
+    for key, (title, models) in FIGURES.items():
+        subset = {m: by_model[m] for m in models if m in by_model}
+        if len(subset) < 2:
+            continue
+        path = convergence_plot(subset, out_dir / f"{key}_{schedule}.png", f"{title}, {schedule}")
+        if path:
+            lines += [f"![{title}]({path.name})", ""]
+        health = layer_health_plot(
+            subset, out_dir / f"{key}_health_{schedule}.png", f"Layer health, {title}, {schedule}"
+        )
+        if health:
+            lines += [
+                f"![Layer health, {title}]({health.name})",
+                "",
+                "Layer health (`LayerHealth`, mean over seeds): each layer's output std and "
+                "share of outputs near 0 on a fixed probe batch, and ||grad|| / ||W||, per "
+                "epoch (the `health/` columns of `epochs.csv`).",
+                "",
+            ]
+    for key, models in FGSM_FIGURES.items():
+        subset = {m: by_model[m] for m in models if m in by_model}
+        if len(subset) < 2:
+            continue
+        path = fgsm_plot(subset, out_dir / f"{key}_{schedule}.png", f"FGSM, {schedule}")
+        if path:
+            lines += [f"![FGSM sweep]({path.name})", ""]
+    filters = _filters_section(by_model, out_dir, schedule)
+    if filters:
+        lines += ["### Filters (Fig. 6, §3.2)", ""] + filters + [""]
+    return lines + _robustness_section(by_model) + _pruning_section(by_model) + [""]
 
 
 def build_report(
@@ -476,63 +520,7 @@ def build_report(
     lines += _protocol_section(runs)
     claim_rows: list[dict] = []
     for schedule, sruns in sorted(by_schedule.items()):
-        by_model = {m: [r for r in sruns if r.model == m] for m in MODELS}
-        by_model = {m: rs for m, rs in by_model.items() if rs}
-        by_model.update(
-            {
-                r.model: [x for x in sruns if x.model == r.model]
-                for r in sruns
-                if r.model not in by_model
-            }
-        )
-        lines += [
-            f"## Schedule `{schedule}`",
-            "",
-            SCHEDULES.get(schedule, "(see the runs' config_resolved.yaml)") + ".",
-            "",
-            "### Models",
-            "",
-        ] + _model_table(by_model)
-        lines += ["", "### Claims", ""] + _claims_table(by_model, schedule, claim_rows)
-        lines += ["", "### Figures", ""]
-        for key, (title, models) in FIGURES.items():
-            subset = {m: by_model[m] for m in models if m in by_model}
-            if len(subset) < 2:
-                continue
-            path = convergence_plot(
-                subset, out_dir / f"{key}_{schedule}.png", f"{title}, {schedule}"
-            )
-            if path:
-                lines += [f"![{title}]({path.name})", ""]
-            health = layer_health_plot(
-                subset,
-                out_dir / f"{key}_health_{schedule}.png",
-                f"Layer health, {title}, {schedule}",
-            )
-            if health:
-                lines += [
-                    f"![Layer health, {title}]({health.name})",
-                    "",
-                    "Layer health (`LayerHealth`, mean over seeds): each layer's output std and "
-                    "share of outputs near 0 on a fixed probe batch, and ||grad|| / ||W||, per "
-                    "epoch (the `health/` columns of `epochs.csv`).",
-                    "",
-                ]
-        for key, models in (
-            ("fig9", ["fig4_plain", "fig4_ssim"]),
-            ("fgsm_shallow", ["shallow_conv", "shallow_ssim"]),
-        ):
-            subset = {m: by_model[m] for m in models if m in by_model}
-            if len(subset) < 2:
-                continue
-            path = fgsm_plot(subset, out_dir / f"{key}_{schedule}.png", f"FGSM, {schedule}")
-            if path:
-                lines += [f"![FGSM sweep]({path.name})", ""]
-        filters = _filters_section(by_model, out_dir, schedule)
-        if filters:
-            lines += ["### Filters (Fig. 6, §3.2)", ""] + filters + [""]
-        lines += _robustness_section(by_model) + _pruning_section(by_model) + [""]
-
+        lines += _schedule_section(schedule, sruns, out_dir, claim_rows)
     lines += _table2_section(table2, out_dir, claim_rows)
     lines += _readings_section()
     (out_dir / "report.md").write_text("\n".join(lines))
