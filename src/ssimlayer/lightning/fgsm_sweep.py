@@ -70,8 +70,7 @@ class FGSMSweep(pl.Callback):
         return loader[0] if isinstance(loader, (list, tuple)) else loader
 
     def _model(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> torch.nn.Module:
-        ckpt = trainer.checkpoint_callback
-        path = getattr(ckpt, "best_model_path", "") if ckpt is not None else ""
+        path = getattr(trainer.checkpoint_callback, "best_model_path", "")  # "": no callback
         if self.weights == "final" or not path:
             if self.weights == "best":
                 log.warning("FGSMSweep: no best checkpoint was written; attacking final weights")
@@ -125,39 +124,31 @@ class FGSMSweep(pl.Callback):
 
     def _write_csv(self) -> None:
         with open(self.output_dir / "fgsm_sweep.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=COLUMNS)
+            w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
             w.writeheader()
-            for r in self.rows:
-                w.writerow({k: r.get(k, "") for k in COLUMNS})
+            w.writerows(self.rows)
 
     def _series(self) -> dict[str, tuple[list[float], list[float]]]:
         out = {}
         for split in self.splits:
             rows = [r for r in self.rows if r["split"] == split]
-            for k in ("top1_pct", "top5_pct"):
-                if rows and k in rows[0]:
-                    series = [r[k] for r in rows]
-                    out[f"{split} {k.removesuffix('_pct')}"] = ([r["eps"] for r in rows], series)
+            for k in ("top1", "top5"):
+                if rows and f"{k}_pct" in rows[0]:
+                    out[f"{split} {k}"] = ([r["eps"] for r in rows], [r[f"{k}_pct"] for r in rows])
         return out
 
     def _plot(self) -> Path:
         path = self.output_dir / "fgsm_sweep.png"
-        fig = Figure(figsize=(6, 4))
-        ax = fig.subplots()
+        ax = Figure(figsize=(6, 4)).subplots()
         for label, (xs, ys) in self._series().items():
-            ax.plot(
-                xs,
-                ys,
-                marker="o",
-                linestyle="--" if label.startswith("train") else "-",
-                label=label,
-            )
+            style = "--" if label.startswith("train") else "-"
+            ax.plot(xs, ys, marker="o", linestyle=style, label=label)
         ax.set_xlabel("FGSM eps ([0, 1] pixel units)")
         ax.set_ylabel("accuracy (%)")
         ax.set_ylim(0, 100)
         ax.grid(alpha=0.3)
         ax.legend()
-        fig.savefig(path, dpi=120, bbox_inches="tight")
+        ax.figure.savefig(path, dpi=120, bbox_inches="tight")
         return path
 
     def _log_wandb(self, logger: WandbLogger, plot: Path) -> None:

@@ -88,36 +88,33 @@ class FilterVisualisation(pl.Callback):
         weight = first_conv_weight(pl_module)
         name = type(getattr(getattr(pl_module, "net", None), "first_layer", None)).__name__
         grid_path = self.output_dir / f"filters{tag}_grid.png"
-        fig = Figure(figsize=(6, 6))
-        ax = fig.subplots()
+        ax = Figure(figsize=(6, 6)).subplots()
         ax.imshow(filter_grid(weight).permute(1, 2, 0).numpy(), interpolation="nearest")
         ax.set_axis_off()
         ax.set_title(f"first layer ({name}) kernels {tuple(weight.shape)}, after epoch {epoch}")
-        fig.savefig(grid_path, dpi=120, bbox_inches="tight")
+        ax.figure.savefig(grid_path, dpi=120, bbox_inches="tight")
 
         norms = filter_norms(weight)
         share = (norms < 1).float().mean().item()
         finite = norms[torch.isfinite(norms)]
-        if len(finite) < len(norms):  # a diverged run: draw what is finite, say what is not
+        n_bad = len(norms) - len(finite)
+        if n_bad:  # a diverged run: draw what is finite, say what is not
             log.warning(
                 "%d of %d first-layer kernels have a non-finite norm (the run diverged)",
-                len(norms) - len(finite),
+                n_bad,
                 len(norms),
             )
         norms_path = self.output_dir / f"filters{tag}_norms.png"
-        fig = Figure(figsize=(6, 4))
-        ax = fig.subplots()
+        ax = Figure(figsize=(6, 4)).subplots()
         if len(finite):
             ax.hist(finite.numpy(), bins=min(30, max(5, len(finite) // 2)), color="tab:blue")
         ax.axvline(1.0, color="tab:red", linestyle="--", label="norm = 1")
         ax.set_xlabel("kernel L2 norm")
         ax.set_ylabel("kernels")
-        ax.set_title(
-            f"{name}: {100 * share:.1f}% of {len(norms)} kernels have norm < 1"
-            + (f" ({len(norms) - len(finite)} non-finite)" if len(finite) < len(norms) else "")
-        )
+        title = f"{name}: {100 * share:.1f}% of {len(norms)} kernels have norm < 1"
+        ax.set_title(title + (f" ({n_bad} non-finite)" if n_bad else ""))
         ax.legend()
-        fig.savefig(norms_path, dpi=120, bbox_inches="tight")
+        ax.figure.savefig(norms_path, dpi=120, bbox_inches="tight")
         stats = {
             "epoch": epoch,
             "layer": name,
@@ -131,11 +128,8 @@ class FilterVisualisation(pl.Callback):
 
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
-                logger.log_image(
-                    key="filters/grid", images=[str(grid_path)], step=trainer.global_step
-                )
-                logger.log_image(
-                    key="filters/norms", images=[str(norms_path)], step=trainer.global_step
-                )
-                logger.log_metrics({"filters/share_norm_below_1": share}, step=trainer.global_step)
+                step = trainer.global_step
+                logger.log_image(key="filters/grid", images=[str(grid_path)], step=step)
+                logger.log_image(key="filters/norms", images=[str(norms_path)], step=step)
+                logger.log_metrics({"filters/share_norm_below_1": share}, step=step)
         return [grid_path, norms_path]

@@ -16,8 +16,6 @@ from ssimlayer.models.normalize import CIFAR10_MEAN, CIFAR10_STD, Normalize
 
 __all__ = ["ConvNet"]
 
-LayerFactory = Callable[..., nn.Module]
-
 
 class ConvNet(nn.Module):
     """``Normalize -> [layer_i -> ReLU? -> MaxPool?] * n -> Flatten -> Linear``.
@@ -52,7 +50,7 @@ class ConvNet(nn.Module):
 
     def __init__(
         self,
-        layers: Sequence[LayerFactory],
+        layers: Sequence[Callable[..., nn.Module]],
         widths: Sequence[int],
         kernel_sizes: Sequence[int],
         paddings: Sequence[int],
@@ -102,9 +100,8 @@ class ConvNet(nn.Module):
             stages.append(nn.Sequential(*stage))
             c = w
         self.features = nn.Sequential(*stages)
-        with (
-            torch.no_grad()
-        ):  # size the classifier from one dummy pass: no shape arithmetic to drift
+        # Size the classifier from one dummy pass: no shape arithmetic to drift.
+        with torch.no_grad():
             n_features = self.features(torch.zeros(1, in_channels, input_size, input_size)).numel()
         self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(n_features, num_classes))
 

@@ -55,13 +55,8 @@ def check_config(cfg: DictConfig) -> None:
         _require(ok, "trainer.max_epochs", epochs, "a whole number >= 1 (or -1: no limit)", "500")
     batch = _get(cfg, "data.batch_size")
     if batch is not None:
-        _require(
-            isinstance(batch, int) and batch >= 1,
-            "data.batch_size",
-            batch,
-            "a whole number >= 1",
-            "32",
-        )
+        ok = isinstance(batch, int) and batch >= 1
+        _require(ok, "data.batch_size", batch, "a whole number >= 1", "32")
     seed = _get(cfg, "seed")
     _require(isinstance(seed, int), "seed", seed, "a whole number", "0")
     eps = _get(cfg, "callbacks.fgsm_sweep.eps")

@@ -28,10 +28,9 @@ CONF_DIR = PROJECT_ROOT / "conf"
 def register_resolvers() -> None:
     """``${project_root:}`` in configs: the repository root as an absolute path;
     ``${run_label:}``: this job's place in a Hydra multirun ("run 2 of 6"), else empty."""
-    if not OmegaConf.has_resolver("project_root"):
-        OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
-    if not OmegaConf.has_resolver("run_label"):
-        OmegaConf.register_new_resolver("run_label", run_label)
+    for name, resolver in (("project_root", lambda: str(PROJECT_ROOT)), ("run_label", run_label)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver)
 
 
 def program_name(argv0: str) -> str:
