@@ -17,9 +17,6 @@ __all__ = ["SSIMConv2d", "INITS"]
 #: standard normal distribution with zero mean and unit variance" -- hence the default.
 INITS = ("normal", "kaiming_uniform", "xavier_normal", "uniform")
 
-#: ``ssim_conv2d``'s keyword arguments, kept as attributes of the same name, with their defaults.
-_SSIM_DEFAULTS = dict(c1=DEFAULT_C1, c2=DEFAULT_C2, alpha=1.0, beta=1.0, gamma=1.0, c3=None)
-
 
 class SSIMConv2d(nn.Module):
     r"""The SSIMLayer (§2): a convolution whose output is the SSIM between each patch and each filter.
@@ -122,9 +119,21 @@ class SSIMConv2d(nn.Module):
             nn.init.zeros_(self.bias)
 
     def forward(self, input: Tensor) -> Tensor:
-        conv = (self.stride, self.padding, self.dilation, self.groups)
-        ssim = {name: getattr(self, name) for name in _SSIM_DEFAULTS}
-        return ssim_conv2d(input, self.weight, self.bias, *conv, **ssim)
+        return ssim_conv2d(
+            input,
+            self.weight,
+            self.bias,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.groups,
+            c1=self.c1,
+            c2=self.c2,
+            alpha=self.alpha,
+            beta=self.beta,
+            gamma=self.gamma,
+            c3=self.c3,
+        )
 
     def extra_repr(self) -> str:
         s = "{in_channels}, {out_channels}, kernel_size={kernel_size}, stride={stride}"
@@ -136,8 +145,16 @@ class SSIMConv2d(nn.Module):
             s += ", groups={groups}"
         if self.bias is not None:
             s += ", bias=True"
-        defaults = {**_SSIM_DEFAULTS, "init": "normal", "init_std": 1.0}
-        for name, default in defaults.items():
+        for name, default in (
+            ("c1", DEFAULT_C1),
+            ("c2", DEFAULT_C2),
+            ("alpha", 1.0),
+            ("beta", 1.0),
+            ("gamma", 1.0),
+            ("c3", None),
+            ("init", "normal"),
+            ("init_std", 1.0),
+        ):
             if getattr(self, name) != default:
                 s += f", {name}={getattr(self, name)!r}"
         return s.format(**self.__dict__)
