@@ -32,26 +32,33 @@ __all__ = ["ClassifierModule", "TopKAccuracy", "WeightedMean"]
 #: manual steps, eager or replayed from a CUDA graph).
 STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
 
-OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+
+class _GraphableMetric(Metric):
+    """A metric that a CUDA graph (``ClassifierModule(cuda_graph=True)``) can update and reset:
+    ``accumulate`` is ``update``'s arithmetic alone, without torchmetrics' bookkeeping."""
+
+    full_state_update = False
+
+    def reset(self) -> None:
+        """torchmetrics' ``reset``, keeping each state tensor's identity (values set to the default).
+
+        ``Metric.reset`` replaces the state tensors with fresh copies of their defaults; a CUDA
+        graph that adds into the old tensors would then add into tensors nobody reads.
+        """
+        kept = {name: getattr(self, name) for name in self._defaults}
+        super().reset()
+        for name, tensor in kept.items():
+            fresh = getattr(self, name)
+            if (
+                isinstance(tensor, Tensor)
+                and isinstance(fresh, Tensor)
+                and tensor.shape == fresh.shape
+            ):
+                tensor.copy_(fresh)
+                setattr(self, name, tensor)
 
 
-def _reset_in_place(metric: Metric) -> None:
-    """torchmetrics' ``reset``, keeping each state tensor's identity (its values set to the default).
-
-    ``Metric.reset`` replaces the state tensors with fresh copies of their defaults; a CUDA graph
-    that adds into the old tensors (``ClassifierModule(cuda_graph=True)``) would then add into
-    tensors nobody reads.
-    """
-    kept = {name: getattr(metric, name) for name in metric._defaults}
-    Metric.reset(metric)
-    for name, tensor in kept.items():
-        fresh = getattr(metric, name)
-        if isinstance(tensor, Tensor) and isinstance(fresh, Tensor) and tensor.shape == fresh.shape:
-            tensor.copy_(fresh)
-            setattr(metric, name, tensor)
-
-
-class WeightedMean(Metric):
+class WeightedMean(_GraphableMetric):
     """Mean of values with integer weights (batch sizes), updated without reading the device.
 
     ``torchmetrics.MeanMetric`` checks every value for NaN (a host read per update) and turns a
@@ -69,8 +76,6 @@ class WeightedMean(Metric):
         tensor(1.5000)
     """
 
-    full_state_update = False
-
     def __init__(self, members: int | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         shape = () if members is None else (members,)
@@ -81,19 +86,15 @@ class WeightedMean(Metric):
         self.accumulate(value, weight)
 
     def accumulate(self, value: Tensor, weight: int = 1) -> None:
-        """``update``'s arithmetic alone, without torchmetrics' bookkeeping (for a CUDA graph)."""
         # in place: no nn.Module.__setattr__ per step
         self.mean_value.add_(value.detach(), alpha=weight)
         self.weight.add_(weight)
-
-    def reset(self) -> None:
-        _reset_in_place(self)
 
     def compute(self) -> Tensor:
         return self.mean_value / self.weight
 
 
-class TopKAccuracy(Metric):
+class TopKAccuracy(_GraphableMetric):
     """Share of samples whose label is among the ``k`` highest logits.
 
     The same number as ``torchmetrics``' ``MulticlassAccuracy(top_k=k, average="micro")``, from a
@@ -115,8 +116,6 @@ class TopKAccuracy(Metric):
         tensor(0.5000)
     """
 
-    full_state_update = False
-
     def __init__(self, k: int = 1, members: int | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if k < 1:
@@ -130,12 +129,8 @@ class TopKAccuracy(Metric):
         self.accumulate(logits, target)
 
     def accumulate(self, logits: Tensor, target: Tensor) -> None:
-        """``update``'s arithmetic alone, without torchmetrics' bookkeeping (for a CUDA graph)."""
         self.correct.add_(topk_hits(logits.detach(), target, self.k).sum(dim=0))
         self.total.add_(len(target))
-
-    def reset(self) -> None:
-        _reset_in_place(self)
 
     def compute(self) -> Tensor:
         return self.correct / self.total
@@ -226,7 +221,7 @@ class ClassifierModule(pl.LightningModule):
     def __init__(
         self,
         net: nn.Module,
-        optimizer: OptimizerFactory,
+        optimizer: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer],
         scheduler: Callable | None = None,
         num_classes: int = 10,
         name: str = "model",
@@ -297,8 +292,7 @@ class ClassifierModule(pl.LightningModule):
             return
         self._logged.add(split)
         accuracies, mean_loss = self._metrics(split)
-        self.log(f"{split}/loss", mean_loss, on_step=False, on_epoch=True, prog_bar=True)
-        for name, metric in accuracies.items():
+        for name, metric in (("loss", mean_loss), *accuracies.items()):
             self.log(f"{split}/{name}", metric, on_step=False, on_epoch=True, prog_bar=True)
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
@@ -407,13 +401,12 @@ class ClassifierModule(pl.LightningModule):
                 "model.cuda_graph=true cannot run with " + "; ".join(problems) + " (or set "
                 "model.cuda_graph=false)"
             )
-        raw = self.optimizers().optimizer
         self._step_hooks = self._step_hooks or StepHooks(trainer, self, STEP_HOOKS)
         # The metrics' plain attributes, set without nn.Module.__setattr__'s checks (per step).
         self._graph_metric_states = [vars(m) for m in self._train_accumulators().values()]
         self._graphed = GraphedTrainStep(
             self._graph_body,
-            [p for group in raw.param_groups for p in group["params"]],
+            [p for group in self.optimizers().optimizer.param_groups for p in group["params"]],
             warmup=self.cuda_graph_warmup,
             capture=self._graph_capture,
         )
@@ -433,11 +426,9 @@ class ClassifierModule(pl.LightningModule):
         ``ReduceLROnPlateau`` gets its ``monitor`` metric.
         """
         trainer = self.trainer
+        count = trainer.global_step if interval == "step" else trainer.current_epoch + 1
         for config in trainer.lr_scheduler_configs:
-            if config.interval != interval:
-                continue
-            count = trainer.global_step if interval == "step" else trainer.current_epoch + 1
-            if count % config.frequency:
+            if config.interval != interval or count % config.frequency:
                 continue
             if not config.reduce_on_plateau:
                 config.scheduler.step()
@@ -506,9 +497,8 @@ class ClassifierModule(pl.LightningModule):
             if name not in saved:
                 continue
             for k, v in saved[name]["state"].items():
-                if k not in metric._defaults:  # written by an older version with other states
-                    continue
-                setattr(metric, k, v.to(self.device) if isinstance(v, Tensor) else v)
+                if k in metric._defaults:  # skips states an older version wrote
+                    setattr(metric, k, v.to(self.device) if isinstance(v, Tensor) else v)
             metric._update_count = saved[name]["update_count"]
             metric._computed = None
 

@@ -2,27 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from contextlib import nullcontext
 
 from pytorch_lightning.profilers import PassThroughProfiler
 
 __all__ = ["NullProfiler"]
 
-
-class _NullContext:
-    """A reusable ``with`` block that does nothing (``contextlib.nullcontext`` without the
-    ``enter_result`` bookkeeping)."""
-
-    __slots__ = ()
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
-
-
-_NULL = _NullContext()
+_NULL = nullcontext()  # reusable: entering it twice, or nested, is fine
 
 
 class NullProfiler(PassThroughProfiler):
@@ -40,5 +26,5 @@ class NullProfiler(PassThroughProfiler):
         None
     """
 
-    def profile(self, action_name: str) -> _NullContext:  # type: ignore[override]
+    def profile(self, action_name: str) -> nullcontext[None]:  # type: ignore[override]
         return _NULL

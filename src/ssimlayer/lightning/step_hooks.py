@@ -30,9 +30,7 @@ __all__ = ["StepHooks"]
 def _overrides(obj: Any, base: type, name: str) -> bool:
     """Whether ``obj.<name>`` is something other than ``base``'s own (empty) hook."""
     fn = getattr(obj, name, None)
-    if not callable(fn):
-        return False
-    return getattr(fn, "__func__", fn) is not getattr(base, name)
+    return callable(fn) and getattr(fn, "__func__", fn) is not getattr(base, name)
 
 
 class StepHooks:
@@ -54,13 +52,9 @@ class StepHooks:
         self._calls: dict[str, list[tuple[Callable[..., Any], str, tuple]]] = {}
         for name in names:
             calls = [
-                (
-                    getattr(callback, name),
-                    f"[Callback]{callback.state_key}.{name}",
-                    (trainer, pl_module),
-                )
-                for callback in trainer.callbacks
-                if _overrides(callback, pl.Callback, name)
+                (getattr(cb, name), f"[Callback]{cb.state_key}.{name}", (trainer, pl_module))
+                for cb in trainer.callbacks
+                if _overrides(cb, pl.Callback, name)
             ]
             if _overrides(pl_module, pl.LightningModule, name):
                 label = f"[LightningModule]{type(pl_module).__name__}.{name}"
