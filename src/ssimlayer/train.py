@@ -129,19 +129,22 @@ def main(cfg: DictConfig) -> float | None:
     return metrics.get("best_val_top1_pct")  # for Hydra sweepers that optimise a return value
 
 
+def _hydra_files_only(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds only what Hydra writes before a job starts (``.hydra/`` and the
+    job's log): a run that stops with only these was rejected before it began."""
+    return all(p.name == ".hydra" or p.suffix == ".log" for p in run_dir.iterdir())
+
+
 def report_error(e: BaseException, run_dir: Path) -> None:
     """One short message on stderr instead of a traceback, kept in the run dir as ``error.txt``.
 
-    A run dir that holds only what Hydra writes before a job starts (``.hydra/`` and the job's log:
-    the config was rejected before the run began) is removed, so that a typo leaves nothing
-    behind; any other is kept as it is.
+    A run dir that holds only Hydra's own files (the config was rejected before the run began) is
+    removed, so that a typo leaves nothing behind; any other is kept as it is.
     """
     while isinstance(e, InstantiationException) and isinstance(e.__cause__, Exception):
         e = e.__cause__  # Hydra wraps errors raised in constructors; the cause says what is wrong
     msg = f"{type(e).__name__}: {e}"
-    if run_dir.is_dir() and all(
-        p.name == ".hydra" or p.suffix == ".log" for p in run_dir.iterdir()
-    ):
+    if run_dir.is_dir() and _hydra_files_only(run_dir):
         shutil.rmtree(run_dir)
         where = "nothing was written"
     else:

@@ -38,9 +38,10 @@ def _in_file(key: str, value):
 
 def _train_images(trainer: pl.Trainer) -> int | None:
     """How many images the training split holds (the run's data, whatever its reader)."""
-    try:  # None when there is no train_set or it has no length
-        return len(getattr(trainer.datamodule, "train_set", None))
-    except TypeError:
+    dataset = getattr(trainer.datamodule, "train_set", None)
+    try:
+        return len(dataset) if dataset is not None else None
+    except TypeError:  # a dataset without a length
         return None
 
 

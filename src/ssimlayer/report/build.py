@@ -427,6 +427,12 @@ def _protocol_section(runs: list[Run]) -> list[str]:
     ]
 
 
+def _pair(by_model: dict[str, list[Run]], models: list[str]) -> dict[str, list[Run]]:
+    """The runs of a figure's models, or ``{}`` unless at least two of them have runs."""
+    subset = {m: by_model[m] for m in models if m in by_model}
+    return subset if len(subset) >= 2 else {}
+
+
 def _schedule_section(
     schedule: str, runs: list[Run], out_dir: Path, claim_rows: list[dict]
 ) -> list[str]:
@@ -442,8 +448,7 @@ def _schedule_section(
     lines += ["", "### Claims", ""] + _claims_table(by_model, schedule, claim_rows)
     lines += ["", "### Figures", ""]
     for key, (title, models) in FIGURES.items():
-        subset = {m: by_model[m] for m in models if m in by_model}
-        if len(subset) < 2:
+        if not (subset := _pair(by_model, models)):
             continue
         path = convergence_plot(subset, out_dir / f"{key}_{schedule}.png", f"{title}, {schedule}")
         if path:
@@ -461,8 +466,7 @@ def _schedule_section(
                 "",
             ]
     for key, models in FGSM_FIGURES.items():
-        subset = {m: by_model[m] for m in models if m in by_model}
-        if len(subset) < 2:
+        if not (subset := _pair(by_model, models)):
             continue
         path = fgsm_plot(subset, out_dir / f"{key}_{schedule}.png", f"FGSM, {schedule}")
         if path:
