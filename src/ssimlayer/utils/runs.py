@@ -59,10 +59,12 @@ def _current(row: dict) -> dict:
     version of the pipeline wrote it (see :data:`_OLD_ACCURACY`)."""
     out = {}
     for k, v in row.items():
-        accuracy = _OLD_ACCURACY.match(k)
-        if accuracy or k.endswith("/loss"):
-            k = k.replace("/", "_") + ("_pct" if accuracy else "")
-        out[k] = percent(v) if accuracy else v
+        if _OLD_ACCURACY.match(k):
+            out[k.replace("/", "_") + "_pct"] = percent(v)
+        elif k.endswith("/loss"):
+            out[k.replace("/", "_")] = v
+        else:
+            out[k] = v
     return out
 
 
